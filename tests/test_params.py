@@ -1,0 +1,98 @@
+"""params.yaml schema: every kind of mistake stops with a message naming the key; profiles switch in one command."""
+import os, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emt.params import ParamsError, load_params, parse_params, use_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    "A copy of the project's params and profiles in a temp dir, set as the emt root."
+    shutil.copy(ROOT/'params.yaml', tmp_path/'params.yaml')
+    shutil.copytree(ROOT/'profiles', tmp_path/'profiles')
+    monkeypatch.setenv('EMT_ROOT', str(tmp_path))
+    return tmp_path
+
+
+def _raw():
+    return yaml.safe_load((ROOT/'params.yaml').read_text())
+
+
+def _message(raw):
+    with pytest.raises(ParamsError) as e: parse_params(raw)
+    return str(e.value)
+
+
+def test_shipped_files_validate(project):
+    assert load_params().profile == 'embedded'
+    assert load_params('profiles/embedded.yaml') == load_params()
+    paper = load_params('profiles/paper.yaml')
+    assert paper.select.k == 1_200_000 and paper.midtrain.recipe.lr == 5e-5 and paper.midtrain.recipe.steps == 5000
+    assert paper.vla.recipe.steps == 16000 and paper.vla.recipe.warmup_steps == 500
+    assert paper.estimator.batch_size == 128 and paper.estimator.target_val_acc == 0.9
+
+
+def test_unknown_key_named():
+    raw = _raw(); raw['gap']['perplexity'] = 5
+    assert 'gap.perplexity: unknown key' in _message(raw)
+
+
+def test_unknown_section_named():
+    raw = _raw(); raw['selection'] = {'k': 1}
+    assert 'selection: unknown key' in _message(raw)
+
+
+def test_wrong_type_named():
+    raw = _raw(); raw['features']['batch_size'] = '32'
+    msg = _message(raw)
+    assert 'features.batch_size: Input should be a valid integer' in msg and "got '32'" in msg
+
+
+def test_missing_value_named():
+    raw = _raw(); del raw['midtrain']['recipe']
+    assert 'midtrain.recipe: missing value' in _message(raw)
+
+
+def test_nested_source_error_named():
+    raw = _raw(); raw['data']['vlm_sources'][2]['format'] = 'csv'
+    assert 'data.vlm_sources.2.format' in _message(raw)
+
+
+def test_cross_field_rule():
+    raw = _raw(); raw['base_vlm']['init'] = 'pretrained'; raw['base_vlm'].pop('model', None)
+    assert 'needs `model`' in _message(raw)
+    raw = _raw(); raw['data']['vla_sources'].append(dict(raw['data']['vla_sources'][0]))
+    assert "duplicate source names ['metaworld_mt10']" in _message(raw)
+
+
+def test_yaml_exponent_hint(project):
+    text = (project/'params.yaml').read_text().replace('lr: 1.0e-3', 'lr: 1e-3', 1)
+    (project/'params.yaml').write_text(text)
+    with pytest.raises(ParamsError, match='write 1.0e-3'): load_params()
+
+
+def test_use_profile(project):
+    use_profile('paper')
+    assert load_params().profile == 'paper'
+    with pytest.raises(ParamsError, match="no profile 'tiny'"): use_profile('tiny')
+
+
+def _emt(*args, cwd):
+    env = {**os.environ, 'EMT_ROOT': str(cwd)}
+    return subprocess.run([sys.executable, '-c', 'import sys; from emt.cli import main; sys.exit(main())', *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_cli_check_use_and_errors(project):
+    r = _emt('params', 'check', cwd=project)
+    assert r.returncode == 0 and "valid (profile 'embedded')" in r.stdout
+    r = _emt('params', 'use', 'paper', cwd=project)
+    assert r.returncode == 0 and load_params().profile == 'paper'
+    (project/'params.yaml').write_text((project/'params.yaml').read_text().replace('trials: 24', 'trials: many'))
+    r = _emt('params', 'check', cwd=project)
+    assert r.returncode == 2 and 'eval.benchmarks.1.trials: Input should be a valid integer' in r.stderr
+    assert 'Traceback' not in r.stderr
