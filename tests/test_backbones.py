@@ -1,0 +1,159 @@
+"""Tiny VLM backbones: real checkpoints on disk, Auto-class reloads, label masks, training, faults."""
+import io, json, os
+os.environ['HF_HUB_OFFLINE'] = '1'
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emt.backbones import (ARCHS, encode, encode_prompt, load_vlm, save_vlm, tiny_vlm, to_chat, train_tokenizer)
+from emt.core import DataError, EmtError
+
+TEXTS = ['a red cube on the table', 'pick up the block and place it in the bin', 'What is in the image?',
+         'the robot arm moves left', 'open the drawer'] * 8
+SIZE = dict(hidden_size=64, layers=2, heads=4, vision_hidden_size=32, vision_layers=2, image_size=32, patch_size=8)
+ANSWERS = ['a red cube', 'the robot arm moves left', 'open the drawer']
+
+
+def image(seed, h=40, w=56):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def samples():
+    return [
+        {'id': 'toy/0', 'source': 'toy', 'images': [image(0)], 'meta': '{}',
+         'messages': [{'role': 'user', 'content': '<image>\nWhat is on the table?'},
+                      {'role': 'assistant', 'content': ANSWERS[0]}]},
+        {'id': 'toy/1', 'source': 'toy', 'images': [image(1), image(2, 32, 32)], 'meta': '{}',
+         'messages': [{'role': 'system', 'content': 'You are a robot.'},
+                      {'role': 'user', 'content': 'Compare <image> and <image>.'},
+                      {'role': 'assistant', 'content': ANSWERS[1]},
+                      {'role': 'user', 'content': 'and then?'},
+                      {'role': 'assistant', 'content': ANSWERS[2]}]}]
+
+
+@pytest.fixture(scope='module', params=sorted(ARCHS))
+def built(request, tmp_path_factory):
+    "A tiny VLM of each architecture, saved, and reloaded with the Auto classes."
+    arch = request.param
+    tok = train_tokenizer(TEXTS, 360, arch)
+    model, processor = tiny_vlm(arch, tok, seed=0, **SIZE)
+    path = save_vlm(model, processor, tmp_path_factory.mktemp(arch)/'vlm')
+    model2, processor2 = load_vlm(path)
+    return arch, model, processor, model2, processor2, path
+
+
+def test_checkpoint_is_plain_hf(built):
+    arch, *_, path = built
+    names = {p.name for p in path.iterdir()}
+    assert {'config.json', 'model.safetensors', 'processor_config.json', 'tokenizer.json',
+            'chat_template.jinja'} <= names
+    assert json.loads((path/'config.json').read_text())['model_type'] == ARCHS[arch].model_type
+    assert not [n for n in os.listdir(path.parent) if n.endswith('.tmp')]  # atomic: no temp dir left
+
+
+def test_reload_gives_same_batch_and_logits(built):
+    arch, model, processor, model2, processor2, _ = built
+    b1, b2 = encode(processor, samples(), 512), encode(processor2, samples(), 512)
+    assert b1.keys() == b2.keys()
+    for k in b1: assert torch.equal(b1[k], b2[k]), k
+    with torch.no_grad():
+        torch.testing.assert_close(model(**b1).logits, model2(**b2).logits, atol=1e-5, rtol=0)
+
+
+def test_labels_are_assistant_tokens_only(built):
+    arch, _, processor, *_ = built
+    b = encode(processor, samples(), 512)
+    tok = processor.tokenizer
+    kept = [tok.decode(row[row != -100]) for row in b['labels']]
+    assert kept == [ANSWERS[0] + '<|im_end|>', ANSWERS[1] + '<|im_end|>' + ANSWERS[2] + '<|im_end|>']
+    assert (b['labels'][b['attention_mask'] == 0] == -100).all()
+    assert 'labels' not in encode(processor, samples(), 512, train=False)
+
+
+def test_training_step_reduces_loss(built):
+    arch, _, _, model, processor, _ = built
+    b = encode(processor, samples(), 512)
+    torch.manual_seed(0)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(4):
+        loss = model(**b).loss
+        loss.backward(); opt.step(); opt.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_truncation_never_cuts_an_image(built):
+    arch, _, processor, *_ = built
+    full = encode(processor, samples()[:1], 512)
+    n = full['input_ids'].shape[1]
+    image_id = processor.image_token_id
+    last = int((full['input_ids'][0] == image_id).nonzero()[-1])
+    short = encode(processor, samples()[:1], last + 2)  # the text after the image is shortened
+    assert short['input_ids'].shape[1] == last + 2 < n
+    assert (short['input_ids'] == image_id).sum() == (full['input_ids'] == image_id).sum()
+    with pytest.raises(DataError, match="row 'toy/0', field 'images'.*would cut an image"):
+        encode(processor, samples()[:1], last + 1)
+
+
+def test_unreadable_image_names_sample_and_field(built):
+    _, _, processor, *_ = built
+    bad = dict(samples()[0], id='toy/bad', images=[{'bytes': b'not an image', 'path': None}])
+    with pytest.raises(DataError, match="row 'toy/bad', field 'images'"):
+        encode(processor, [bad], 64)
+
+
+def test_encode_prompt_ends_on_assistant_header(built):
+    _, model, processor, *_ = built
+    b = encode_prompt(processor, [[image(3)], [image(4)]], ['pick up the block', 'open the drawer'])
+    tok = processor.tokenizer
+    assert tok.decode(b['input_ids'][1]).endswith('open the drawer<|im_end|>\n<|im_start|>assistant\n')
+    assert 'labels' not in b
+    with torch.no_grad(): assert model(**b).logits.shape[:2] == b['input_ids'].shape
+
+
+def test_placeholder_count_must_match_images():
+    msgs = [{'role': 'user', 'content': '<image> what?'}, {'role': 'assistant', 'content': 'x'}]
+    assert to_chat(msgs, 1)[0]['content'][0] == {'type': 'image'}
+    with pytest.raises(DataError, match="row 's/1', field 'messages'"): to_chat(msgs, 2, 's/1')
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(EmtError, match='does not exist'): load_vlm(tmp_path/'missing')
+    (tmp_path/'empty').mkdir()
+    with pytest.raises(EmtError, match='no config.json'): load_vlm(tmp_path/'empty')
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    text = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    text.save_pretrained(tmp_path/'text')
+    with pytest.raises(EmtError, match=r"config.json: model_type 'qwen2' \(not an image-text-to-text"):
+        load_vlm(tmp_path/'text')
+    (tmp_path/'llava').mkdir(); (tmp_path/'llava'/'config.json').write_text(json.dumps({'model_type': 'llava'}))
+    with pytest.raises(EmtError, match=r"model_type 'llava' \(an image-text-to-text architecture\) is not supported; "
+                                       r"supported: \['internvl', 'qwen2_5_vl', 'qwen3_vl', 'smolvlm'\]"):
+        load_vlm(tmp_path/'llava')
+
+
+def test_tokenizer_needs_its_arch():
+    tok = train_tokenizer(TEXTS, 360, 'internvl')
+    with pytest.raises(EmtError, match="arch='smolvlm'"): tiny_vlm('smolvlm', tok, **SIZE)
+    with pytest.raises(EmtError, match='too small'): train_tokenizer(TEXTS, 100, 'internvl')
+
+
+def test_text_only_sample_batches_with_image_samples(built):
+    _, model, processor, *_ = built
+    text_only = {'id': 'toy/text', 'source': 'toy', 'images': [], 'meta': '{}',
+                 'messages': [{'role': 'user', 'content': 'Say hi'}, {'role': 'assistant', 'content': 'hi'}]}
+    b = encode(processor, [samples()[0], text_only], 512)
+    assert processor.tokenizer.decode(b['labels'][1][b['labels'][1] != -100]) == 'hi<|im_end|>'
+    with torch.no_grad(): assert torch.isfinite(model(**b).loss)
+
+
+def test_load_in_another_dtype(built):
+    *_, path = built
+    model, _ = load_vlm(path, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
