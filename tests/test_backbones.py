@@ -96,6 +96,9 @@ def test_truncation_never_cuts_an_image(built):
     short = encode(processor, samples()[:1], last + 2)  # the text after the image is shortened
     assert short['input_ids'].shape[1] == last + 2 < n
     assert (short['input_ids'] == image_id).sum() == (full['input_ids'] == image_id).sum()
+    per_token = [k for k, v in full.items() if torch.is_tensor(v) and v.shape == full['input_ids'].shape]
+    assert all(short[k].shape == short['input_ids'].shape for k in per_token), {k: short[k].shape for k in per_token}
+    with torch.no_grad(): built[1](**short)  # every per-token input (token types too) still lines up
     with pytest.raises(DataError, match="row 'toy/0', field 'images'.*would cut an image"):
         encode(processor, samples()[:1], last + 1)
 
