@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: install repro test check-nbs docs clean-venv
+.PHONY: install repro test check-nbs docs browser clean-venv
 
 # A virtual environment with torch 2.13.0 first (so nothing pulls another torch), then emt with its dev tools.
 install: $(VENV)/.emt-installed
@@ -29,9 +29,15 @@ check-nbs: install
 	  git status --porcelain -- nbs emt README.md; \
 	  echo "nbs/, emt/ or README.md changed under nbdev-clean, nbdev-export or emt readme: run them and commit."; exit 1; fi
 
-test: install check-nbs
+# The docs site's browser test (tests/test_browser.py) drives Debian's Chromium; it is installed from apt when missing
+# (as root), never downloaded by playwright. EMT_REQUIRE_BROWSER=1 makes that test fail, not skip, without it.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; fi
+
+test: install check-nbs browser
 	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 nbdev-test --n-workers 2
-	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 python -m pytest -q
+	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 EMT_REQUIRE_BROWSER=1 python -m pytest -q
 
 docs: install
 	source $(BIN)/activate && emt docs
