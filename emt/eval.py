@@ -219,9 +219,11 @@ class _Runner:
     def close(self):
         if self.env is not None: self.env.close(); self.env = None
 
-def _worker(adapter, policy_factory, replan_every, jobs, results, parent: int) -> None:
+def _worker(adapter, policy_factory, replan_every, jobs, results, parent: int, threads: int = 1) -> None:
     runner = None
     try:
+        import torch
+        torch.set_num_threads(threads)  # its share of the cores: workers that each take them all run slower together
         runner = _Runner(adapter, policy_factory, replan_every)
         while os.getppid() == parent:  # an orphan (its parent was killed) stops instead of running on for no one
             try: job = jobs.get(timeout=1)
@@ -238,7 +240,9 @@ def _run_parallel(adapter, policy_factory, jobs: list[Job], workers: int, replan
     for unit in job_units(jobs, workers): jq.put([astuple(j) for j in unit])  # plain tuples: picklable from a notebook
     for _ in range(workers): jq.put(None)
     from emt import eval as module
-    procs = [ctx.Process(target=module._worker, args=(adapter, policy_factory, replan_every, jq, rq, os.getpid()), daemon=True)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [ctx.Process(target=module._worker, args=(adapter, policy_factory, replan_every, jq, rq, os.getpid(), threads),
+                         daemon=True)
              for _ in range(workers)]
     for p in procs: p.start()
     try:
