@@ -18,10 +18,11 @@ import numpy as np
 from .core import EmtError, DataError, atomic_path, progress, rng, rpath, write_json, save_table, save_figure
 
 # %% auto #0
-__all__ = ['Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv', 'ConstantPolicy', 'wilson', 'summarize',
-           'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job', 'plan_jobs', 'job_units', 'evaluate',
-           'LineBench', 'push_right', 'metaworld_eval_seed', 'MetaWorldEnv', 'MetaWorld', 'MetaWorldExpert',
-           'make_adapter', 'VLACheckpoint', 'vla_policies', 'success_rows', 'success_curve_figure', 'run_eval']
+__all__ = ['REFERENCE', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv', 'ConstantPolicy', 'wilson',
+           'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job', 'plan_jobs', 'job_units',
+           'evaluate', 'LineBench', 'push_right', 'metaworld_eval_seed', 'MetaWorldEnv', 'MetaWorld', 'MetaWorldExpert',
+           'make_adapter', 'VLACheckpoint', 'vla_policies', 'success_rows', 'success_curve_figure',
+           'reference_policies', 'run_eval']
 
 # %% ../nbs/13_eval.ipynb #d893e5a3
 class Policy(Protocol):
@@ -39,11 +40,13 @@ class TaskEnv(Protocol):
 
 class RandomPolicy:
     "Uniform random actions in [-1, 1]: the floor every benchmark's success should be near zero for."
-    def __init__(self, action_dim: int, # the benchmark's action size
+    def __init__(self, action_dim: int|None = None, # the benchmark's action size (None: the env's, read in `bind`)
                  chunk: int = 1, # actions per prediction
                  seed: int = 0): # reseeded per episode by the harness through `reset`
         self.action_dim, self.chunk, self.gen = action_dim, chunk, np.random.default_rng(seed)
     def reset(self, seed: int) -> None: self.gen = np.random.default_rng(seed)
+    def bind(self, env) -> None:
+        if self.action_dim is None: self.action_dim = env.action_dim
     def predict(self, images: list[np.ndarray], instruction: str) -> np.ndarray:
         return self.gen.uniform(-1, 1, (self.chunk, self.action_dim)).astype(np.float32)
 
@@ -464,22 +467,31 @@ def success_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
                          'ci95_low': r['ci95'][0], 'ci95_high': r['ci95'][1]})
     return rows
 
+REFERENCE = 'reference' # policies named `reference/<kind>` are the floor and ceiling, not checkpoints
+
 def success_curve_figure(results: dict[str, dict[str, dict]]):
-    "Fig. 3 (success half): mean success over fine-tuning checkpoints, one line per initialisation and benchmark."
+    """Fig. 3 (success half): mean success over fine-tuning checkpoints, one line per initialisation and benchmark,
+    with 95% intervals; reference policies as horizontal lines. Lines that coincide are drawn side by side."""
     import matplotlib.pyplot as plt
     benches = sorted({b for r in results.values() for b in r})
-    fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.8 * len(benches), 3.4), squeeze=False)
+    inits = sorted({p.split('/')[0] for p in results} - {REFERENCE}, key=lambda i: (i not in ('none', 'base'), i))
+    steps = sorted({s for p in results if (s := _step_of(p)) is not None})
+    width = (steps[-1] - steps[0]) * 0.012 if len(steps) > 1 else 1.0
     for ax, b in zip(axes[0], benches):
-        inits = sorted({p.split('/')[0] for p in results})
-        for init in inits:
+        for j, init in enumerate(inits):
             pts = sorted((_step_of(p), r[b]) for p, r in results.items() if p.split('/')[0] == init and b in r
                          and _step_of(p) is not None)
             if not pts: continue
-            x = [s for s, _ in pts]; y = [r['mean'] for _, r in pts]
-            lo = [r['ci95'][0] for _, r in pts]; hi = [r['ci95'][1] for _, r in pts]
+            x = [s + (j - (len(inits) - 1) / 2) * width for s, _ in pts]; y = [r['mean'] for _, r in pts]
+            err = [[r['mean'] - r['ci95'][0] for _, r in pts], [r['ci95'][1] - r['mean'] for _, r in pts]]
             label = 'without mid-training' if init in ('none', 'base') else f'mid-trained ({init})'
-            ax.plot(x, y, marker='o', label=label); ax.fill_between(x, lo, hi, alpha=0.15)
-        ax.set(title=b, xlabel='fine-tuning step', ylabel='success rate', ylim=(-0.02, 1.02))
+            ax.errorbar(x, y, yerr=err, marker='osD^v<>'[j % 7], capsize=3, label=label)
+        for p, r in results.items():
+            if p.split('/')[0] == REFERENCE and b in r:
+                ax.axhline(r[b]['mean'], ls=':', color='grey' if p.endswith('random') else 'black', lw=1,
+                           label=f"{p.split('/', 1)[1]} policy ({100 * r[b]['mean']:.0f}%)")
+        ax.set(title=b, xlabel='fine-tuning step', ylabel='success rate (95% interval)', ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -490,6 +502,18 @@ def _stale(folder: Path, policy_id: str|None) -> bool:
     f = folder/'protocol.json'
     return f.exists() and json.loads(f.read_text()).get('policy_id') != policy_id
 
+def reference_policies(names: Sequence[str], # `eval.references`: 'random' and/or 'expert'
+                       benchmark: str, # a benchmark's name
+                       ) -> dict[str, Callable[[], Policy]]:
+    "Factories of the reference policies run on `benchmark`: random actions, and the scripted expert where it has one."
+    experts = {'metaworld': MetaWorldExpert}  # LIBERO's scripted policy solves only pick-and-place tasks: not a ceiling
+    out = {}
+    for n in names:
+        if n == 'random': out[f'{REFERENCE}/random'] = RandomPolicy
+        elif n == 'expert' and benchmark in experts: out[f'{REFERENCE}/expert'] = experts[benchmark]
+        elif n != 'expert': raise EmtError(f"eval.references: unknown reference policy {n!r} (known: 'random', 'expert')")
+    return out
+
 def run_eval(P, # the params
              policies: dict[str, Callable[[], Policy]]|None = None, # name -> picklable factory (None: `vla_policies()`)
              out: str|os.PathLike = 'artifacts/eval', # results, protocols and videos go under here
@@ -498,15 +522,17 @@ def run_eval(P, # the params
     E, t0 = P.eval, time.time()
     policies = vla_policies() if policies is None else policies
     results: dict[str, dict[str, dict]] = {}
-    for name, factory in policies.items():
-        for spec in E.benchmarks:
-            adapter = make_adapter(spec, P)
-            key = spec.name if spec.suite is None else f'{spec.name}_{spec.suite}'
-            folder, pid = rpath(out)/name/key, factory.fingerprint() if hasattr(factory, 'fingerprint') else None
-            if _stale(folder, pid): shutil.rmtree(folder)  # results of an older checkpoint of the same name
-            results.setdefault(name, {})[key] = evaluate(
-                adapter, factory, folder, spec.trials, spec.tasks, E.workers, P.seed,
-                E.replan_every, E.videos_per_task, policy_name=name, policy_id=pid)
+    runs = [(name, factory, spec, E.videos_per_task) for name, factory in policies.items() for spec in E.benchmarks]
+    runs += [(name, factory, spec, 0) for spec in E.benchmarks
+             for name, factory in reference_policies(E.references, spec.name).items()]
+    for name, factory, spec, videos in runs:
+        adapter = make_adapter(spec, P)
+        key = spec.name if spec.suite is None else f'{spec.name}_{spec.suite}'
+        pid = factory.fingerprint() if hasattr(factory, 'fingerprint') else name
+        folder = rpath(out)/name/key
+        if _stale(folder, pid): shutil.rmtree(folder)  # results of an older checkpoint of the same name
+        results.setdefault(name, {})[key] = evaluate(adapter, factory, folder, spec.trials, spec.tasks, E.workers,
+                                                     P.seed, E.replan_every, videos, policy_name=name, policy_id=pid)
     rows = success_rows(results)
     save_table(rows, 'eval_success')
     if any(_step_of(p) is not None for p in results):

@@ -191,6 +191,9 @@ class Eval(Section):
     workers: int = Field(default=2, gt=0)
     replan_every: int | None = Field(default=None, gt=0) # steps executed per chunk (None: the whole chunk)
     videos_per_task: int = Field(default=1, ge=0)
+    references: list[Literal['random', 'expert']] = [] # reference policies run beside the VLAs: uniform random
+                                                       # actions (the floor) and, where a benchmark has one, its
+                                                       # privileged scripted expert (the ceiling; Meta-World)
 
 class Report(Section):
     "report stage: the paper's tables and figures beside this run's."

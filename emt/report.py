@@ -71,6 +71,7 @@ def final_success(eval_metrics: dict) -> dict[str, dict[str, float]]:
     out = {}
     for pol, benches in eval_metrics.get('results', {}).items():
         init, _, ck = pol.partition('/')
+        if init == 'reference': continue  # random actions / scripted expert: not a VLA
         step = int(re.sub(r'\D', '', ck) or -1)
         for b, r in benches.items():
             key = bench_key(b)
@@ -91,6 +92,12 @@ def table1(P: Params, m: dict) -> list[dict]:
     name = P.base_vlm.model or f'tiny {P.base_vlm.arch}'
     for init, title in (('base', name), ('estimator', f'{name} + EmbodiedMidtrain')):
         if init in succ: rows.append({'source': label, 'model': title, **{BENCH_NAMES.get(b, b): round(v, 1) for b, v in succ[init].items()}})
+    refs = (('reference/random', 'reference: uniform random actions (floor)'),
+            ('reference/expert', 'reference: scripted expert, privileged state (ceiling)'))
+    for pol, title in refs:
+        r = m.get('eval', {}).get('results', {}).get(pol)
+        if r: rows.append({'source': label, 'model': title,
+                           **{BENCH_NAMES.get(bench_key(b), b): round(100 * v['mean'], 1) for b, v in r.items()}})
     return rows
 
 def _vla_loss(m: dict, init: str) -> float | None:
@@ -162,8 +169,11 @@ def findings(P: Params, m: dict) -> list[dict]:
     for b in sorted({b for v in succ.values() for b in v}):
         if 'base' in succ and 'estimator' in succ and b in succ['base'] and b in succ['estimator']:
             a, c = succ['base'][b], succ['estimator'][b]
+            floor = next((100 * r['mean'] for k, r in m.get('eval', {}).get('results', {}).get('reference/random', {}).items()
+                          if bench_key(k) == b), None)  # random actions, when eval.references ran them
+            note = f' (random actions: {floor:.1f}; neither VLA is above it)' if floor is not None and max(a, c) <= floor else ''
             out.append({'claim': f'Table 1: mid-training beats the same VLM without it ({BENCH_NAMES.get(b, b)})',
-                        'paper': 'yes, on all three benchmarks', 'this run': f'{c:.1f} vs {a:.1f}', 'holds here': _yes(c > a)})
+                        'paper': 'yes, on all three benchmarks', 'this run': f'{c:.1f} vs {a:.1f}{note}', 'holds here': _yes(c > a)})
     lb, le = _vla_loss(m, 'base'), _vla_loss(m, 'estimator')
     if lb is not None and le is not None:
         out.append({'claim': 'Fig. 3: VLA training loss nearly identical with and without mid-training',
@@ -223,10 +233,18 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
     for pol, benches in m.get('eval', {}).get('results', {}).items():
         init, _, ck = pol.partition('/')
         for bn, r in benches.items():
-            curves.setdefault(f'{init}|{bn}', []).append((int(re.sub(r'\D', '', ck) or 0), 100 * r['mean']))
-    for k, pts in sorted(curves.items()):
+            if init == 'reference':  # random actions / scripted expert: a level, not a curve
+                b.axhline(100 * r['mean'], ls=':', lw=1, color='grey' if ck == 'random' else 'black',
+                          label=f'{ck} policy - {bn} ({100 * r["mean"]:.0f}%)')
+            else: curves.setdefault(f'{init}|{bn}', []).append((int(re.sub(r'\D', '', ck) or 0), 100 * r['mean'], r['ci95']))
+    steps = sorted({p[0] for pts in curves.values() for p in pts})
+    width = (steps[-1] - steps[0]) * 0.012 if len(steps) > 1 else 1.0
+    for j, (k, pts) in enumerate(sorted(curves.items())):  # coinciding lines drawn side by side, with 95% intervals
         init, bn = k.split('|')
-        b.plot(*zip(*sorted(pts)), marker='o', label=f"{'without mid-training' if init == 'base' else f'mid-trained ({init})'} - {bn}")
+        pts = sorted(pts); off = (j - (len(curves) - 1) / 2) * width
+        b.errorbar([s + off for s, _, _ in pts], [v for _, v, _ in pts], capsize=3, marker='osD^v<>'[j % 7],
+                   yerr=[[v - 100 * ci[0] for _, v, ci in pts], [100 * ci[1] - v for _, v, ci in pts]],
+                   label=f"{'without mid-training' if init == 'base' else f'mid-trained ({init})'} - {bn}")
     b.set(xlabel='fine-tuning step', ylabel='success rate (%)', title='success', ylim=(-2, 102)); b.legend(fontsize=7)
     fig.suptitle(f'Fig. 3, {label}. Paper: success gains from the first checkpoint on and widen; loss nearly identical.',
                  fontsize=8)

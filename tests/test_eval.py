@@ -98,17 +98,31 @@ def test_metaworld_eval_sees_the_corpus_view_and_experts_solve_mt10(tmp_path):
 def test_run_eval_writes_metrics_table_figure_and_videos(tmp_project):
     from emt.params import load_params, override
     P = load_params(REPO/'params.yaml')
-    P = override(P, 'eval', workers=1, videos_per_task=1, benchmarks=[
+    P = override(P, 'eval', workers=1, videos_per_task=1, references=['expert'], benchmarks=[
         {'name': 'metaworld', 'tasks': ['reach-v3'], 'trials': 2, 'max_steps': 150, 'image_size': 64}])
     m = run_eval(P, policies={'scripted/step0': MetaWorldExpert, 'random/step0': partial(RandomPolicy, 4, 1)})
     saved = json.loads((tmp_project/'metrics/eval.json').read_text())
-    assert saved['profile'] == P.profile and set(saved['results']) == {'scripted/step0', 'random/step0'}
+    assert saved['profile'] == P.profile
+    assert set(saved['results']) == {'scripted/step0', 'random/step0', 'reference/expert'}
+    assert saved['results']['reference/expert']['metaworld']['mean'] == 1.0  # the same episodes as the policies
     r = saved['results']['scripted/step0']['metaworld']
     assert r['mean'] == 1.0 and r['protocol']['camera'] == P.corpus.vla.camera and r['protocol']['trials_per_task'] == 2
     assert 'reach-v3' in (tmp_project/'tables/eval_success.md').read_text()
     assert (tmp_project/'figures/fig3_success.png').stat().st_size > 0
     assert len(list((tmp_project/'artifacts/eval').rglob('*.mp4'))) == 2
     assert m['results']['random/step0']['metaworld']['episodes'] == 2
+
+
+def test_reference_policies_random_binds_the_action_size_expert_only_where_one_exists():
+    from emt.eval import LineEnv, reference_policies, run_episode
+    refs = reference_policies(['random', 'expert'], 'metaworld')
+    assert set(refs) == {'reference/random', 'reference/expert'}
+    assert set(reference_policies(['random', 'expert'], 'libero')) == {'reference/random'}
+    pol = refs['reference/random']()
+    ep = run_episode(LineEnv(max_steps=5), pol, trial=0, seed=3)
+    assert pol.action_dim == LineEnv.action_dim and ep['steps'] >= 1
+    with pytest.raises(EmtError, match="unknown reference policy 'oracle'"):
+        reference_policies(['oracle'], 'metaworld')
 
 
 def test_libero_imports_offline_without_prompt_or_home_config(tmp_path):
