@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .core import EmtError, DataError, atomic_path, progress, rng, rpath, write_json, save_table, save_figure
+from .core import EmtError, DataError, atomic_path, progress, rng, rpath, write_json, write_text, save_table, save_figure
 
 # %% auto #0
 __all__ = ['REFERENCE', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv', 'ConstantPolicy', 'wilson',
@@ -535,6 +535,11 @@ def run_eval(P, # the params
                                                      P.seed, E.replan_every, videos, policy_name=name, policy_id=pid)
     rows = success_rows(results)
     save_table(rows, 'eval_success')
+    curve = [{'init': p.split('/')[0], 'step': _step_of(p), 'benchmark': b, 'success': r['mean']}
+             for p, bs in results.items() if _step_of(p) is not None for b, r in bs.items()]
+    write_text(rpath('metrics/eval_curve.csv'),  # `dvc plots show`: success over fine-tuning steps, one line per init
+               'init,step,benchmark,success\n' + ''.join(f"{c['init']},{c['step']},{c['benchmark']},{c['success']:.6g}\n"
+                                                     for c in sorted(curve, key=lambda c: (c['init'], c['benchmark'], c['step']))))
     if any(_step_of(p) is not None for p in results):
         import matplotlib.pyplot as plt
         fig = success_curve_figure(results); save_figure(fig, 'fig3_success'); plt.close(fig)

@@ -36,3 +36,19 @@ def test_fresh_clone_repro_then_nothing_to_do(clone):
     assert 'Stage \'data\' didn\'t change' in out or 'up to date' in out.lower(), out
     status = _run('dvc status data', cwd=clone)  # the later stages take minutes: `make repro` runs them
     assert 'up to date' in status.lower(), status
+
+
+def test_metrics_and_plots_of_every_stage_are_listed(clone):
+    "`dvc metrics show` and `dvc plots show` read the committed outputs of the last reproduction."
+    import json
+    metrics = _run('dvc metrics show --json', cwd=clone)
+    files = set(next(iter(json.loads(metrics).values()))['data'])
+    assert {f'metrics/{s}.json' for s in ('data', 'base_vlm', 'features', 'gap', 'estimator', 'ppl', 'select',
+                                          'midtrain', 'vla', 'eval', 'report')} <= files, files
+    plots = json.loads(_run('dvc plots show --json', cwd=clone))['data']
+    assert {'metrics/base_vlm_loss.csv', 'metrics/midtrain_loss.csv', 'metrics/vla_loss.csv',
+            'metrics/eval_curve.csv'} <= set(plots), set(plots)
+    spec = plots['metrics/vla_loss.csv'][0]['content']  # the repository's template: one line per init and split
+    assert spec['encoding']['color']['field'] == 'series' and 'datum.init' in spec['transform'][0]['calculate']
+    rows = spec['data']['values']
+    assert {r['init'] for r in rows} == {'base', 'estimator', 'random'} and {r['split'] for r in rows} == {'train', 'heldout'}
