@@ -3,6 +3,7 @@
     python benchmarks/eval_throughput.py                 # Meta-World: episodes/hour (1 vs 2 workers), steps/s, render ms
     python benchmarks/eval_throughput.py --libero        # the same for LIBERO's env step and render
     python benchmarks/eval_throughput.py --libero-proof  # scripted vs random success on the proof tasks
+    python benchmarks/eval_throughput.py --vla artifacts/vla/base/step_000160  # a VLA: episodes/hour, 1 vs 2 workers
 
 Prints its numbers with the machine (cores, load average): timings on a shared machine move with its load.
 """
@@ -80,6 +81,18 @@ def metaworld(trials: int) -> None:
         print(f'  {name:7s}: mean success {res["mean"]:.2f} over {res["episodes"]} episodes (95% CI {lo:.2f}-{hi:.2f})')
 
 
+def vla(path: str, trials: int, max_steps: int) -> None:
+    "Episodes/hour of a VLA checkpoint on MT10 with 1 and 2 workers (each worker loads it and runs torch)."
+    from emt.eval import VLACheckpoint
+    print(f'# VLA {path} on Meta-World MT10, {trials} trials/task of {max_steps} steps; machine: {machine()}')
+    rates = {}
+    for w in (1, 2):
+        rates[w], res = episodes_per_hour(MetaWorld(max_steps=max_steps), VLACheckpoint(path), trials, w)
+        print(f'  {w} worker(s): {rates[w]:7.0f} episodes/hour, success {res["mean"]:.2f} '
+              f'({res["successes"]}/{res["episodes"]}); load now {os.getloadavg()[0]:.2f}')
+    print(f'  speed-up 2 vs 1 workers: {rates[2] / rates[1]:.2f}x')
+
+
 def libero(size: int) -> None:
     from emt.libero import Libero, libero_tasks
     task = libero_tasks('libero_object')[0]
@@ -118,8 +131,11 @@ if __name__ == '__main__':
     ap.add_argument('--trials', type=int, default=2, help='trials per task (proof: scripted trials)')
     ap.add_argument('--random-trials', type=int, default=3)
     ap.add_argument('--size', type=int, default=128, help='LIBERO image size')
+    ap.add_argument('--vla', help='a VLA checkpoint folder: its episodes/hour with 1 and 2 workers')
+    ap.add_argument('--max-steps', type=int, default=100, help='episode length for --vla')
     ap.add_argument('--out', default=tempfile.mkdtemp(prefix='libero_proof_'), help='proof results folder')
     a = ap.parse_args()
     if a.libero_proof: libero_proof(a.trials, a.random_trials, a.size, a.out)
     elif a.libero: libero(a.size)
+    elif a.vla: vla(a.vla, a.trials, a.max_steps)
     else: metaworld(a.trials)
