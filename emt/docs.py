@@ -224,6 +224,7 @@ nb_execution_mode = "off"
 nb_ipywidgets_js = {{}}
 nb_output_stderr = "remove"
 nb_merge_streams = True
+nb_render_markdown_format = "gfm"  # Markdown outputs (the stage tables) are GitHub-flavoured: tables render
 myst_enable_extensions = ["colon_fence", "dollarmath", "amsmath", "deflist", "html_image"]
 myst_all_links_external = True
 html_math_renderer = "emt_source"

@@ -94,7 +94,9 @@ IMAGES_JS = '''async () => {
   const imgs = Array.from(document.images);
   imgs.forEach(i => { i.loading = 'eager'; });
   await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = r; i.onerror = r; })));
-  return {n: imgs.length, broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'))};
+  return {n: imgs.length, broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
+          tables: document.querySelectorAll('table').length,
+          raw_tables: Array.from(document.querySelectorAll('p')).filter(p => /^\\|.*\\|\\s*\\n\\|/.test(p.textContent)).length};
 }'''
 
 
@@ -150,6 +152,14 @@ def test_every_image_renders(visits):
     broken = {p: v['broken'] for p, v in visits['images'].items() if v['broken']}
     assert not broken, broken
     assert sum(v['n'] for v in visits['images'].values()) >= 1   # there are figures to check (02_data has one)
+
+
+def test_markdown_tables_in_outputs_render_as_tables(visits):
+    "Stage notebooks display their tables as Markdown outputs: they must become HTML tables, not pipe-separated text."
+    raw = {p: v['raw_tables'] for p, v in visits['images'].items() if v['raw_tables']}
+    assert not raw, raw
+    report = visits['images']['runs/14_report.html']   # the committed run of the report stage
+    assert report['tables'] >= 4, report   # Tables 1, 2, A.5 and the findings
 
 
 def test_start_here_leads_the_navigation(visits):
