@@ -21,7 +21,7 @@ from .core import EmtError, DataError, atomic_path, progress, rng, rpath, write_
 __all__ = ['REFERENCE', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv', 'ConstantPolicy', 'wilson',
            'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job', 'plan_jobs', 'job_units',
            'evaluate', 'LineBench', 'push_right', 'metaworld_eval_seed', 'MetaWorldEnv', 'MetaWorld', 'MetaWorldExpert',
-           'make_adapter', 'VLACheckpoint', 'vla_policies', 'success_rows', 'success_curve_figure',
+           'make_adapter', 'VLACheckpoint', 'vla_policies', 'success_rows', 'plot_success', 'success_curve_figure',
            'reference_policies', 'run_eval']
 
 # %% ../nbs/13_eval.ipynb #d893e5a3
@@ -469,28 +469,39 @@ def success_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
 
 REFERENCE = 'reference' # policies named `reference/<kind>` are the floor and ceiling, not checkpoints
 
-def success_curve_figure(results: dict[str, dict[str, dict]]):
-    """Fig. 3 (success half): mean success over fine-tuning checkpoints, one line per initialisation and benchmark,
-    with 95% intervals; reference policies as horizontal lines. Lines that coincide are drawn side by side."""
-    import matplotlib.pyplot as plt
-    benches = sorted({b for r in results.values() for b in r})
-    fig, axes = plt.subplots(1, len(benches), figsize=(4.8 * len(benches), 3.4), squeeze=False)
+def plot_success(ax, # a matplotlib axis
+                 results: dict[str, dict[str, dict]], # `run_eval`'s results
+                 benches: Sequence[str], # the benchmarks drawn on this axis (more than one: named in the labels)
+                 scale: float = 1.0, # 100: percent
+                 ) -> None:
+    """Mean success over fine-tuning checkpoints, one line per initialisation and benchmark, with 95% intervals;
+    reference policies as horizontal lines. Lines that coincide are drawn side by side."""
     inits = sorted({p.split('/')[0] for p in results} - {REFERENCE}, key=lambda i: (i not in ('none', 'base'), i))
     steps = sorted({s for p in results if (s := _step_of(p)) is not None})
     width = (steps[-1] - steps[0]) * 0.012 if len(steps) > 1 else 1.0
-    for ax, b in zip(axes[0], benches):
-        for j, init in enumerate(inits):
-            pts = sorted((_step_of(p), r[b]) for p, r in results.items() if p.split('/')[0] == init and b in r
-                         and _step_of(p) is not None)
-            if not pts: continue
-            x = [s + (j - (len(inits) - 1) / 2) * width for s, _ in pts]; y = [r['mean'] for _, r in pts]
-            err = [[r['mean'] - r['ci95'][0] for _, r in pts], [r['ci95'][1] - r['mean'] for _, r in pts]]
-            label = 'without mid-training' if init in ('none', 'base') else f'mid-trained ({init})'
-            ax.errorbar(x, y, yerr=err, marker='osD^v<>'[j % 7], capsize=3, label=label)
-        for p, r in results.items():
+    lines = [(i, b) for b in benches for i in inits]
+    suffix = (lambda b: f' - {b}') if len(benches) > 1 else (lambda b: '')
+    for j, (init, b) in enumerate(lines):
+        pts = sorted((_step_of(p), r[b]) for p, r in results.items() if p.split('/')[0] == init and b in r
+                     and _step_of(p) is not None)
+        if not pts: continue
+        x = [s + (j - (len(lines) - 1) / 2) * width for s, _ in pts]; y = [scale * r['mean'] for _, r in pts]
+        err = [[scale * (r['mean'] - r['ci95'][0]) for _, r in pts], [scale * (r['ci95'][1] - r['mean']) for _, r in pts]]
+        label = 'without mid-training' if init in ('none', 'base') else f'mid-trained ({init})'
+        ax.errorbar(x, y, yerr=err, marker='osD^v<>'[j % 7], capsize=3, label=label + suffix(b))
+    for p, r in results.items():
+        for b in benches:
             if p.split('/')[0] == REFERENCE and b in r:
-                ax.axhline(r[b]['mean'], ls=':', color='grey' if p.endswith('random') else 'black', lw=1,
-                           label=f"{p.split('/', 1)[1]} policy ({100 * r[b]['mean']:.0f}%)")
+                ax.axhline(scale * r[b]['mean'], ls=':', color='grey' if p.endswith('random') else 'black', lw=1,
+                           label=f"{p.split('/', 1)[1]} policy ({100 * r[b]['mean']:.0f}%){suffix(b)}")
+
+def success_curve_figure(results: dict[str, dict[str, dict]]):
+    "Fig. 3 (success half): `plot_success` on one panel per benchmark."
+    import matplotlib.pyplot as plt
+    benches = sorted({b for r in results.values() for b in r})
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.8 * len(benches), 3.4), squeeze=False)
+    for ax, b in zip(axes[0], benches):
+        plot_success(ax, results, [b])
         ax.set(title=b, xlabel='fine-tuning step', ylabel='success rate (95% interval)', ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -229,22 +229,10 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
             pts = sorted((int(r['step']), float(r['loss'])) for r in rows if r['init'] == init and r.get('split', 'heldout') == 'heldout')
             if pts: a.plot(*zip(*pts), marker='o', label='without mid-training' if init == 'base' else f'mid-trained ({init})')
     a.set(xlabel='fine-tuning step', ylabel='held-out action loss', title='loss'); a.legend(fontsize=7)
-    curves: dict[str, list] = {}
-    for pol, benches in m.get('eval', {}).get('results', {}).items():
-        init, _, ck = pol.partition('/')
-        for bn, r in benches.items():
-            if init == 'reference':  # random actions / scripted expert: a level, not a curve
-                b.axhline(100 * r['mean'], ls=':', lw=1, color='grey' if ck == 'random' else 'black',
-                          label=f'{ck} policy - {bn} ({100 * r["mean"]:.0f}%)')
-            else: curves.setdefault(f'{init}|{bn}', []).append((int(re.sub(r'\D', '', ck) or 0), 100 * r['mean'], r['ci95']))
-    steps = sorted({p[0] for pts in curves.values() for p in pts})
-    width = (steps[-1] - steps[0]) * 0.012 if len(steps) > 1 else 1.0
-    for j, (k, pts) in enumerate(sorted(curves.items())):  # coinciding lines drawn side by side, with 95% intervals
-        init, bn = k.split('|')
-        pts = sorted(pts); off = (j - (len(curves) - 1) / 2) * width
-        b.errorbar([s + off for s, _, _ in pts], [v for _, v, _ in pts], capsize=3, marker='osD^v<>'[j % 7],
-                   yerr=[[v - 100 * ci[0] for _, v, ci in pts], [100 * ci[1] - v for _, v, ci in pts]],
-                   label=f"{'without mid-training' if init == 'base' else f'mid-trained ({init})'} - {bn}")
+    results = m.get('eval', {}).get('results', {})
+    if results:
+        from emt.eval import plot_success  # the eval stage's drawing (imports the simulator: only when there is success)
+        plot_success(b, results, sorted({bn for r in results.values() for bn in r}), scale=100)
     b.set(xlabel='fine-tuning step', ylabel='success rate (%)', title='success', ylim=(-2, 102)); b.legend(fontsize=7)
     fig.suptitle(f'Fig. 3, {label}. Paper: success gains from the first checkpoint on and widen; loss nearly identical.',
                  fontsize=8)

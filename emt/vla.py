@@ -705,9 +705,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(Path(a.out)/'report.json', {k: v for k, v in report.items() if k != 'history'})
     return report
 
-def _in_ipython() -> bool:
-    try: get_ipython; return True
-    except NameError: return False
+from .sft import _in_ipython
 
 if __name__ == '__main__' and not _in_ipython(): main()
 
