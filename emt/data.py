@@ -22,14 +22,14 @@ from datasets.arrow_writer import ArrowWriter
 from .core import DataError, EmtError, atomic_path, markdown_table, progress, rpath, write_json
 
 # %% auto #0
-__all__ = ['Kind', 'VLM_FEATURES', 'VLA_FEATURES', 'IMAGE', 'ROLES', 'OnError', 'LLAVA_ROLES', 'Flip', 'FORMATS', 'SHAREGPT_TAGS',
-           'features', 'image_bytes', 'open_image', 'toy_png_bytes', 'stored_image', 'bad_row', 'locate', 'Skipped',
-           'check_sample', 'check_rows', 'raw_rows', 'validate', 'samples_to_dataset', 'save_dataset',
-           'load_dataset_dir', 'qualify_id', 'llava_sample', 'read_llava', 'content_text', 'hf_sample', 'read_hf',
-           'action_chunk', 'lerobot_info', 'lerobot_camera', 'lerobot_tasks', 'import_av', 'decode_video_frames',
-           'read_lerobot', 'write_toy_lerobot', 'libero_task_name', 'instruction_from_filename', 'libero_instruction',
-           'flip_image', 'read_libero_hdf5', 'read_vla_dataset', 'load_source', 'write_hf', 'image_file_name',
-           'write_llava', 'write_sharegpt']
+__all__ = ['Kind', 'VLM_FEATURES', 'VLA_FEATURES', 'IMAGE', 'ROLES', 'OnError', 'LLAVA_ROLES', 'Flip', 'FORMATS', 'MultiImage',
+           'SHAREGPT_TAGS', 'features', 'image_bytes', 'open_image', 'toy_png_bytes', 'stored_image', 'bad_row',
+           'locate', 'Skipped', 'check_sample', 'check_rows', 'raw_rows', 'validate', 'samples_to_dataset',
+           'save_dataset', 'load_dataset_dir', 'qualify_id', 'llava_sample', 'read_llava', 'content_text', 'hf_sample',
+           'read_hf', 'action_chunk', 'lerobot_info', 'lerobot_camera', 'lerobot_tasks', 'import_av',
+           'decode_video_frames', 'read_lerobot', 'write_toy_lerobot', 'libero_task_name', 'instruction_from_filename',
+           'bddl_language', 'flip_image', 'read_libero_hdf5', 'read_vla_dataset', 'load_source', 'write_hf',
+           'image_file_name', 'llava_conversations', 'write_llava', 'write_sharegpt']
 
 # %% ../nbs/02_data.ipynb #f2432720
 Kind = Literal['vlm', 'vla']
@@ -171,6 +171,18 @@ def _check_images(s: dict):
         try: open_image(im)
         except Exception as e: raise bad_row('corrupt image', f'image {i} cannot be decoded ({e})', field='images') from None
 
+def _check_turn_order(roles: list[str]):
+    "Raise unless `roles` are an optional first system turn, then user/assistant pairs (what trainers accept)."
+    turns = roles[1:] if roles[0] == 'system' else roles
+    for i, r in enumerate(turns, start=len(roles) - len(turns)):
+        want = ('user', 'assistant')[(i - len(roles) + len(turns)) % 2]
+        if r == 'system': raise bad_row('system turn not first', f'message {i} is a system turn', field='messages')
+        if r != want: raise bad_row('turns out of order', f'message {i} is {r!r}, expected {want!r} (turns must '
+                                    'alternate user, assistant, after an optional first system turn)', field='messages')
+    if turns[-1] != 'assistant':
+        raise bad_row('ends on a user turn', f'message {len(roles) - 1} is the last and is not an assistant turn',
+                      field='messages')
+
 def _check_messages(s: dict):
     msgs = s['messages']
     if not msgs: raise bad_row('no messages', field='messages')
@@ -181,6 +193,7 @@ def _check_messages(s: dict):
         if m['role'] != 'user' and IMAGE in m['content']:
             raise bad_row('image placeholder outside user turn', f'message {i} ({m["role"]})', field='messages')
     if not any(m['role'] == 'assistant' for m in msgs): raise bad_row('no assistant turn', field='messages')
+    _check_turn_order([m['role'] for m in msgs])
     n = sum(m['content'].count(IMAGE) for m in msgs)
     if n != len(s['images']):
         raise bad_row('image count mismatch', f'{n} {IMAGE} placeholders but {len(s["images"])} images',
@@ -684,15 +697,13 @@ def instruction_from_filename(path: str|os.PathLike) -> str:
     while words and words[0].isupper(): words = words[1:]
     return ' '.join(words)
 
-def libero_instruction(path: str|os.PathLike, attrs: dict) -> str:
-    "The language instruction of a LIBERO file, from `problem_info` if present, else from its name."
+def bddl_language(attrs: dict) -> str|None:
+    "The `language_instruction` in a LIBERO file's `problem_info` attribute (its BDDL text), or None."
     info = attrs.get('problem_info')
-    if info is not None:
-        try:
-            text = json.loads(info.decode() if isinstance(info, bytes) else str(info)).get('language_instruction')
-            if text: return str(text).strip()
-        except (json.JSONDecodeError, AttributeError): pass
-    return instruction_from_filename(path)
+    if info is None: return None
+    try: text = json.loads(info.decode() if isinstance(info, bytes) else str(info)).get('language_instruction')
+    except (json.JSONDecodeError, AttributeError): return None
+    return str(text).strip() if text else None
 
 def flip_image(img: np.ndarray, # (H, W, 3) or (T, H, W, 3)
                flip: Flip) -> np.ndarray:
@@ -740,7 +751,8 @@ def read_libero_hdf5(paths: str|os.PathLike|Iterable[str|os.PathLike], # LIBERO 
             if not p.is_file(): raise DataError('file not found', file=p)
             with h5py.File(p, 'r') as h:
                 if 'data' not in h: raise DataError('no "data" group: not a LIBERO demo file', file=p, field='data')
-                instruction, task = libero_instruction(p, dict(h['data'].attrs)), libero_task_name(p)
+                instruction, task = instruction_from_filename(p), libero_task_name(p)
+                bddl = bddl_language(dict(h['data'].attrs))
                 for k in _demo_keys(h['data']):
                     key = f'data/{k}'
                     try: obs, acts = _libero_demo(h['data'][k], key, camera)
@@ -752,7 +764,7 @@ def read_libero_hdf5(paths: str|os.PathLike|Iterable[str|os.PathLike], # LIBERO 
                             'id': f'{source}/{task}/ep{n:03d}/f{t:04d}', 'source': source, 'task': task,
                             'instruction': instruction, 'images': [image_bytes(obs[t])], 'actions': a.tolist(),
                             'action_is_pad': pad.tolist(), 'episode_index': ep, 'frame_index': t,
-                            'meta': json.dumps({'file': p.name, 'hdf5_key': key})}
+                            'meta': json.dumps({'file': p.name, 'hdf5_key': key, 'bddl_language': bddl})}
                     ep += 1
     return _build(items(), 'vla', source, paths[0] if len(paths) == 1 else paths[0].parent, on_error, cache_dir,
                   images_checked=True)
@@ -805,11 +817,13 @@ def image_file_name(sample_id: str, i: int, data: bytes) -> str:
     ext = {'jpeg': 'jpg'}.get(fmt, fmt)
     return re.sub(r'[^A-Za-z0-9._-]', '_', sample_id.replace('/', '__')) + f'_{i}.{ext}'
 
-def _write_images(ds: Dataset, folder: Path) -> Iterator[tuple[dict, list[str]]]:
-    "(sample, names of its image files in `folder`) for each sample, writing the files."
+def _write_images(ds: Dataset, folder: Path, keep=None, # keep(sample) -> bool: False leaves the sample out
+                  ) -> Iterator[tuple[dict, list[str]]]:
+    "(sample, names of its image files in `folder`) for each sample kept, writing the files."
     folder.mkdir(parents=True, exist_ok=True)
     used = set()
     for s in progress(raw_rows(ds), 'writing images', total=len(ds)):
+        if keep is not None and not keep(s): continue
         names = []
         for i, v in enumerate(s['images']):
             data = v['bytes'] if v.get('bytes') is not None else Path(v['path']).read_bytes()
@@ -818,23 +832,44 @@ def _write_images(ds: Dataset, folder: Path) -> Iterator[tuple[dict, list[str]]]
             used.add(n); (folder/n).write_bytes(data); names.append(n)
         yield s, names
 
-def write_llava(ds: Dataset, # a VLM mixture
+MultiImage = Literal['raise', 'skip']
+
+def llava_conversations(messages: list[dict]) -> list[dict]:
+    "LLaVA-1.5 turns (`human`/`gpt` alternating) of checked messages, a system turn folded into the first human turn."
+    msgs = list(messages)
+    if msgs and msgs[0]['role'] == 'system':
+        system, first = msgs[0]['content'].strip(), msgs[1]
+        msgs = [{'role': 'user', 'content': f"{system}\n\n{first['content']}" if system else first['content']}, *msgs[2:]]
+    return [{'from': {'user': 'human', 'assistant': 'gpt'}[m['role']], 'value': m['content']} for m in msgs]
+
+def write_llava(ds: Dataset, # a VLM mixture (checked samples)
                 out_dir: str|os.PathLike, # gets data.json and images/
+                multi_image: MultiImage = 'raise', # a row with several images: stop, or skip it into `skipped`
+                skipped: Skipped|None = None, # where skipped rows are counted
                 ) -> Path:
-    "Write the mixture as LLaVA JSON with an image folder; the directory."
-    inv = {'user': 'human', 'assistant': 'gpt', 'system': 'system'}
+    "Write the mixture as LLaVA-1.5 training JSON with an image folder; the directory."
     out_dir = rpath(out_dir)
+    if multi_image not in ('raise', 'skip'): raise EmtError(f"multi_image must be 'raise' or 'skip', not {multi_image!r}")
     with atomic_path(out_dir) as tmp:
         rows = []
-        for s, names in _write_images(ds, tmp/'images'):
+        for s, names in _write_images(ds, tmp/'images', keep=lambda s: _one_image(s, multi_image, skipped)):
             row = {'id': s['id'], 'source': s['source']}
-            if len(names) == 1: row['image'] = f'images/{names[0]}'
-            elif names: row['images'] = [f'images/{n}' for n in names]
-            row['conversations'] = [{'from': inv[m['role']], 'value': m['content']} for m in s['messages']]
+            if names: row['image'] = f'images/{names[0]}'
+            row['conversations'] = llava_conversations(s['messages'])
             row['meta'] = s['meta']
             rows.append(row)
         (tmp/'data.json').write_text(json.dumps(rows, indent=1, ensure_ascii=False))
     return out_dir
+
+def _one_image(s: dict, multi_image: MultiImage, skipped: Skipped|None) -> bool:
+    "True if `s` has at most one image; otherwise raise, or count it in `skipped` and return False."
+    if len(s['images']) <= 1: return True
+    what = f"{len(s['images'])} images, and LLaVA-1.5 trains on one image a row"
+    if multi_image == 'raise':
+        raise DataError(f"{what}: write the mixture with multi_image='skip' to leave such rows out (counted), or use "
+                        'the HF or sharegpt writers, which keep every image.', row=s['id'], field='images')
+    if skipped is not None: skipped.add(bad_row('several images', what, row=s['id'], field='images'))
+    return False
 
 SHAREGPT_TAGS = {'role_tag': 'role', 'content_tag': 'content', 'user_tag': 'user', 'assistant_tag': 'assistant',
                  'system_tag': 'system'}

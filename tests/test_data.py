@@ -1,5 +1,6 @@
 "Readers and writers of emt.data on files in their real formats, round trips, and every bad-input case."
-import io, json, os, sys
+import io, json, os, re, sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -253,7 +254,8 @@ def test_libero_reads_chunks_flips_and_instruction(tmp_path):
     f = write_libero(tmp_path/LIBERO_NAME)
     ds, sk = read_libero_hdf5(f, chunk=3, cache_dir=tmp_path/'c')
     assert len(ds) == 14 and len(sk) == 0
-    assert set(ds['instruction']) == {'turn on the stove'}
+    assert set(ds['instruction']) == {'turn on the stove and put the moka pot on it'}  # the file name's, not problem_info's
+    assert json.loads(ds[0]['meta'])['bddl_language'] == 'turn on the stove'
     assert ds[0]['id'] == 'libero/KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it/ep000/f0000'
     with h5py.File(f) as h: acts, obs = h['data/demo_1/actions'][()], h['data/demo_1/obs/agentview_rgb'][()]
     r = ds[4 + 2]  # demo_1, frame 2 (its last)
@@ -272,6 +274,41 @@ def test_libero_instruction_from_file_name_and_folder(tmp_path):
                         cache_dir=tmp_path/'c')
     assert ds['instruction'] == ['turn on the stove and put the moka pot on it'] * 2 + ['pick up the black bowl'] * 2
     assert ds['episode_index'] == [0, 0, 1, 1] and ds['source'] == ['libero_10'] * 4
+
+def write_official_libero(folder, task, T=3):
+    "A demo file in the layout of LIBERO's released data sets (its create_dataset script), for a benchmark task."
+    from libero.libero import get_libero_path
+    bddl = Path(get_libero_path('bddl_files'))/task.problem_folder/task.bddl_file
+    text = bddl.read_text()
+    language = re.search(r'\(:language\s+([^)]*)\)', text).group(1).strip()
+    path = Path(folder)/f'{task.name}_demo.hdf5'
+    with h5py.File(path, 'w') as h:
+        data = h.create_group('data')
+        data.attrs.update(env_name='Libero_Tabletop_Manipulation', macros_image_convention='opengl', num_demos=1,
+                          total=T, bddl_file_name=str(bddl), bddl_file_content=text,
+                          problem_info=json.dumps({'problem_name': 'libero_tabletop_manipulation',
+                                                   'domain_name': 'robosuite', 'language_instruction': language}),
+                          env_args=json.dumps({'type': 1, 'env_name': 'Libero_Tabletop_Manipulation'}))
+        demo = data.create_group('demo_0')
+        demo.attrs.update(num_samples=T, model_file='<mujoco/>', init_state=np.zeros(10))
+        for cam in ('agentview_rgb', 'eye_in_hand_rgb'):
+            demo[f'obs/{cam}'] = np.stack([rgb(t) for t in range(T)])
+        for k, d in (('gripper_states', 2), ('joint_states', 7), ('ee_states', 6), ('ee_pos', 3), ('ee_ori', 3)):
+            demo[f'obs/{k}'] = np.zeros((T, d))
+        demo['actions'] = np.zeros((T, 7)); demo['states'] = np.zeros((T, 10)); demo['robot_states'] = np.zeros((T, 9))
+        demo['rewards'] = np.zeros(T, np.uint8); demo['dones'] = np.eye(T, dtype=np.uint8)[-1]
+    return path, language
+
+def test_libero_instruction_is_the_benchmark_tasks_language(tmp_path):
+    "Training reads the text that evaluation prompts with (the task's `language`), not the BDDL's problem_info."
+    from emt.libero import libero_suite
+    task = libero_suite('libero_object').get_task(0)
+    f, bddl_text = write_official_libero(tmp_path, task)
+    assert bddl_text != task.language  # the case that used to diverge
+    ds, _ = load_source({'name': 'libero_object', 'format': 'libero_hdf5', 'path': str(f)}, chunk=2,
+                        cache_dir=tmp_path/'c')
+    assert set(ds['instruction']) == {task.language} and len(ds) == 3
+    assert json.loads(ds[0]['meta'])['bddl_language'] == bddl_text
 
 @pytest.mark.parametrize('bad,reason', [((3, 'length'), 'length mismatch'), ((1, 'nan'), 'non-finite action')])
 def test_libero_bad_demo_raises_located_or_is_skipped(tmp_path, bad, reason):
