@@ -10,11 +10,12 @@ export PYOPENGL_PLATFORM ?= egl
 
 # A virtual environment with torch 2.13.0 first (so nothing pulls another torch), then emt with its dev tools.
 install: $(VENV)/.emt-installed
-$(VENV)/.emt-installed: pyproject.toml constraints.txt
+$(VENV)/.emt-installed: pyproject.toml constraints.txt requirements-interop.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps -r requirements-interop.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -37,7 +38,7 @@ browser:
 
 test: install check-nbs browser
 	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 nbdev-test --n-workers 2
-	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 EMT_REQUIRE_BROWSER=1 python -m pytest -q
+	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 EMT_REQUIRE_BROWSER=1 EMT_REQUIRE_INTEROP=1 python -m pytest -q
 
 docs: install
 	source $(BIN)/activate && emt docs

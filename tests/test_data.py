@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from emt.core import DataError, EmtError
 from emt.data import (load_dataset_dir, load_source, read_hf, read_lerobot, read_libero_hdf5, read_llava,
-                      samples_to_dataset, save_dataset, validate, write_hf, write_llava, write_sharegpt,
+                      samples_to_dataset, save_dataset, Skipped, validate, write_hf, write_llava, write_sharegpt,
                       write_toy_lerobot)
 
 os.environ['HF_HUB_OFFLINE'] = '1'
@@ -151,13 +151,24 @@ def assert_same_mixture(a, b):
         for i, j in zip(x, y): np.testing.assert_array_equal(pixels(i), pixels(j))
 
 def test_write_llava_round_trip(tmp_path, mixture):
-    out = write_llava(mixture, tmp_path/'llava')
+    "LLaVA-1.5 rows: one image a row (a two-image row stops the writer or is skipped, counted), no system turn."
+    two = next(s['id'] for s in mixture if len(s['images']) == 2)
+    with pytest.raises(DataError, match=f"row '{two}', field 'images': 2 images"): write_llava(mixture, tmp_path/'x')
+    assert not (tmp_path/'x').exists()
+    sk = Skipped()
+    out = write_llava(mixture, tmp_path/'llava', multi_image='skip', skipped=sk)
+    assert sk.counts == {'several images': 1} and sk.rows[0]['row'] == two
     rows = json.loads((out/'data.json').read_text())
     assert rows[0]['conversations'][0]['from'] == 'human' and rows[0]['image'].startswith('images/')
+    assert all('images' not in r and {t['from'] for t in r['conversations']} <= {'human', 'gpt'} for r in rows)
     assert (out/'images'/'robopoint__p1_0.jpg').exists()  # JPEG bytes kept as they were
     back, sk = read_llava(out/'data.json', source='mix', cache_dir=tmp_path/'cache')
     assert len(sk) == 0
-    assert_same_mixture(mixture, back)
+    kept = mixture.filter(lambda s: len(s['images']) <= 1)
+    folded = [[{'role': 'user', 'content': 'Be brief.\n\nHi?'}, m[2]] if m[0]['role'] == 'system' else m
+              for m in kept['messages']]
+    assert back['messages'] == folded and any(m[0]['role'] == 'system' for m in kept['messages'])
+    assert_same_mixture(kept.remove_columns('messages').add_column('messages', folded), back)
 
 def test_write_hf_round_trip_and_parquet_dir(tmp_path, mixture):
     out = write_hf(mixture, tmp_path/'hf')
