@@ -6,7 +6,7 @@ Docs: https://emt-org.github.io/emt/backbones.html.md"""
 
 # %% ../nbs/04_backbones.ipynb #e3cccd72
 from __future__ import annotations
-import io, os, time
+import io, json, os, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -21,9 +21,10 @@ from transformers.utils import is_torchvision_available
 from .core import DataError, EmtError, atomic_path
 
 # %% auto #0
-__all__ = ['ARCHS', 'CHAT_TOKENS', 'BUILDERS', 'Arch', 'IMAGE', 'allow_missing_video_processor', 'ArchSpec', 'chat_template',
-           'train_tokenizer', 'arch_spec', 'TinySize', 'tiny_vlm', 'n_params', 'save_vlm', 'load_vlm', 'to_chat',
-           'encode', 'encode_prompt', 'forward_ms']
+__all__ = ['ARCHS', 'CHAT_TOKENS', 'BUILDERS', 'Arch', 'VIDEO_CONFIG', 'VIDEO_PROCESSORS', 'IMAGE',
+           'allow_missing_video_processor', 'ArchSpec', 'chat_template', 'train_tokenizer', 'arch_spec', 'TinySize',
+           'tiny_vlm', 'n_params', 'save_vlm', 'video_processor_config', 'load_vlm', 'to_chat', 'encode',
+           'encode_prompt', 'forward_ms']
 
 # %% ../nbs/04_backbones.ipynb #2dd00de2
 def allow_missing_video_processor() -> bool:
@@ -245,12 +246,30 @@ def save_vlm(model: torch.nn.Module, # the VLM
     with atomic_path(path) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        video = tmp/VIDEO_CONFIG
+        if not video.exists(): video.write_text(json.dumps(video_processor_config(processor), indent=2, sort_keys=True))
     return Path(path)
+
+VIDEO_CONFIG = 'video_preprocessor_config.json'
+VIDEO_PROCESSORS = {'InternVLProcessor': 'InternVLVideoProcessor', 'Qwen2_5_VLProcessor': 'Qwen2VLVideoProcessor',
+                    'Qwen3VLProcessor': 'Qwen3VLVideoProcessor', 'SmolVLMProcessor': 'SmolVLMVideoProcessor'}
+_SHARED_KEYS = ('do_convert_rgb', 'do_resize', 'resample', 'do_rescale', 'rescale_factor', 'do_normalize', 'image_mean',
+                'image_std', 'size', 'patch_size', 'temporal_patch_size', 'merge_size', 'max_image_size')
+
+def video_processor_config(processor: ProcessorMixin) -> dict:
+    "The `video_preprocessor_config.json` of `processor`: its loaded one, else its image processor's settings."
+    if getattr(processor, 'video_processor', None) is not None: return processor.video_processor.to_dict()
+    if getattr(processor, 'emt_video_config', None): return dict(processor.emt_video_config)
+    name = type(processor).__name__
+    if name not in VIDEO_PROCESSORS: raise EmtError(f'No video processor is known for {name}; supported: {sorted(VIDEO_PROCESSORS)}')
+    image = processor.image_processor.to_dict()
+    return {'video_processor_type': VIDEO_PROCESSORS[name], **{k: image[k] for k in _SHARED_KEYS if k in image}}
 
 def _checked_source(path_or_id: str | os.PathLike) -> str:
     "The path or hub id to load from, after checking it holds a VLM of a supported architecture."
     p = Path(path_or_id).expanduser()
-    local = p.exists() or str(path_or_id).startswith(('.', '/', '~')) or str(path_or_id).count('/') != 1
+    local = (p.exists() or str(path_or_id).startswith(('.', '/', '~')) or str(path_or_id).count('/') != 1
+             or Path(p.parts[0]).is_dir())  # 'artifacts/x' names a local folder, never a hub repository
     if local and not p.exists(): raise EmtError(f'No VLM checkpoint at {p}: the path does not exist.')
     if local and not (p/'config.json').is_file():
         raise EmtError(f'{p} is not a VLM checkpoint: it has no config.json (expected a directory written by '

@@ -160,3 +160,88 @@ def test_load_in_another_dtype(built):
     *_, path = built
     model, _ = load_vlm(path, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+# ---------------------------------------------------------------- checkpoints outside emt
+
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+PLAIN = os.path.join(FIXTURES, 'plain_transformers_generate.py')
+
+
+def interop_checkpoint(path):
+    "The tiny InternVL checkpoint that tests/fixtures/torchvision_generate.json was recorded on."
+    tok = train_tokenizer(TEXTS, 360, 'internvl')
+    model, processor = tiny_vlm('internvl', tok, seed=0, **SIZE)
+    return save_vlm(model, processor, path)
+
+
+def emt_generate(path):
+    "emt's own path: load_vlm, encode_prompt, greedy generate (the prompt of the plain-transformers script)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('plain', PLAIN); plain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain)
+    model, processor = load_vlm(path)
+    batch = encode_prompt(processor, [plain.prompt_image()], plain.TEXT)
+    with torch.no_grad(): out = model.generate(**batch, max_new_tokens=plain.NEW_TOKENS, do_sample=False)
+    return {'input_ids': batch['input_ids'][0].tolist(), 'generated': out[0, batch['input_ids'].shape[1]:].tolist()}
+
+
+def weights_digest(path):
+    import hashlib
+    from safetensors.torch import load_file
+    h = hashlib.sha256()
+    for k, v in sorted(load_file(os.path.join(path, 'model.safetensors')).items()):
+        h.update(k.encode()); h.update(v.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope='module')
+def interop(tmp_path_factory):
+    path = interop_checkpoint(tmp_path_factory.mktemp('interop')/'vlm')
+    return path, emt_generate(path)
+
+
+def _plain(path, *args, python=None):
+    import subprocess, sys
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
+    r = subprocess.run([python or sys.executable, PLAIN, str(path), *args], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+def test_checkpoint_loads_in_plain_transformers_without_torchvision(interop):
+    "Model, tokenizer and image processor load with the Auto classes in a process that never imports emt."
+    path, ours = interop
+    got = _plain(path, '--parts')
+    assert not got['emt_imported'] and got['model'] == 'InternVLForConditionalGeneration'
+    assert got['image_processor'].startswith('GotOcr2ImageProcessor')
+    assert got['input_ids'] == ours['input_ids'] and got['generated'] == ours['generated']
+
+
+def test_checkpoint_carries_the_video_processor_config(interop):
+    "What AutoProcessor needs beside torchvision: the file whose absence made it fail with OSError."
+    path, _ = interop
+    cfg = json.loads((path/'video_preprocessor_config.json').read_text())
+    image = json.loads((path/'processor_config.json').read_text())['image_processor']
+    assert cfg['video_processor_type'] == 'InternVLVideoProcessor' and cfg['size'] == image['size']
+    assert cfg['image_mean'] == image['image_mean'] and cfg['image_std'] == image['image_std']
+
+
+def test_checkpoint_loads_with_autoprocessor_where_torchvision_is(interop):
+    """AutoProcessor + AutoModelForImageTextToText + generate, in an environment with torchvision and without emt:
+    the committed record of that run (how to regenerate it: tests/fixtures/plain_transformers_generate.py), or a live
+    run when EMT_TORCHVISION_PYTHON names such a Python."""
+    path, ours = interop
+    live = os.environ.get('EMT_TORCHVISION_PYTHON')
+    got = _plain(path, python=live) if live else json.load(open(os.path.join(FIXTURES, 'torchvision_generate.json')))
+    if not live:
+        assert got['weights'] == weights_digest(path), 'the recorded checkpoint differs: regenerate the fixture'
+    assert not got['emt_imported']
+    assert (got['processor'], got['video_processor']) == ('InternVLProcessor', 'InternVLVideoProcessor')
+    assert got['input_ids'] == ours['input_ids'] and got['generated'] == ours['generated']
+
+
+if __name__ == '__main__':  # python tests/test_backbones.py write-fixture DIR: the checkpoint the fixture records
+    import sys
+    if sys.argv[1:2] == ['write-fixture']: print(interop_checkpoint(sys.argv[2]), weights_digest(sys.argv[2]))
