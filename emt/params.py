@@ -6,7 +6,7 @@ Docs: https://emt-org.github.io/emt/params.html.md"""
 
 # %% ../nbs/01_params.ipynb #432eedc7
 from __future__ import annotations
-import shutil
+import os, shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -18,7 +18,7 @@ from .core import EmtError, rpath, write_text
 # %% auto #0
 __all__ = ['VLA_TASKS_MT10', 'KCount', 'KFraction', 'Section', 'Recipe', 'Source', 'CorpusVLA', 'Corpus', 'Data', 'BaseVLM',
            'Features', 'Gap', 'Estimator', 'Select', 'Midtrain', 'VLA', 'Benchmark', 'Eval', 'Report', 'Params',
-           'ParamsError', 'parse_params', 'load_params', 'override', 'profiles', 'use_profile']
+           'ParamsError', 'parse_params', 'load_params', 'hub_offline', 'override', 'profiles', 'use_profile']
 
 # %% ../nbs/01_params.ipynb #e384ef69
 class Section(BaseModel):
@@ -203,6 +203,7 @@ class Params(Section):
     "All of params.yaml."
     profile: str # a label written into every metrics file ("embedded", "paper", ...)
     seed: int = 0
+    offline: bool = False # true: no model hub access at run time (HF_HUB_OFFLINE), set when params are loaded
     corpus: Corpus = Corpus()
     data: Data
     base_vlm: BaseVLM
@@ -251,7 +252,15 @@ def load_params(path: str|Path = 'params.yaml', # relative to the project root
     if not p.exists(): raise ParamsError(f'{p} does not exist')
     try: raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e: raise ParamsError(f'{p} is not valid YAML: {e}') from None
-    return parse_params(raw, str(p))
+    params = parse_params(raw, str(p))
+    if params.offline: hub_offline()
+    return params
+
+def hub_offline() -> None:
+    "Turn the Hugging Face hub off for this process: any lookup fails at once instead of retrying over the network."
+    import huggingface_hub.constants
+    os.environ['HF_HUB_OFFLINE'] = '1'
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 # %% ../nbs/01_params.ipynb #33a540d2
 def override(params: Params, # validated params

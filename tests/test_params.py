@@ -96,3 +96,37 @@ def test_cli_check_use_and_errors(project):
     r = _emt('params', 'check', cwd=project)
     assert r.returncode == 2 and 'eval.benchmarks.1.trials: Input should be a valid integer' in r.stderr
     assert 'Traceback' not in r.stderr
+
+
+# ---------------------------------------------------------------- no network at run time
+
+def _unreachable_env():
+    "The test environment with the hub's offline switch removed and every request sent to a closed port."
+    env = {k: v for k, v in os.environ.items() if k not in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'EMT_ROOT')}
+    return {**env, 'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9', 'NO_PROXY': '',
+            'EMT_PROGRESS': '0'}
+
+
+def test_embedded_params_turn_the_hub_off():
+    "With the embedded params loaded, a hub lookup fails at once: no request, no retry."
+    import subprocess, sys
+    code = ('from emt.params import load_params\nP = load_params()\nassert P.offline\n'
+            'from transformers import AutoConfig\n'
+            'try: AutoConfig.from_pretrained("someorg/not-cached-here")\n'
+            'except OSError as e: print("refused:", type(e).__name__)\n')
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=_unreachable_env(), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'refused: OSError' in r.stdout
+    assert 'Retrying' not in r.stderr and 'huggingface.co' not in r.stderr, r.stderr[-2000:]
+
+
+def test_features_notebook_runs_with_the_network_unreachable():
+    "The features notebook (its examples ask for a checkpoint that does not exist) makes no hub request."
+    import subprocess, sys
+    nbdev_test = Path(sys.executable).parent/'nbdev-test'
+    r = subprocess.run([str(nbdev_test), 'nbs/07_features.ipynb'], cwd=ROOT, env=_unreachable_env(),
+                       capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert 'Retrying' not in out and 'huggingface.co' not in out, out[-3000:]
