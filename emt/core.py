@@ -14,8 +14,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PROJECT_MARKER', 'EmtError', 'DataError', 'root', 'rpath', 'atomic_path', 'write_text', 'write_json', 'rng',
-           'seed_everything', 'progress', 'save_figure', 'markdown_table', 'save_table']
+__all__ = ['PROJECT_MARKER', 'EmtError', 'DataError', 'root', 'rpath', 'project_relative', 'atomic_path', 'write_text',
+           'write_json', 'rng', 'seed_everything', 'progress', 'save_figure', 'markdown_table', 'save_table']
 
 # %% ../nbs/00_core.ipynb #ca9055b9
 class EmtError(Exception):
@@ -52,6 +52,12 @@ def rpath(*parts: str|os.PathLike) -> Path:
     "A path under the project root; absolute parts are returned as they are."
     p = Path(*parts)
     return p if p.is_absolute() else root()/p
+
+def project_relative(path: str|os.PathLike) -> str:
+    "`path` relative to the project root when it lies under it (what metrics record), else as given."
+    p = rpath(path)
+    try: return p.resolve().relative_to(root()).as_posix()
+    except ValueError: return str(path)
 
 # %% ../nbs/00_core.ipynb #97628c99
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from .core import DataError, EmtError, atomic_path, progress, rng, rpath, save_figure, save_table, write_json
 from .features import iter_features, load_features, read_manifest
-from .gap import check_finite, source_groups, sq_dists, toy_params, _toy_features
+from .gap import check_finite, source_groups, sq_dists, toy_params, toy_features
 from .params import Params, load_params
 
 # %% auto #0
@@ -212,7 +212,7 @@ def _toy_sets(root: Path, seed: int = 0) -> tuple:
     "Synthetic pool and VLA features in a throwaway project (for examples and tests)."
     r = np.random.default_rng(seed)
     shift = np.zeros(16); shift[0] = 4.0
-    _toy_features(root, {'gen_a': r.normal(size=(300, 16)), 'emb_a': r.normal(size=(300, 16)) + 0.4 * shift,
+    toy_features(root, {'gen_a': r.normal(size=(300, 16)), 'emb_a': r.normal(size=(300, 16)) + 0.4 * shift,
                          'vla_a': r.normal(size=(400, 16)) + shift, 'vla_b': r.normal(size=(50, 16)) + shift})
     (root/'params.yaml').write_text('')
     return ['gen_a', 'emb_a'], ['vla_a', 'vla_b']

@@ -19,7 +19,7 @@ from .params import Params, load_params, override
 # %% auto #0
 __all__ = ['sq_dists', 'median_bandwidth', 'rbf', 'mmd2_unbiased', 'block_sums', 'mmd2_matrix', 'mmd2_permutation_test',
            'diversity', 'source_groups', 'check_finite', 'sample_source', 'mmd_figure', 'tsne_embedding', 'tsne_figure',
-           'group_features', 'run_gap', 'toy_params']
+           'group_features', 'run_gap', 'toy_features', 'toy_params']
 
 # %% ../nbs/08_gap.ipynb #d0316d1b
 def sq_dists(x: torch.Tensor, # (n, D)
@@ -249,7 +249,7 @@ def run_gap(P: Params, # validated params
     return metrics
 
 # %% ../nbs/08_gap.ipynb #7a3d1e35
-def _toy_features(root: Path, sources: dict[str, np.ndarray]) -> None:
+def toy_features(root: Path, sources: dict[str, np.ndarray]) -> None:
     "Write synthetic features for `sources` as the features stage would (one shard each)."
     from emt.features import shard_name, write_manifest, write_shard
     for name, x in sources.items():

@@ -13,9 +13,9 @@ import numpy as np
 from datasets import concatenate_datasets
 
 from .core import EmtError, progress, rng, rpath, save_figure, save_table, write_json, write_text
-from .data import load_dataset_dir, write_hf, write_llava, write_sharegpt
+from .data import Skipped, load_dataset_dir, write_hf, write_llava, write_sharegpt
 from .estimator import FeatureSet, read_scores, write_scores
-from .gap import diversity, source_groups, toy_params, _toy_features
+from .gap import diversity, source_groups, toy_params, toy_features
 from .params import Params, load_params
 
 # %% auto #0
@@ -213,7 +213,9 @@ def _write_mixture(ds, folder: Path, method: str, writers: list[str], ids: list[
     write_text(folder/'ids.txt', '\n'.join(ids) + '\n')
     for w in writers:
         if w == 'hf': write_hf(ds, folder/'hf')
-        elif w == 'llava': write_llava(ds, folder/'llava')
+        elif w == 'llava':  # LLaVA-1.5 trains on one image a row: others are left out and listed beside data.json
+            skipped = Skipped()
+            write_json(write_llava(ds, folder/'llava', multi_image='skip', skipped=skipped)/'skipped.json', skipped.to_dict())
         elif w == 'sharegpt': write_sharegpt(ds, folder/'sharegpt', f'emt_{method}')
 
 def scores_path(method: str, folders) -> Path:

@@ -25,8 +25,8 @@ from .params import Recipe
 
 # %% auto #0
 __all__ = ['accumulation_steps', 'Mixture', 'micro_batch_positions', 'MicroBatches', 'label_tokens', 'token_loss_sum',
-           'warmup_steps', 'optimizer_and_schedule', 'run_fingerprint', 'checkpoints', 'checkpoint_state', 'train_sft',
-           'main']
+           'warmup_steps', 'optimizer_and_schedule', 'run_fingerprint', 'checkpoints', 'checkpoint_state',
+           'save_checkpoint', 'mixed_precision_mode', 'resume_point', 'train_sft', 'main', 'in_ipython']
 
 # %% ../nbs/05_sft.ipynb #9de7114a
 def accumulation_steps(global_batch: int, # samples per optimiser step, over all processes
@@ -176,7 +176,7 @@ def checkpoint_state(path: str | os.PathLike) -> dict:
     return json.loads((p/'trainer_state.json').read_text())
 
 # %% ../nbs/05_sft.ipynb #00deac1a
-def _save_checkpoint(acc: Accelerator, out_dir: Path, step: int, state: dict, keep: int) -> Path:
+def save_checkpoint(acc: Accelerator, out_dir: Path, step: int, state: dict, keep: int) -> Path:
     "Save the full training state at `step` atomically; keep the newest `keep` checkpoints."
     ck = out_dir/'checkpoints'
     final, tmp = ck/f'step_{step:06d}', ck/f'.step_{step:06d}.tmp'
@@ -194,7 +194,7 @@ def _save_checkpoint(acc: Accelerator, out_dir: Path, step: int, state: dict, ke
     return final
 
 # %% ../nbs/05_sft.ipynb #0159ac42
-def _precision(precision: str) -> str:
+def mixed_precision_mode(precision: str) -> str:
     "The accelerate mixed-precision mode for a recipe's `precision`."
     if precision == 'fp32': return 'no'
     if precision == 'bf16': return 'bf16'
@@ -209,7 +209,7 @@ def _dummy_loss(model: torch.nn.Module) -> torch.Tensor:
     "A zero loss touching every parameter, for a micro-batch whose samples were all skipped (keeps DDP in step)."
     return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
-def _resume_point(out_dir: Path, resume: bool | str | os.PathLike, fingerprint: str, acc: Accelerator) -> Path | None:
+def resume_point(out_dir: Path, resume: bool | str | os.PathLike, fingerprint: str, acc: Accelerator) -> Path | None:
     "The checkpoint to resume from, or None to start afresh."
     if resume is False: return None
     if resume is not True:
@@ -250,7 +250,7 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
     recipe = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
     AcceleratorState._reset_state()  # each call picks its own mixed precision
     cpu = parse_flag_from_env('ACCELERATE_USE_CPU') or not torch.cuda.is_available()  # gloo processes on CPU
-    acc = Accelerator(cpu=cpu, mixed_precision=_precision(recipe.precision), step_scheduler_with_optimizer=False,
+    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision_mode(recipe.precision), step_scheduler_with_optimizer=False,
                       gradient_accumulation_steps=accumulation_steps(recipe.global_batch, recipe.micro_batch,
                                                                      PartialState(cpu=cpu).num_processes),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -263,7 +263,7 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
     opt, sched = optimizer_and_schedule(net, recipe)
     net, opt, sched = acc.prepare(net, opt, sched)
     start, history, skipped = 0, [], []
-    if (ck := _resume_point(out_dir, resume, fingerprint, acc)) is not None:
+    if (ck := resume_point(out_dir, resume, fingerprint, acc)) is not None:
         acc.load_state(str(ck))
         st = checkpoint_state(ck)
         start, history, skipped = st['step'], st['history'], st['skipped']
@@ -308,7 +308,7 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
                             'tokens_per_s': round(tokens / max(dt, 1e-9), 1), 'samples': done * recipe.global_batch})
             t0, tokens = time.time(), 0
         if recipe.save_every and done % recipe.save_every == 0 and done < recipe.steps:
-            _save_checkpoint(acc, out_dir, done, {'step': done, 'history': history, 'skipped': skipped,
+            save_checkpoint(acc, out_dir, done, {'step': done, 'history': history, 'skipped': skipped,
                                                   'fingerprint': fingerprint}, keep_checkpoints)
     seconds = time.time() - t_run
     return _finish(acc, net, processor, out_dir, recipe, history, skipped, fingerprint, start, seconds, save_model,
@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(Path(a.out)/'report.json', {k: v for k, v in report.items() if k != 'history'})
     return report
 
-def _in_ipython() -> bool:
+def in_ipython() -> bool:
     try: get_ipython; return True
     except NameError: return False
 
-if __name__ == '__main__' and not _in_ipython(): main()
+if __name__ == '__main__' and not in_ipython(): main()

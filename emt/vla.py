@@ -23,11 +23,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .backbones import ARCHS, load_vlm, n_params
-from .core import DataError, EmtError, atomic_path, progress, rng, rpath, save_figure, save_table, seed_everything, write_json
+from .core import (DataError, EmtError, atomic_path, progress, project_relative, rng, rpath, save_figure, save_table,
+                      seed_everything, write_json)
 from .data import load_dataset_dir
 from .features import model_inputs, vla_inputs
 from .params import Params, Recipe, load_params, override
-from .sft import _precision, _resume_point, _save_checkpoint, accumulation_steps, checkpoint_state, optimizer_and_schedule
+from .sft import (accumulation_steps, checkpoint_state, in_ipython, mixed_precision_mode, optimizer_and_schedule,
+                     resume_point, save_checkpoint)
 
 # %% auto #0
 __all__ = ['QUERY_TOKEN', 'FORMAT', 'VISION_PARTS', 'PROJECTOR_PARTS', 'LLM_PARTS', 'LOSS_CSV_COLUMNS', 'VLAConfig', 'vla_config',
@@ -594,7 +596,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     recipe = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
     AcceleratorState._reset_state()
     cpu = parse_flag_from_env('ACCELERATE_USE_CPU') or not torch.cuda.is_available()
-    acc = Accelerator(cpu=cpu, mixed_precision=_precision(recipe.precision), step_scheduler_with_optimizer=False,
+    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision_mode(recipe.precision), step_scheduler_with_optimizer=False,
                       gradient_accumulation_steps=accumulation_steps(recipe.global_batch, recipe.micro_batch,
                                                                      PartialState(cpu=cpu).num_processes),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -610,7 +612,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     opt, sched = optimizer_and_schedule(model, recipe)
     model, opt, sched = acc.prepare(model, opt, sched)
     start, history, heldout = 0, [], []
-    if (ck := _resume_point(out_dir, resume, fp, acc)) is not None:
+    if (ck := resume_point(out_dir, resume, fp, acc)) is not None:
         acc.load_state(str(ck))
         st = checkpoint_state(ck)
         start, history, heldout = st['step'], st['history'], st['heldout']
@@ -661,7 +663,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
                           'fingerprint': fp, 'samples': done * recipe.global_batch})
             acc.wait_for_everyone()
             if done < recipe.steps:
-                _save_checkpoint(acc, out_dir, done, {'step': done, 'history': history, 'heldout': heldout,
+                save_checkpoint(acc, out_dir, done, {'step': done, 'history': history, 'heldout': heldout,
                                                       'fingerprint': fp}, keep=1)
     seconds = time.time() - t_run
     acc.wait_for_everyone()
@@ -705,9 +707,8 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(Path(a.out)/'report.json', {k: v for k, v in report.items() if k != 'history'})
     return report
 
-from .sft import _in_ipython
 
-if __name__ == '__main__' and not _in_ipython(): main()
+if __name__ == '__main__' and not in_ipython(): main()
 
 # %% ../nbs/12_vla.ipynb #3ac59111
 def vla_inits(P: Params, # the params (`midtrain.methods`)
@@ -811,7 +812,7 @@ def run_vla(P: Params, # validated params
         rep = train_vla(path, ds, VLAConfig(**asdict(cfg)), P.vla.recipe, rpath(out)/init, seed=P.seed,
                         heldout_fraction=heldout_fraction, num_workers=num_workers)
         reports[init] = rep
-        summary[init] = {'vlm': str(path), 'heldout': {f"step_{h['step']:06d}": h['loss'] for h in rep['heldout']},
+        summary[init] = {'vlm': project_relative(path), 'heldout': {f"step_{h['step']:06d}": h['loss'] for h in rep['heldout']},
                          'final_heldout_loss': rep['heldout'][-1]['loss'] if rep['heldout'] else None,
                          **{k: rep[k] for k in ('steps', 'first_loss', 'final_loss', 'seconds', 'samples_per_s',
                                                 'seconds_per_step', 'params', 'trainable', 'train_frames',

@@ -9,7 +9,7 @@ from PIL import Image
 from emt.core import DataError, EmtError
 from emt.data import save_dataset
 from emt.estimator import _toy_sets, read_scores, run_estimator
-from emt.gap import _toy_features, run_gap
+from emt.gap import toy_features, run_gap
 from emt.params import override
 from emt.params import load_params
 from emt.select import run_select
@@ -102,7 +102,7 @@ def test_k_larger_than_pool(engine):
 
 def test_nan_features_named(tmp_project):
     x = np.random.default_rng(0).normal(size=(20, 4)); x[7, 2] = np.nan
-    _toy_features(tmp_project, {'gen_a': x, 'vla_a': np.ones((20, 4))})
+    toy_features(tmp_project, {'gen_a': x, 'vla_a': np.ones((20, 4))})
     with pytest.raises(DataError, match="first 'gen_a/7'"):
         run_estimator(toy_params(['gen_a'], ['vla_a']))
     with pytest.raises(DataError, match="first 'gen_a/7'"):
@@ -110,7 +110,7 @@ def test_nan_features_named(tmp_project):
 
 
 def test_empty_vla_set(tmp_project):
-    _toy_features(tmp_project, {'gen_a': np.random.default_rng(0).normal(size=(20, 4)), 'vla_a': np.zeros((0, 4))})
+    toy_features(tmp_project, {'gen_a': np.random.default_rng(0).normal(size=(20, 4)), 'vla_a': np.zeros((0, 4))})
     with pytest.raises(EmtError, match='data.vla_sources: List should have at least 1 item'):
         toy_params(['gen_a'], [])
     with pytest.raises(EmtError, match='the VLA data is empty'):
@@ -119,7 +119,7 @@ def test_empty_vla_set(tmp_project):
 
 def test_source_too_small_for_mmd(tmp_project):
     r = np.random.default_rng(0)
-    _toy_features(tmp_project, {'gen_a': r.normal(size=(50, 4)), 'vla_a': r.normal(size=(5, 4))})
+    toy_features(tmp_project, {'gen_a': r.normal(size=(50, 4)), 'vla_a': r.normal(size=(5, 4))})
     with pytest.raises(EmtError, match="'vla_a' has 5 samples, fewer than gap.per_source = 20"):
         run_gap(toy_params(['gen_a'], ['vla_a'], gap={'per_source': 20}))
 
