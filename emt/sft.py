@@ -8,7 +8,8 @@ Docs: https://emt-org.github.io/emt/sft.html.md"""
 from __future__ import annotations
 import argparse, contextlib, csv, hashlib, io, json, math, os, shutil, time
 from pathlib import Path
-from typing import Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ from .params import Recipe
 # %% auto #0
 __all__ = ['accumulation_steps', 'Mixture', 'micro_batch_positions', 'MicroBatches', 'label_tokens', 'token_loss_sum',
            'warmup_steps', 'optimizer_and_schedule', 'run_fingerprint', 'checkpoints', 'checkpoint_state',
-           'save_checkpoint', 'mixed_precision_mode', 'resume_point', 'train_sft', 'main', 'in_ipython']
+           'save_checkpoint', 'mixed_precision_mode', 'make_accelerator', 'fp32_master', 'resume_point',
+           'resume_training', 'step_loader', 'OptStep', 'optimizer_steps', 'train_sft', 'main', 'in_ipython']
 
 # %% ../nbs/05_sft.ipynb #9de7114a
 def accumulation_steps(global_batch: int, # samples per optimiser step, over all processes
@@ -200,10 +202,25 @@ def mixed_precision_mode(precision: str) -> str:
     if precision == 'bf16': return 'bf16'
     return 'bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'no'
 
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    "A fresh `Accelerator` for `recipe`: its mixed precision, the accumulation that makes its global batch, CPU processes where there is no GPU."
+    AcceleratorState._reset_state()  # each run picks its own mixed precision
+    cpu = parse_flag_from_env('ACCELERATE_USE_CPU') or not torch.cuda.is_available()  # gloo processes on CPU
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision_mode(recipe.precision), step_scheduler_with_optimizer=False,
+                       gradient_accumulation_steps=accumulation_steps(recipe.global_batch, recipe.micro_batch,
+                                                                      PartialState(cpu=cpu).num_processes),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+def fp32_master(model: torch.nn.Module) -> torch.nn.Module:
+    "`model` with fp32 parameters, whatever dtype it was saved in: the master weights and optimiser state of training."
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in model.parameters()): model.float()
+    return model
+
 def _model_and_processor(model) -> tuple:
-    if isinstance(model, (str, os.PathLike)): return load_vlm(model)
-    if isinstance(model, (tuple, list)) and len(model) == 2: return tuple(model)
-    raise EmtError('model must be a checkpoint directory (or cached hub id) or a (model, processor) pair.')
+    if isinstance(model, (str, os.PathLike)): net, processor = load_vlm(model, dtype=torch.float32)
+    elif isinstance(model, (tuple, list)) and len(model) == 2: net, processor = model
+    else: raise EmtError('model must be a checkpoint directory (or cached hub id) or a (model, processor) pair.')
+    return fp32_master(net), processor
 
 def _dummy_loss(model: torch.nn.Module) -> torch.Tensor:
     "A zero loss touching every parameter, for a micro-batch whose samples were all skipped (keeps DDP in step)."
@@ -225,6 +242,54 @@ def resume_point(out_dir: Path, resume: bool | str | os.PathLike, fingerprint: s
         shutil.rmtree(stale, ignore_errors=True); os.replace(out_dir/'checkpoints', stale)
     acc.wait_for_everyone()
     return match
+
+def resume_training(acc: Accelerator, out_dir: Path, resume: bool | str | os.PathLike, fingerprint: str) -> dict | None:
+    "Load the checkpoint to resume from into `acc`; its trainer state (step, history, ...), or None to start afresh."
+    if (ck := resume_point(out_dir, resume, fingerprint, acc)) is None: return None
+    acc.load_state(str(ck))
+    return checkpoint_state(ck)
+
+def step_loader(batches: torch.utils.data.Dataset, # micro-batch i of the run is batches[i]
+                start: int, # the first optimiser step to run
+                recipe: Recipe, k: int, # the run's recipe; micro-batches per step on this process
+                num_workers: int) -> Iterator: # worker processes encoding micro-batches (0: in this one)
+    "This process's micro-batches from optimiser step `start` to the recipe's last, encoded in worker processes."
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start * k, recipe.steps * k),
+                                            num_workers=num_workers, collate_fn=_identity, persistent_workers=False,
+                                            prefetch_factor=2 if num_workers else None))
+
+@dataclass
+class OptStep:
+    "What one optimiser step leaves for its caller to log."
+    step: int # steps done
+    lr: float # the learning rate it used
+    grad_norm: torch.Tensor | None # before clipping
+    parts: torch.Tensor # the loss parts summed over this process's micro-batches (float64)
+    total: Any # what `count` gave for the global batch
+    items: list # this process's micro-batches
+
+def optimizer_steps(acc: Accelerator, model, opt, sched, recipe: Recipe,
+                    micro_batches: Iterator, # from `step_loader`
+                    start: int, # steps already done
+                    count, # count(items) -> the global batch's loss denominator(s), reduced over processes
+                    micro_loss, # micro_loss(item, total) -> (the loss to backpropagate, its parts or None)
+                    n_parts: int = 1, desc: str = 'steps') -> Iterator[OptStep]:
+    "Run the recipe's optimiser steps from `start`, each over `accumulation` micro-batches; yield each step done."
+    k, steps = acc.gradient_accumulation_steps, range(start, recipe.steps)
+    for step in (progress(steps, desc) if acc.is_local_main_process else steps):
+        items = [next(micro_batches) for _ in range(k)]
+        total = count(items)
+        parts = torch.zeros(n_parts, device=acc.device, dtype=torch.float64)
+        for m in items:
+            with acc.accumulate(model):
+                loss, p = micro_loss(m, total)
+                if p is not None: parts += p
+                acc.backward(loss)
+                grad_norm = acc.clip_grad_norm_(model.parameters(), recipe.grad_clip) if acc.sync_gradients else None
+                opt.step(); opt.zero_grad(set_to_none=True)
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        yield OptStep(step + 1, lr, grad_norm, parts, total, items)
 
 def _write_log(path: Path, history: list[dict]) -> None:
     buf = io.StringIO()
@@ -248,12 +313,7 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
               ) -> dict:
     "Fine-tune a VLM on chat samples (loss on assistant tokens) with `recipe`; return the run's report."
     recipe = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
-    AcceleratorState._reset_state()  # each call picks its own mixed precision
-    cpu = parse_flag_from_env('ACCELERATE_USE_CPU') or not torch.cuda.is_available()  # gloo processes on CPU
-    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision_mode(recipe.precision), step_scheduler_with_optimizer=False,
-                      gradient_accumulation_steps=accumulation_steps(recipe.global_batch, recipe.micro_batch,
-                                                                     PartialState(cpu=cpu).num_processes),
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    acc = make_accelerator(recipe)
     P, k, out_dir = acc.num_processes, acc.gradient_accumulation_steps, Path(out_dir)
     seed_everything(seed + acc.process_index)
     net, processor = _model_and_processor(model)
@@ -262,49 +322,37 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
     net.train()
     opt, sched = optimizer_and_schedule(net, recipe)
     net, opt, sched = acc.prepare(net, opt, sched)
-    start, history, skipped = 0, [], []
-    if (ck := resume_point(out_dir, resume, fingerprint, acc)) is not None:
-        acc.load_state(str(ck))
-        st = checkpoint_state(ck)
-        start, history, skipped = st['step'], st['history'], st['skipped']
+    st = resume_training(acc, out_dir, resume, fingerprint) or {'step': 0, 'history': [], 'skipped': []}
+    start, history, skipped = st['step'], st['history'], st['skipped']
     batches = MicroBatches(mix, processor, recipe.micro_batch, k, recipe.max_seq_len, acc.process_index, P,
                            recipe.steps, on_error)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start * k, recipe.steps * k),
-                                         num_workers=num_workers, collate_fn=_identity,
-                                         persistent_workers=False, prefetch_factor=2 if num_workers else None)
-    it, t_run, t0, tokens, run_tokens = iter(loader), time.time(), time.time(), 0, 0
-    steps = range(start, recipe.steps)
-    bar = progress(steps, 'sft steps') if acc.is_local_main_process else steps
-    for step in bar:
-        items = [next(it) for _ in range(k)]
-        for m in items: skipped += [dict(s, step=step) for s in m['skipped']]
-        n_local = torch.tensor([sum(label_tokens(m['batch']) for m in items),
-                                sum(int(m['batch']['attention_mask'].sum()) if m['batch'] else 0 for m in items)],
-                               device=acc.device, dtype=torch.float64)
-        n_tok, n_seen = acc.reduce(n_local, 'sum').tolist()
-        loss_sum = torch.zeros((), device=acc.device, dtype=torch.float64)
-        for m in items:
-            with acc.accumulate(net):
-                if m['batch'] is None or n_tok == 0: loss = _dummy_loss(net)
-                else:
-                    b = {key: v.to(acc.device) for key, v in m['batch'].items()}
-                    labels = b.pop('labels')
-                    with acc.autocast(): logits = net(**b).logits
-                    s = token_loss_sum(logits, labels)
-                    loss_sum += s.detach().double()
-                    loss = s * (P * k / n_tok)
-                acc.backward(loss)
-                grad_norm = acc.clip_grad_norm_(net.parameters(), recipe.grad_clip) if acc.sync_gradients else None
-                opt.step(); opt.zero_grad(set_to_none=True)
-        lr = sched.get_last_lr()[0]
-        sched.step()
+
+    def count(items):  # labelled tokens (the loss denominator) and tokens seen, over the global batch
+        n = torch.tensor([sum(label_tokens(m['batch']) for m in items),
+                          sum(int(m['batch']['attention_mask'].sum()) if m['batch'] else 0 for m in items)],
+                         device=acc.device, dtype=torch.float64)
+        return acc.reduce(n, 'sum').tolist()
+
+    def micro_loss(m, total):
+        n_tok = total[0]
+        if m['batch'] is None or n_tok == 0: return _dummy_loss(net), None
+        b = {key: v.to(acc.device) for key, v in m['batch'].items()}
+        labels = b.pop('labels')
+        with acc.autocast(): logits = net(**b).logits
+        s = token_loss_sum(logits, labels)
+        return s * (P * k / n_tok), s.detach().double()
+
+    t_run, t0, tokens, run_tokens = time.time(), time.time(), 0, 0
+    for o in optimizer_steps(acc, net, opt, sched, recipe, step_loader(batches, start, recipe, k, num_workers), start,
+                             count, micro_loss, desc='sft steps'):
+        done, (n_tok, n_seen) = o.step, o.total
+        for m in o.items: skipped += [dict(s, step=done - 1) for s in m['skipped']]
         tokens += n_seen; run_tokens += n_seen
-        done = step + 1
         if done % log_every == 0 or done == recipe.steps:
-            loss_val = acc.reduce(loss_sum, 'sum').item() / max(n_tok, 1)
+            loss_val = acc.reduce(o.parts, 'sum')[0].item() / max(n_tok, 1)
             dt = time.time() - t0
-            history.append({'step': done, 'loss': round(loss_val, 6), 'lr': lr,
-                            'grad_norm': round(float(grad_norm), 6) if grad_norm is not None else None,
+            history.append({'step': done, 'loss': round(loss_val, 6), 'lr': o.lr,
+                            'grad_norm': round(float(o.grad_norm), 6) if o.grad_norm is not None else None,
                             'tokens_per_s': round(tokens / max(dt, 1e-9), 1), 'samples': done * recipe.global_batch})
             t0, tokens = time.time(), 0
         if recipe.save_every and done % recipe.save_every == 0 and done < recipe.steps:

@@ -16,8 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
+from accelerate.state import PartialState
 from datasets import Dataset
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -28,8 +27,8 @@ from .core import (DataError, EmtError, atomic_path, progress, project_relative,
 from .data import load_dataset_dir
 from .features import model_inputs, vla_inputs
 from .params import Params, Recipe, load_params, override
-from .sft import (accumulation_steps, checkpoint_state, in_ipython, mixed_precision_mode, optimizer_and_schedule,
-                     resume_point, save_checkpoint)
+from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
+                     save_checkpoint, step_loader)
 
 # %% auto #0
 __all__ = ['QUERY_TOKEN', 'FORMAT', 'VISION_PARTS', 'PROJECTOR_PARTS', 'LLM_PARTS', 'LOSS_CSV_COLUMNS', 'VLAConfig', 'vla_config',
@@ -553,8 +552,8 @@ def _vlm_and_processor(vlm) -> tuple:
         if mt not in {a.model_type for a in ARCHS.values()}:
             raise EmtError(f'{p/"config.json"}: model_type {mt!r} is not a supported VLA backbone; supported: '
                            f'{sorted(a.model_type for a in ARCHS.values())}.')
-        return load_vlm(p)
-    if isinstance(vlm, (tuple, list)) and len(vlm) == 2: return tuple(vlm)
+        return load_vlm(p, dtype=torch.float32)  # fp32 master weights, whatever the saved dtype
+    if isinstance(vlm, (tuple, list)) and len(vlm) == 2: return fp32_master(vlm[0]), vlm[1]
     raise EmtError('vlm must be a VLM checkpoint directory or a (model, processor) pair.')
 
 def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, processes: int, datasets: dict, extra) -> str:
@@ -594,12 +593,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
               ) -> dict:
     "Fine-tune a VLM into a VLA with `recipe`; loadable checkpoints under `out_dir`; the run's report."
     recipe = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
-    AcceleratorState._reset_state()
-    cpu = parse_flag_from_env('ACCELERATE_USE_CPU') or not torch.cuda.is_available()
-    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision_mode(recipe.precision), step_scheduler_with_optimizer=False,
-                      gradient_accumulation_steps=accumulation_steps(recipe.global_batch, recipe.micro_batch,
-                                                                     PartialState(cpu=cpu).num_processes),
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    acc = make_accelerator(recipe)
     P, k, out_dir = acc.num_processes, acc.gradient_accumulation_steps, Path(out_dir)
     net, processor = _vlm_and_processor(vlm)
     check_arch(net, vlm if isinstance(vlm, (str, os.PathLike)) else None)
@@ -611,13 +605,11 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     model.train()
     opt, sched = optimizer_and_schedule(model, recipe)
     model, opt, sched = acc.prepare(model, opt, sched)
-    start, history, heldout = 0, [], []
-    if (ck := resume_point(out_dir, resume, fp, acc)) is not None:
-        acc.load_state(str(ck))
-        st = checkpoint_state(ck)
-        start, history, heldout = st['step'], st['history'], st['heldout']
-    elif acc.is_main_process:  # a fresh run: checkpoints of an earlier run must not pass for this one's
+    st = resume_training(acc, out_dir, resume, fp)
+    if st is None and acc.is_main_process:  # a fresh run: checkpoints of an earlier run must not pass for this one's
         for old in out_dir.glob('step_*'): shutil.rmtree(old, ignore_errors=True)
+    st = st or {'step': 0, 'history': [], 'heldout': []}
+    start, history, heldout = st['step'], st['history'], st['heldout']
     names = list(data)
     frames = BalancedFrames([data[n] for n in names], [splits[n][0] for n in names], seed)
     held = [(s, int(r)) for s, n in enumerate(names) for r in splits[n][1]]
@@ -627,32 +619,25 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     held_batches = [frame_batch(processor, [frames.sample(s, r) for s, r in mine[i:i + bs]], cfg, model_qid(model), stats)
                     for i in range(0, len(mine), bs)]
     batches = FrameBatches(frames, processor, cfg, model_qid(model), stats, recipe.micro_batch, k, acc.process_index, P, recipe.steps)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start * k, recipe.steps * k),
-                                         num_workers=num_workers, collate_fn=_identity, persistent_workers=False,
-                                         prefetch_factor=2 if num_workers else None)
-    it, t_run, t0, seen = iter(loader), time.time(), time.time(), 0
+
+    def count(items):  # frames with a valid target over the global batch: the loss denominator
+        return acc.reduce(torch.tensor(float(sum(int(m['valid'].sum()) for m in items)), device=acc.device,
+                                       dtype=torch.float64), 'sum').item()
+
+    def micro_loss(m, n_valid):
+        with acc.autocast(): arm, grip = model({kk: v.to(acc.device) for kk, v in m['inputs'].items()})
+        hub, bce = action_loss_sums(arm, grip, m, cfg)
+        return (hub + cfg.gripper_weight * bce) * (P * k / max(n_valid, 1.0)), torch.stack([hub.detach(), bce.detach()]).double()
+
+    t_run, t0, seen = time.time(), time.time(), 0
     unwrapped = acc.unwrap_model(model)
-    steps = range(start, recipe.steps)
-    for step in (progress(steps, 'vla steps') if acc.is_local_main_process else steps):
-        items = [next(it) for _ in range(k)]
-        n_valid = acc.reduce(torch.tensor(float(sum(int(m['valid'].sum()) for m in items)), device=acc.device,
-                                          dtype=torch.float64), 'sum').item()
-        sums = torch.zeros(2, device=acc.device, dtype=torch.float64)
-        for m in items:
-            with acc.accumulate(model):
-                with acc.autocast(): arm, grip = model({kk: v.to(acc.device) for kk, v in m['inputs'].items()})
-                hub, bce = action_loss_sums(arm, grip, m, cfg)
-                sums += torch.stack([hub.detach(), bce.detach()]).double()
-                acc.backward((hub + cfg.gripper_weight * bce) * (P * k / max(n_valid, 1.0)))
-                grad_norm = acc.clip_grad_norm_(model.parameters(), recipe.grad_clip) if acc.sync_gradients else None
-                opt.step(); opt.zero_grad(set_to_none=True)
-        lr = sched.get_last_lr()[0]
-        sched.step()
+    for o in optimizer_steps(acc, model, opt, sched, recipe, step_loader(batches, start, recipe, k, num_workers), start,
+                             count, micro_loss, n_parts=2, desc='vla steps'):
+        done, n_valid = o.step, o.total
         seen += recipe.global_batch
-        done = step + 1
         if done % log_every == 0 or done == recipe.steps:
-            hub, bce = (acc.reduce(sums, 'sum') / max(n_valid, 1.0)).tolist()
-            history.append(_log_row(done, hub + cfg.gripper_weight * bce, hub, bce, lr, grad_norm, seen / max(time.time() - t0, 1e-9)))
+            hub, bce = (acc.reduce(o.parts, 'sum') / max(n_valid, 1.0)).tolist()
+            history.append(_log_row(done, hub + cfg.gripper_weight * bce, hub, bce, o.lr, o.grad_norm, seen / max(time.time() - t0, 1e-9)))
             t0, seen = time.time(), 0
         if (recipe.save_every and done % recipe.save_every == 0) or done == recipe.steps:
             h = heldout_loss(unwrapped, held_batches, acc)

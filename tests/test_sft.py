@@ -202,3 +202,28 @@ def test_base_vlm_pretrained_copies_a_local_checkpoint_and_names_a_missing_one(s
     for hub_id in ('OpenGVLab/InternVL3_5-1B-HF', str(tmp_project/'nope')):
         with pytest.raises(EmtError, match='local HF cache'):
             run_base_vlm(override(base, 'base_vlm', init='pretrained', model=hub_id))
+
+
+def test_a_step_below_a_bf16_ulp_still_changes_a_bf16_saved_model(setup, tmp_path):
+    "fp32 master weights: training a checkpoint stored in bf16 keeps updates far smaller than a bf16 ulp."
+    from emt.backbones import load_vlm
+    model, proc = load_vlm(setup/'vlm')
+    save_vlm(model.to(torch.bfloat16), proc, tmp_path/'bf16')
+    before = load_file(str(tmp_path/'bf16'/'model.safetensors'))
+    assert all(v.dtype == torch.bfloat16 for v in before.values() if v.is_floating_point())
+    lr = 1e-6  # AdamW's first step moves each weight by about lr: 2**-20, against a bf16 ulp of 2**-14 at |w| ~ 0.02
+    report = train_sft(tmp_path/'bf16', [rows(8)], {**RECIPE, 'steps': 1, 'lr': lr, 'warmup_steps': 0,
+                                                     'weight_decay': 0.0, 'save_every': 0}, tmp_path/'out',
+                       num_workers=0)
+    after = weights(tmp_path/'out')
+    w = 'language_model.model.layers.0.mlp.down_proj.weight'
+    a, b = after[w], before[w].float()
+    assert after[w].dtype == torch.float32 and report['mixed_precision'] == 'no'
+    half_ulp = torch.finfo(torch.bfloat16).eps * b.abs() / 2
+    moved = (a - b).abs()
+    assert (moved > 0).float().mean() > 0.9, 'most weights should move'
+    assert (moved[moved > 0] < half_ulp[moved > 0]).float().mean() > 0.9, 'the moves are below half a bf16 ulp'
+    # the same update applied to bf16 parameters is lost in rounding
+    small = moved < half_ulp
+    lost = (a.to(torch.bfloat16).float() == b)[small].float().mean()
+    assert lost > 0.99, f'only {lost:.3f} of the small moves would round away in bf16'
