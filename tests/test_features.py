@@ -152,9 +152,12 @@ def test_features_in_dataset_order_with_dim(in_project):
 def test_missing_or_non_vlm_checkpoint_is_named(in_project):
     with pytest.raises(EmtError, match=r'needs the base VLM.*nowhere.*does not exist'):
         run_features(load_params(), model=in_project/'artifacts/nowhere')
-    # a relative name that is not a local directory is taken for a hub id: the error says it is neither
-    with pytest.raises(EmtError, match=r'(?s)needs the base VLM.*artifacts/nowhere.*cached locally.*local checkpoint directory'):
+    # a relative name under a local folder is a local path: named as missing, never looked up on the hub
+    with pytest.raises(EmtError, match=r'needs the base VLM.*artifacts/nowhere.*does not exist'):
         run_features(load_params(), model='artifacts/nowhere')
+    # an org/name whose first part is no local folder is taken for a hub id: the error says it is neither
+    with pytest.raises(EmtError, match=r'(?s)needs the base VLM.*someorg/nowhere.*cached locally.*local checkpoint directory'):
+        run_features(load_params(), model='someorg/nowhere')
     bad = in_project/'artifacts/not_a_vlm'; bad.mkdir(parents=True, exist_ok=True)
     (bad/'config.json').write_text(json.dumps({'model_type': 'bert'}))
     with pytest.raises(EmtError, match=r"not_a_vlm.*'bert'.*not supported"):
