@@ -2,7 +2,7 @@
 
 Training: both train the same VLA (the embedded-default InternVL-architecture VLM unless --small, or the checkpoint
 given with --vlm, with the VLM4VLA head) on the same frames in the same order, with the same batches
-(`emt.vla.frame_batch`), global batch, micro-batch and accumulation, AdamW, warmup + cosine, gradient clipping, fp32.
+(`emt.policy.frame_batch`), global batch, micro-batch and accumulation, AdamW, warmup + cosine, gradient clipping, fp32.
 The plain loop encodes its micro-batches in the training process; `train_vla` in a DataLoader worker (--workers).
 samples/s = steps x global batch / training seconds (model building and the held-out evaluation excluded: the plain
 loop has none, so train_vla runs with no held-out episodes). Runs alternate (ours, plain, ours, plain, ...) and the best
@@ -24,8 +24,8 @@ from transformers.utils import logging as hf_logging
 from emt.backbones import load_vlm, n_params, save_vlm, tiny_vlm, train_tokenizer
 from emt.params import Recipe
 from emt.sft import optimizer_and_schedule
-from emt.vla import (BalancedFrames, VLAConfig, _prepare_data, build_vla, frame_batch, action_loss_sums, load_policy,
-                     toy_frames, train_vla)
+from emt.policy import VLAConfig, build_vla, frame_batch, load_policy, save_vla
+from emt.vla import BalancedFrames, _prepare_data, action_loss_sums, toy_frames, train_vla
 
 
 def backbone(a):
@@ -80,7 +80,6 @@ def latency(a, ds, cfg, device: str) -> dict:
     model = build_vla(vlm, proc, cfg, 0)
     d = tempfile.mkdtemp(prefix='bench-vla-ck-')
     try:
-        from emt.vla import save_vla
         save_vla(model, proc, stats, f'{d}/vla')
         pol = load_policy(f'{d}/vla', device)
         frame = np.asarray(ds[0]['images'][0].convert('RGB').resize((64, 64)))

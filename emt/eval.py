@@ -426,7 +426,7 @@ def make_adapter(spec, # an `emt.params.Benchmark`
     raise EmtError(f'unknown benchmark {spec.name!r}')
 
 class VLACheckpoint:
-    "A picklable factory that loads a VLA checkpoint as a policy (with `emt.vla.load_policy`) in the worker."
+    "A picklable factory that loads a VLA checkpoint as a policy (with `emt.policy.load_policy`) in the worker."
     def __init__(self, path: str|os.PathLike): self.path = str(path)
     def fingerprint(self) -> str:
         "A short hash of the checkpoint's files (sizes, and the first and last MiB of each): changes when it is retrained."
@@ -439,9 +439,7 @@ class VLACheckpoint:
                 if size > 2**21: fh.seek(-2**20, 2); h.update(fh.read())
         return h.hexdigest()[:16]
     def __call__(self) -> Policy:
-        try: from emt.vla import load_policy
-        except ImportError as e:
-            raise EmtError('emt.vla.load_policy is missing: build the vla stage (nbs/12_vla.ipynb) first') from e
+        from emt.policy import load_policy  # in the worker: the harness itself needs no model code
         return load_policy(self.path)
 
 def vla_policies(folder: str|os.PathLike = 'artifacts/vla') -> dict[str, VLACheckpoint]:

@@ -1,4 +1,4 @@
-"""VLM -> VLA fine-tuning with the VLM4VLA recipe: learnable action queries read out of the VLM's last layer, a small two-branch MLP head (Huber loss on the arm, BCE on the gripper), trained with `accelerate`, saved as self-contained checkpoints that `load_policy` turns into a benchmark policy.
+"""VLM -> VLA fine-tuning with the VLM4VLA recipe: learnable action queries read out of the VLM's last layer, a small two-branch MLP head (Huber loss on the arm, BCE on the gripper), trained with `accelerate`, saved as self-contained checkpoints that `emt.policy.load_policy` turns into a benchmark policy.
 
 Docs: https://emt-org.github.io/emt/vla.html.md"""
 
@@ -7,81 +7,33 @@ Docs: https://emt-org.github.io/emt/vla.html.md"""
 # %% ../nbs/12_vla.ipynb #2e0cd123
 from __future__ import annotations
 import argparse, hashlib, json, os, shutil, time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import PartialState
 from datasets import Dataset
-from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from .backbones import ARCHS, load_vlm, n_params
-from .core import (DataError, EmtError, atomic_path, progress, project_relative, rng, rpath, save_figure, save_table,
-                      seed_everything, write_json)
+from .core import (DataError, EmtError, project_relative, rng, rpath, save_figure, save_table, seed_everything,
+                      write_json)
 from .data import load_dataset_dir
-from .features import model_inputs, vla_inputs
 from .params import Params, Recipe, load_params, override
+from .policy import (VLA, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla,
+                        tiny_backbone)
 from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
                      save_checkpoint, step_loader)
 
 # %% auto #0
-__all__ = ['QUERY_TOKEN', 'FORMAT', 'VISION_PARTS', 'PROJECTOR_PARTS', 'LLM_PARTS', 'LOSS_CSV_COLUMNS', 'VLAConfig', 'vla_config',
-           'frame_table', 'toy_frames', 'split_episodes', 'ActionStats', 'action_stats', 'add_queries', 'ActionHead',
-           'vlm_part', 'adapt_vlm', 'plain_state_dict', 'check_arch', 'text_hidden_size', 'VLA', 'query_token_id',
-           'build_vla', 'tiny_backbone', 'frame_batch', 'action_loss_sums', 'save_vla', 'load_vla', 'VLAPolicy',
-           'load_policy', 'BalancedFrames', 'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main',
-           'vla_inits', 'vla_datasets', 'data_action_dim', 'loss_rows', 'init_label', 'fig3_loss', 'run_vla']
+__all__ = ['LOSS_CSV_COLUMNS', 'vla_config', 'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames',
+           'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main', 'vla_inits', 'vla_datasets',
+           'data_action_dim', 'loss_rows', 'init_label', 'fig3_loss', 'run_vla']
 
-# %% ../nbs/12_vla.ipynb #35644254
-QUERY_TOKEN = '<|action_query|>'
-FORMAT = 'emt-vla'
-
-@dataclass
-class VLAConfig:
-    "A VLA's shape: action space, chunk, head, control queries and backbone adaptation."
-    action_dim: int # action size in the benchmark's space (Meta-World 4, LIBERO 7)
-    chunk: int = 4 # future actions predicted per frame
-    gripper_dims: list[int] = field(default_factory=lambda: [-1]) # binary dims (BCE branch); negative counts from the end
-    head_hidden: int = 256 # width of the two MLP branches
-    action_queries: int = 1 # learnable query tokens read out as the control latent
-    huber_delta: float = 1.0 # Huber loss threshold (normalised arm actions)
-    gripper_weight: float = 1.0 # weight of the gripper BCE in the loss
-    freeze: Literal['none', 'vision', 'llm', 'vlm'] = 'none' # VLM parts kept fixed
-    lora_rank: int = 0 # > 0: LoRA adapters on the language model's linear layers instead of tuning its weights
-    lora_alpha: float | None = None # LoRA scale numerator (None: 2 x rank)
-    max_seq_len: int = 64 # prompt tokens at most (the instruction is cut, image tokens never); queries come on top
-    arch: str | None = None # the backbone's model_type (filled in when the VLA is built)
-
-    def __post_init__(self):
-        if self.action_dim < 1: raise EmtError(f'action_dim must be positive, not {self.action_dim}.')
-        dims = [d + self.action_dim if d < 0 else d for d in self.gripper_dims]
-        if any(not 0 <= d < self.action_dim for d in dims) or len(set(dims)) != len(dims):
-            raise EmtError(f'gripper_dims={self.gripper_dims} are not distinct dimensions of a {self.action_dim}-dim action.')
-        if len(dims) == self.action_dim: raise EmtError('every action dimension is a gripper: at least one arm dimension is needed.')
-        self.gripper_dims = sorted(dims)
-        if self.lora_rank and self.freeze in ('llm', 'vlm'):
-            raise EmtError(f'vla.lora_rank={self.lora_rank} adapts the language model, which vla.freeze={self.freeze!r} '
-                           'keeps fixed: set one of the two.')
-
-    @property
-    def arm_dims(self) -> list[int]:
-        "The continuous dimensions (Huber branch)."
-        return [d for d in range(self.action_dim) if d not in self.gripper_dims]
-
-    def to_dict(self) -> dict: return {'format': FORMAT, 'version': 1, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> 'VLAConfig':
-        "The config from a checkpoint's `config.json` contents."
-        if d.get('format') != FORMAT: raise EmtError(f"not an emt VLA config (format {d.get('format')!r}, expected {FORMAT!r}).")
-        return cls(**{k: v for k, v in d.items() if k not in ('format', 'version')})
-
+# %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
                action_dim: int, # from the training data
                gripper_dims: Sequence[int] = (-1,), # the data's binary dimensions
@@ -171,226 +123,7 @@ def split_episodes(episodes: np.ndarray, # the episode index of every frame
     mask = np.isin(episodes, held)
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
-# %% ../nbs/12_vla.ipynb #13b091fb
-@dataclass
-class ActionStats:
-    "Per-dimension action statistics of the training frames and the maps to and from the head's targets."
-    low: list[float] # 1st percentile per dimension
-    high: list[float] # 99th percentile per dimension
-    gripper_dims: list[int] # binary dimensions (thresholded at 0)
-    frames: int = 0 # how many valid action steps they were computed from
-
-    def _span(self) -> np.ndarray:
-        lo, hi = np.asarray(self.low), np.asarray(self.high)
-        return np.where(hi - lo > 1e-6, hi - lo, 1.0)
-
-    def targets(self, actions: np.ndarray, # (..., D) actions
-                ) -> tuple[np.ndarray, np.ndarray]:
-        "Normalised arm actions in [-1, 1] and binary gripper targets."
-        arm = [d for d in range(len(self.low)) if d not in self.gripper_dims]
-        lo = np.asarray(self.low)[arm]
-        a = 2 * (actions[..., arm] - lo) / self._span()[arm] - 1
-        return np.clip(a, -1, 1).astype(np.float32), (actions[..., self.gripper_dims] > 0).astype(np.float32)
-
-    def actions(self, arm: np.ndarray, # (..., A) normalised arm outputs
-                gripper_logits: np.ndarray, # (..., G) gripper logits
-                ) -> np.ndarray:
-        "Actions in the data's own space: arm denormalised, grippers -1 (open) or +1 (closed)."
-        D = len(self.low)
-        dims = [d for d in range(D) if d not in self.gripper_dims]
-        out = np.zeros(arm.shape[:-1] + (D,), dtype=np.float32)
-        out[..., dims] = (np.clip(arm, -1, 1) + 1) / 2 * self._span()[dims] + np.asarray(self.low)[dims]
-        out[..., self.gripper_dims] = np.where(gripper_logits > 0, 1.0, -1.0)
-        return out
-
-def action_stats(actions: np.ndarray, # (n, chunk, D) training actions
-                 pad: np.ndarray, # (n, chunk) True where padded
-                 gripper_dims: Sequence[int], # binary dimensions
-                 q: float = 0.01, # lower quantile (the upper is 1 - q)
-                 ) -> ActionStats:
-    "The `ActionStats` of the valid (unpadded) training actions."
-    a = actions[~pad]
-    if not len(a): raise EmtError('no valid (unpadded) actions to compute normalisation statistics from.')
-    lo, hi = np.quantile(a, [q, 1 - q], axis=0).astype(np.float64)
-    return ActionStats(lo.round(6).tolist(), hi.round(6).tolist(), list(gripper_dims), int(len(a)))
-
-# %% ../nbs/12_vla.ipynb #d17c58e6
-def add_queries(batch: dict, # a left-padded prompt batch (from `emt.features.vla_inputs`)
-                query_id: int, # the query token's id
-                n: int, # queries per row
-                ) -> dict:
-    "`batch` with `n` query tokens appended to every row (attended; 0 in any other per-token tensor)."
-    ids = batch['input_ids']
-    out = dict(batch)
-    for k, v in batch.items():
-        if torch.is_tensor(v) and v.shape == ids.shape:
-            fill = query_id if k == 'input_ids' else 1 if k == 'attention_mask' else 0
-            out[k] = torch.cat([v, v.new_full((len(v), n), fill)], 1)
-    return out
-
-class ActionHead(nn.Module):
-    "Two MLP branches on the control latent: a chunk of continuous arm actions, and a chunk of gripper logits."
-    def __init__(self, latent: int, # control latent size (queries x hidden size)
-                 hidden: int, # branch width
-                 chunk: int, arm: int, gripper: int): # chunk length, arm and gripper dimensions
-        super().__init__()
-        self.chunk, self.n_arm, self.n_grip = chunk, arm, gripper
-        mlp = lambda out: nn.Sequential(nn.LayerNorm(latent), nn.Linear(latent, hidden), nn.GELU(),
-                                        nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
-        self.arm = mlp(chunk * arm)
-        self.gripper = mlp(chunk * gripper) if gripper else None
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "(B, chunk, arm) normalised arm actions and (B, chunk, gripper) logits."
-        arm = self.arm(z).view(len(z), self.chunk, self.n_arm)
-        grip = self.gripper(z).view(len(z), self.chunk, self.n_grip) if self.gripper is not None else z.new_zeros(len(z), self.chunk, 0)
-        return arm, grip
-
-# %% ../nbs/12_vla.ipynb #192ed478
-VISION_PARTS = ('vision_tower', 'visual', 'vision_model') # vision encoders (Qwen's `visual` includes its merger)
-PROJECTOR_PARTS = ('multi_modal_projector', 'connector') # vision -> language projectors
-LLM_PARTS = ('language_model', 'text_model') # language models
-
-def vlm_part(vlm: nn.Module, # a supported VLM
-             names: Sequence[str], # candidate attribute names of `vlm.model`
-             ) -> nn.Module | None:
-    "The first submodule of `vlm.model` named in `names`."
-    core = getattr(vlm, 'model', vlm)
-    return next((getattr(core, n) for n in names if hasattr(core, n)), None)
-
-def _lora_targets(vlm: nn.Module) -> list[str]:
-    "Full names of the language model's linear layers."
-    llm = vlm_part(vlm, LLM_PARTS)
-    return [n for n, m in vlm.named_modules() if isinstance(m, nn.Linear) and any(m is x for x in llm.modules())]
-
-def adapt_vlm(vlm: nn.Module, # the VLM, changed in place
-              cfg: VLAConfig, # freeze / lora_rank
-              ) -> nn.Module:
-    "`vlm` with LoRA adapters if `cfg.lora_rank`, and `requires_grad` set by `cfg.freeze`."
-    if cfg.lora_rank:
-        from peft import LoraConfig, inject_adapter_in_model
-        lc = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=0.0,
-                        target_modules=_lora_targets(vlm))
-        inject_adapter_in_model(lc, vlm)
-    for name, p in vlm.named_parameters(): p.requires_grad_('lora_' in name if cfg.lora_rank else True)
-    frozen = {'none': (), 'vision': VISION_PARTS, 'llm': LLM_PARTS, 'vlm': VISION_PARTS + PROJECTOR_PARTS + LLM_PARTS}[cfg.freeze]
-    if cfg.lora_rank:  # LoRA: only the adapters of the language model train; vision and projector follow `freeze`
-        for part in VISION_PARTS + PROJECTOR_PARTS:
-            if (m := vlm_part(vlm, [part])) is not None and part not in frozen: m.requires_grad_(True)
-    for part in frozen:
-        if (m := vlm_part(vlm, [part])) is not None: m.requires_grad_(False)
-    return vlm
-
-def plain_state_dict(vlm: nn.Module) -> dict[str, torch.Tensor]:
-    "The VLM's weights under their Hugging Face names, LoRA adapters merged (the model itself is unchanged)."
-    sd = {k.replace('.base_layer.', '.'): v for k, v in vlm.state_dict().items() if 'lora_' not in k}
-    for name, m in vlm.named_modules():
-        if hasattr(m, 'base_layer') and hasattr(m, 'get_delta_weight'):
-            with torch.no_grad(): sd[f'{name}.weight'] = m.base_layer.weight + m.get_delta_weight('default')
-    return sd
-
-# %% ../nbs/12_vla.ipynb #ab415144
-def check_arch(vlm: nn.Module, where: str | os.PathLike | None = None) -> str:
-    "The VLM's model_type, or an error that lists the supported ones."
-    mt = getattr(vlm.config, 'model_type', None)
-    if mt not in {a.model_type for a in ARCHS.values()}:
-        raise EmtError(f"{where or 'the VLM'}: model_type {mt!r} is not a supported VLA backbone; supported: "
-                       f'{sorted(a.model_type for a in ARCHS.values())}.')
-    return mt
-
-def text_hidden_size(vlm: nn.Module) -> int:
-    "The language model's hidden size."
-    return vlm.config.get_text_config().hidden_size
-
-class VLA(nn.Module):
-    "A VLM, learnable action queries read from its last layer, and a two-branch action head."
-    def __init__(self, vlm: nn.Module, # a supported VLM whose vocabulary holds `QUERY_TOKEN`
-                 cfg: VLAConfig, # the VLA's shape
-                 query_id: int): # the id of `QUERY_TOKEN`
-        super().__init__()
-        cfg.arch = check_arch(vlm)
-        self.vlm, self.cfg, self.query_id = vlm, cfg, query_id
-        H = text_hidden_size(vlm)
-        emb = vlm.get_input_embeddings().weight
-        with torch.no_grad(): start = emb.float().mean(0) + 0.02 * torch.randn(cfg.action_queries, H)
-        self.queries = nn.Parameter(start.to(emb.dtype))
-        self.head = ActionHead(cfg.action_queries * H, cfg.head_hidden, cfg.chunk, len(cfg.arm_dims), len(cfg.gripper_dims))
-        vlm.get_input_embeddings().register_forward_hook(self._place_queries)
-
-    def _place_queries(self, module, args, out):
-        "Input-embedding hook: the query tokens' embeddings become the learnable queries."
-        mask = args[0] == self.query_id
-        if not bool(mask.any()): return out
-        q = self.queries.to(out.dtype).expand(len(out), -1, -1)
-        return out.masked_scatter(mask.unsqueeze(-1), q)
-
-    def latent(self, inputs: dict) -> torch.Tensor:
-        "(B, queries x hidden) control latents: the queries' last-layer hidden states."
-        Q = self.cfg.action_queries
-        if not bool((inputs['input_ids'][:, -Q:] == self.query_id).all()):
-            raise EmtError('the batch does not end on the action query tokens: build it with `frame_batch`.')
-        hidden = self.vlm.model(**model_inputs(self.vlm, inputs)).last_hidden_state
-        return hidden[:, -Q:].flatten(1)
-
-    def forward(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        "Normalised arm actions (B, chunk, arm) and gripper logits (B, chunk, gripper)."
-        z = self.latent(inputs)
-        return self.head(z.float())
-
-# %% ../nbs/12_vla.ipynb #1ae692bb
-def query_token_id(processor) -> int:
-    "The id of `QUERY_TOKEN` in the processor's tokenizer, added if missing."
-    tok = processor.tokenizer
-    if QUERY_TOKEN not in tok.get_vocab(): tok.add_tokens([QUERY_TOKEN], special_tokens=True)
-    return tok.convert_tokens_to_ids(QUERY_TOKEN)
-
-def build_vla(vlm: nn.Module, # a supported VLM (changed in place)
-              processor, # its processor (the tokenizer gains the query token)
-              cfg: VLAConfig, # the VLA's shape
-              seed: int = 0, # head and query initialisation
-              ) -> VLA:
-    "A VLA on `vlm`: query token added, embeddings resized, VLM adapted, head and queries initialised with `seed`."
-    check_arch(vlm)
-    qid = query_token_id(processor)
-    n = vlm.get_input_embeddings().weight.shape[0]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the same seed gives the same VLA, bit for bit
-        if n <= qid:  # a new row for the query token: the mean embedding (the hook replaces it in every forward pass)
-            vlm.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
-            with torch.no_grad():
-                w = vlm.get_input_embeddings().weight
-                w[n:] = w[:n].mean(0)
-        model = VLA(adapt_vlm(vlm, cfg), cfg, qid)
-    return model
-
-# %% ../nbs/12_vla.ipynb #865fec3f
-def tiny_backbone(arch: str = 'internvl', # a key of `emt.backbones.ARCHS`
-                  texts: Sequence[str] = ('push the block', 'pick the block'), # tokenizer text
-                  size: int = 16, # image side, px
-                  seed: int = 0) -> tuple:
-    "A 1-layer random VLM of `arch` and its processor (for examples and tests)."
-    from emt.backbones import tiny_vlm, train_tokenizer
-    tok = train_tokenizer(list(texts) * 20, 340 if arch == 'smolvlm' else 300, arch)
-    return tiny_vlm(arch, tok, hidden_size=32, layers=1, heads=2, vision_hidden_size=16, vision_layers=1,
-                    image_size=size, patch_size=8, seed=seed)
-
-# %% ../nbs/12_vla.ipynb #8b962a1a
-def frame_batch(processor, # the VLA's processor
-                samples: list[dict], # VLA frames (id, images, instruction[, actions, action_is_pad])
-                cfg: VLAConfig, # chunk, queries, max_seq_len
-                query_id: int, # from `query_token_id`
-                stats: ActionStats | None = None, # to add the targets (None: inputs only)
-                ) -> dict:
-    "{'inputs': model inputs with the queries} and, with `stats`, 'arm', 'gripper' targets and the 'valid' step mask."
-    inputs = add_queries(vla_inputs(processor, samples, cfg.max_seq_len), query_id, cfg.action_queries)
-    out = {'inputs': inputs}
-    if stats is not None:
-        acts = np.asarray([s['actions'] for s in samples], dtype=np.float32)[:, :cfg.chunk]
-        arm, grip = stats.targets(np.nan_to_num(acts))
-        out.update(arm=torch.from_numpy(arm), gripper=torch.from_numpy(grip),
-                   valid=~torch.as_tensor(np.asarray([s['action_is_pad'] for s in samples], dtype=bool)[:, :cfg.chunk]))
-    return out
-
+# %% ../nbs/12_vla.ipynb #64074f0b
 def action_loss_sums(arm: torch.Tensor, grip: torch.Tensor, # head outputs (B, C, A), (B, C, G)
                      batch: dict, # from `frame_batch` with targets
                      cfg: VLAConfig, # huber_delta
@@ -402,75 +135,6 @@ def action_loss_sums(arm: torch.Tensor, grip: torch.Tensor, # head outputs (B, C
         bce = F.binary_cross_entropy_with_logits(grip.float(), batch['gripper'].to(arm.device), reduction='none').mean(-1)
     else: bce = torch.zeros_like(hub)
     return (hub * v).sum(), (bce * v).sum()
-
-# %% ../nbs/12_vla.ipynb #7c52b20d
-def save_vla(model: VLA, # the (unwrapped) VLA
-             processor, # its processor
-             stats: ActionStats, # the normalisation statistics
-             path: str | os.PathLike, # the checkpoint directory (replaced if present)
-             info: dict | None = None, # written to training.json (step, held-out loss, ...)
-             ) -> Path:
-    "Write a self-contained VLA checkpoint directory, atomically."
-    with atomic_path(path) as tmp:
-        model.vlm.save_pretrained(tmp/'vlm', state_dict=plain_state_dict(model.vlm))
-        processor.save_pretrained(tmp/'vlm')
-        head = {f'head.{k}': v.detach().float().contiguous().cpu() for k, v in model.head.state_dict().items()}
-        save_file({**head, 'queries': model.queries.detach().float().contiguous().cpu()}, str(tmp/'head.safetensors'))
-        write_json(tmp/'config.json', model.cfg.to_dict())
-        write_json(tmp/'action_stats.json', asdict(stats))
-        write_json(tmp/'training.json', info or {})
-    return Path(path)
-
-def load_vla(path: str | os.PathLike, # a directory written by `save_vla`
-             device: str | torch.device | None = None, # None: CUDA if available, else CPU
-             ) -> tuple[VLA, object, ActionStats]:
-    "The VLA (eval mode), its processor and its action statistics."
-    path = Path(path)
-    if not (path/'config.json').is_file(): raise EmtError(f'{path} is not a VLA checkpoint: no config.json.')
-    cfg = VLAConfig.from_dict(json.loads((path/'config.json').read_text()))
-    vlm, processor = load_vlm(path/'vlm')
-    model = VLA(vlm, cfg, query_token_id(processor))  # LoRA weights were merged when saved: a plain VLM here
-    w = load_file(str(path/'head.safetensors'))
-    model.head.load_state_dict({k[5:]: v for k, v in w.items() if k.startswith('head.')})
-    with torch.no_grad(): model.queries.copy_(w['queries'].to(model.queries.dtype))
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    stats = ActionStats(**json.loads((path/'action_stats.json').read_text()))
-    return model.to(device).eval(), processor, stats
-
-# %% ../nbs/12_vla.ipynb #5dd2308b
-class VLAPolicy:
-    "A loaded VLA as a benchmark policy."
-    def __init__(self, model: VLA, processor, stats: ActionStats):
-        self.model, self.processor, self.stats, self.cfg = model, processor, stats, model.cfg
-
-    @torch.inference_mode()
-    def predict_batch(self, images: list[list[np.ndarray]], # per row, its camera frames (H, W, 3) uint8; the first is used
-                      instructions: list[str], # per row
-                      ) -> np.ndarray:
-        "(B, chunk, action_dim) actions for B observations."
-        if len(images) != len(instructions): raise EmtError(f'{len(images)} observations for {len(instructions)} instructions.')
-        rows = []
-        for i, (ims, text) in enumerate(zip(images, instructions)):
-            if not len(ims): raise EmtError(f'observation {i} has no camera frame.')
-            if not isinstance(text, str) or not text.strip(): raise EmtError(f'observation {i} has an empty instruction.')
-            im = ims[0]
-            rows.append({'id': f'obs{i}', 'images': [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, dtype=np.uint8))],
-                         'instruction': text})
-        batch = frame_batch(self.processor, rows, self.cfg, self.model.query_id)
-        dev = self.model.queries.device
-        arm, grip = self.model({k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch['inputs'].items()})
-        return self.stats.actions(arm.float().cpu().numpy(), grip.float().cpu().numpy())
-
-    def predict(self, images: list[np.ndarray], # this step's camera frames (H, W, 3) uint8; the first is used
-                instruction: str) -> np.ndarray:
-        "(chunk, action_dim) actions for one observation."
-        return self.predict_batch([images], [instruction])[0]
-
-def load_policy(path: str | os.PathLike, # a VLA checkpoint directory
-                device: str | torch.device | None = None, # None: CUDA if available, else CPU
-                ) -> VLAPolicy:
-    "The VLA checkpoint at `path` as a policy for `emt.eval`."
-    return VLAPolicy(*load_vla(path, device))
 
 # %% ../nbs/12_vla.ipynb #5c867861
 class BalancedFrames:
@@ -678,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument('vlm', help='VLM checkpoint directory')
     ap.add_argument('data', nargs='+', help='VLA datasets saved by the data stage (mixed in equal parts)')
     ap.add_argument('--out', required=True, help='output directory (step_<NNNNNN>/ checkpoints, log.json)')
-    ap.add_argument('--config', required=True, help='the VLA config as JSON (keys of emt.vla.VLAConfig)')
+    ap.add_argument('--config', required=True, help='the VLA config as JSON (keys of emt.policy.VLAConfig)')
     ap.add_argument('--recipe', required=True, help='the recipe as JSON (keys of emt.params.Recipe)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--heldout', type=float, default=0.1, help='fraction of episodes held out')

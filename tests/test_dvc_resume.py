@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from emt.backbones import save_vlm
 from emt.data import save_dataset
-from emt.vla import tiny_backbone, toy_frames
+from emt.policy import tiny_backbone
+from emt.vla import toy_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,8 +12,8 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest, and the only san
 from emt.backbones import ARCHS, save_vlm
 from emt.core import DataError, EmtError
 from emt.data import save_dataset
-from emt.vla import (VLAConfig, build_vla, frame_batch, load_policy, save_vla, tiny_backbone, toy_frames, train_vla,
-                     action_stats, frame_table)
+from emt.policy import VLAConfig, action_stats, build_vla, frame_batch, load_policy, save_vla, tiny_backbone
+from emt.vla import frame_table, toy_frames, train_vla
 
 RECIPE = dict(steps=8, global_batch=8, micro_batch=4, lr=3e-3, warmup_steps=1, max_seq_len=48, save_every=4)
 CFG = dict(action_dim=4, chunk=4, head_hidden=32)
@@ -61,7 +61,7 @@ def test_reload_in_a_fresh_process_predicts_identical_actions(setup, tmp_path):
     code = textwrap.dedent(f'''
         import json, numpy as np, torch
         torch.set_num_threads(1)
-        from emt.vla import load_policy
+        from emt.policy import load_policy
         pol = load_policy({str(ck)!r})
         ims = np.load({str(tmp_path/'frames.npy')!r})
         out = pol.predict_batch([[im] for im in ims], {texts!r})
