@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emt.eval import MetaWorld, MetaWorldExpert, RandomPolicy, evaluate
+from emt.eval import RandomPolicy, evaluate
+from emt.metaworld import MetaWorld, MetaWorldExpert
 
 BASKET = 'LIVING_ROOM_SCENE1_put_both_the_alphabet_soup_and_the_cream_cheese_box_in_the_basket'
 

@@ -7,7 +7,6 @@ Docs: https://emt-org.github.io/emt/eval.html.md"""
 # %% ../nbs/13_eval.ipynb #b85b1521
 from __future__ import annotations
 import os
-os.environ.setdefault('MUJOCO_GL', 'egl')  # offscreen rendering; must be set before mujoco is imported
 import hashlib, json, math, multiprocessing as mp, queue, shutil, time, traceback
 from dataclasses import dataclass, astuple
 from pathlib import Path
@@ -20,9 +19,8 @@ from .core import EmtError, DataError, atomic_path, progress, rng, rpath, write_
 # %% auto #0
 __all__ = ['REFERENCE', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv', 'ConstantPolicy', 'wilson',
            'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job', 'plan_jobs', 'job_units',
-           'evaluate', 'LineBench', 'push_right', 'metaworld_eval_seed', 'MetaWorldEnv', 'MetaWorld', 'MetaWorldExpert',
-           'make_adapter', 'VLACheckpoint', 'vla_policies', 'success_rows', 'plot_success', 'success_curve_figure',
-           'reference_policies', 'run_eval']
+           'evaluate', 'LineBench', 'push_right', 'make_adapter', 'VLACheckpoint', 'vla_policies', 'success_rows',
+           'plot_success', 'success_curve_figure', 'reference_policies', 'run_eval']
 
 # %% ../nbs/13_eval.ipynb #d893e5a3
 class Policy(Protocol):
@@ -353,64 +351,13 @@ def push_right() -> ConstantPolicy:
     "A toy policy factory (for tests)."
     return ConstantPolicy([[1.0]] * 4)
 
-# %% ../nbs/13_eval.ipynb #b8a7a55b
-from .sim import DEFAULT_CAMERA, MT10_TASKS, N_VARIATIONS, SimEnv, instruction, make_env, render, scripted_policy
-
-def metaworld_eval_seed(seed: int, task: str, draw: int) -> int:
-    "The `metaworld.MT1` seed of the `draw`-th block of 50 evaluation variations (disjoint stream from the corpus')."
-    return int(rng(seed, 'metaworld-eval', task, draw).integers(2**31))
-
-class MetaWorldEnv:
-    "A Meta-World task as a harness task env: upright frames from one camera, 4-dim actions."
-    action_dim = 4
-    def __init__(self, task: str, size: int, camera: str, max_steps: int, seed: int, shadows: bool = False):
-        self.task, self.seed, self.max_steps = task, seed, max_steps
-        self.instruction = instruction(task)
-        self.sim: SimEnv = make_env(task, metaworld_eval_seed(seed, task, 0), size, camera, shadows=shadows)
-        self.obs: np.ndarray|None = None
-
-    def reset(self, trial: int) -> np.ndarray:
-        draw, variation = divmod(trial, N_VARIATIONS)
-        self.obs = self.sim.set_variation(metaworld_eval_seed(self.seed, self.task, draw), variation)
-        return render(self.sim)
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, bool, bool]:
-        self.obs, _, _, truncated, info = self.sim.step(np.clip(action, -1, 1))
-        return render(self.sim), bool(info['success']), bool(truncated)
-
-    def close(self) -> None: self.sim.close()
-
-@dataclass(frozen=True)
-class MetaWorld:
-    "The Meta-World adapter: MT10 tasks (or any Meta-World 3 task) with the embedded corpus' camera and resolution."
-    size: int = 64 # frames are size x size (corpus.vla.image_size)
-    camera: str = DEFAULT_CAMERA # corpus.vla.camera
-    max_steps: int = 300 # steps per episode (corpus.vla.max_steps)
-    seed: int = 0 # seeds the evaluation variations
-    task_names: tuple[str, ...] = MT10_TASKS # the tasks `tasks()` lists
-    shadows: bool = False # shadows and reflections (off: the tasks do not depend on them)
-    name: str = 'metaworld'
-    def tasks(self) -> list[str]: return list(self.task_names)
-    def protocol(self) -> dict:
-        return {'benchmark': self.name, 'suite': 'MT10' if tuple(self.task_names) == MT10_TASKS else 'custom',
-                'image_size': self.size, 'camera': self.camera, 'orientation': 'upright (emt.sim.render)',
-                'max_steps': self.max_steps, 'initial_states': 'metaworld.MT1 variations, eval seed stream',
-                'success': "info['success'] at any step", 'state_input': False}
-    def make_env(self, task: str) -> MetaWorldEnv:
-        return MetaWorldEnv(task, self.size, self.camera, self.max_steps, self.seed, self.shadows)
-
-class MetaWorldExpert:
-    "Meta-World's scripted expert as a harness policy (privileged: it reads the env's state through `bind`)."
-    def bind(self, env: MetaWorldEnv) -> None: self.env, self.expert = env, scripted_policy(env.task)
-    def predict(self, images: list[np.ndarray], instruction: str) -> np.ndarray:
-        return np.clip(self.expert.get_action(self.env.obs), -1, 1)[None].astype(np.float32)
-
 # %% ../nbs/13_eval.ipynb #57f22516
 def make_adapter(spec, # an `emt.params.Benchmark`
                  P, # the params (Meta-World reads the corpus' camera and resolution)
                  ):
     "The adapter of one `params.eval.benchmarks` entry."
     if spec.name == 'metaworld':
+        from emt.metaworld import MT10_TASKS, MetaWorld
         if spec.image_size != P.corpus.vla.image_size:
             raise EmtError(f'eval.benchmarks metaworld image_size={spec.image_size} differs from the corpus '
                            f'(corpus.vla.image_size={P.corpus.vla.image_size}): the VLAs were trained on the latter.')
@@ -515,6 +462,7 @@ def reference_policies(names: Sequence[str], # `eval.references`: 'random' and/o
                        benchmark: str, # a benchmark's name
                        ) -> dict[str, Callable[[], Policy]]:
     "Factories of the reference policies run on `benchmark`: random actions, and the scripted expert where it has one."
+    from emt.metaworld import MetaWorldExpert
     experts = {'metaworld': MetaWorldExpert}  # LIBERO's scripted policy solves only pick-and-place tasks: not a ceiling
     out = {}
     for n in names:

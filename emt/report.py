@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import EmtError, rpath, save_figure, save_table, write_json
+from .eval import plot_success
 from .params import Params, load_params
 
 # %% auto #0
@@ -231,7 +232,6 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
     a.set(xlabel='fine-tuning step', ylabel='held-out action loss', title='loss'); a.legend(fontsize=7)
     results = m.get('eval', {}).get('results', {})
     if results:
-        from emt.eval import plot_success  # the eval stage's drawing (imports the simulator: only when there is success)
         plot_success(b, results, sorted({bn for r in results.values() for bn in r}), scale=100)
     b.set(xlabel='fine-tuning step', ylabel='success rate (%)', title='success', ylim=(-2, 102)); b.legend(fontsize=7)
     fig.suptitle(f'Fig. 3, {label}. Paper: success gains from the first checkpoint on and widen; loss nearly identical.',

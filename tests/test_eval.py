@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from emt.core import EmtError
-from emt.eval import (LineBench, MetaWorldExpert, RandomPolicy, ResultsLog, evaluate, make_adapter,
-                      push_right, run_eval)
+from emt.eval import LineBench, RandomPolicy, ResultsLog, evaluate, make_adapter, push_right, run_eval
+from emt.metaworld import MetaWorldExpert
 
 REPO = Path(__file__).resolve().parents[1]
 
