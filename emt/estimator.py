@@ -14,14 +14,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .core import DataError, EmtError, atomic_path, progress, rng, rpath, save_figure, save_table, write_json
-from .features import iter_features, load_features, read_manifest
-from .gap import check_finite, source_groups, sq_dists, toy_params, toy_features
-from .params import Params, load_params
+from .features import FeatureSet, check_finite, iter_features, load_features, read_manifest
+from .gap import sq_dists, toy_params, toy_features
+from .params import Params, load_params, pool_and_vla, source_groups
 
 # %% auto #0
-__all__ = ['write_scores', 'read_scores', 'FeatureSet', 'split_rows', 'balanced_draw', 'ProximityEstimator',
-           'fold_standardisation', 'train_estimator', 'reliability', 'calibration_figure', 'platt', 'score_features',
-           'score_sources', 'mean_distances', 'run_estimator']
+__all__ = ['write_scores', 'read_scores', 'split_rows', 'balanced_draw', 'ProximityEstimator', 'fold_standardisation',
+           'train_estimator', 'reliability', 'calibration_figure', 'platt', 'score_features', 'score_sources',
+           'mean_distances', 'run_estimator']
 
 # %% ../nbs/09_estimator.ipynb #11481e31
 def write_scores(path: str | os.PathLike, # the parquet file to produce
@@ -56,40 +56,6 @@ def read_scores(path: str | os.PathLike) -> dict[str, np.ndarray]:
     missing = {'id', 'source', 'score'} - set(t.column_names)
     if missing: raise DataError(f'not a scores file: columns {sorted(missing)} missing', file=path)
     return {c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names}
-
-# %% ../nbs/09_estimator.ipynb #eb5aeff2
-class FeatureSet:
-    "The features of several sources, indexed as one set without copying them."
-    def __init__(self, names: list[str], # source names
-                 features: str | os.PathLike = 'artifacts/features', # the features stage's output
-                 check: bool = True, # fail on NaN or infinite features
-                 ):
-        self.names, self.ids, self.parts = list(names), [], []
-        for n in names:
-            ids, x = load_features(n, features)
-            if check: check_finite(x, ids, n, rpath(features)/n)
-            self.ids.append(ids); self.parts.append(x)
-        self.sizes = np.array([len(i) for i in self.ids])
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-        dims = {x.shape[1] for x in self.parts if len(x)}
-        if len(dims) > 1: raise EmtError(f'sources {names} have features of different widths {sorted(dims)}: '
-                                         'compute them with one model and layer')
-        self.dim = dims.pop() if dims else 0
-
-    def __len__(self) -> int: return int(self.offsets[-1])
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        "The float32 features of global rows `idx`, in the given order."
-        idx = np.asarray(idx)
-        src = np.searchsorted(self.offsets, idx, side='right') - 1
-        out = np.empty((len(idx), self.dim), np.float32)
-        for s in np.unique(src):
-            m = src == s
-            out[m] = self.parts[s][idx[m] - self.offsets[s]]
-        return out
-
-    def all_ids(self) -> list[str]: return [i for ids in self.ids for i in ids]
-    def all_sources(self) -> list[str]: return [n for n, k in zip(self.names, self.sizes) for _ in range(k)]
 
 # %% ../nbs/09_estimator.ipynb #597aaf15
 def split_rows(n: int, val_fraction: float, max_val: int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -299,8 +265,7 @@ def run_estimator(P: Params, # validated params
     "The estimator stage: train, calibrate, score the pool with it and the two cheap baselines."
     import matplotlib.pyplot as plt
     E, t0 = P.estimator, time.time()
-    groups = source_groups(P)
-    vlm = [n for n, g in groups.items() if g != 'vla']; vla_names = [n for n, g in groups.items() if g == 'vla']
+    groups, (vlm, vla_names) = source_groups(P), pool_and_vla(P)
     if not vla_names: raise EmtError('data.vla_sources is empty: the estimator needs VLA data as positives')
     pool, vla = FeatureSet(vlm, features), FeatureSet(vla_names, features)
     model, rep = train_estimator(pool, vla, E, P.seed)

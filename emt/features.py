@@ -25,8 +25,8 @@ from .params import Params, load_params, override
 __all__ = ['Pooling', 'SHARD', 'STORE_DTYPES', 'pool', 'vlm_inputs', 'truncate_rows', 'vla_inputs', 'model_inputs',
            'n_hidden_states', 'embed_batch', 'shard_name', 'write_shard', 'shard_meta', 'read_shard', 'ShardTask',
            'plan_shards', 'process_share', 'is_done', 'model_fingerprint', 'fingerprint', 'Encoded', 'BatchReader',
-           'compute_shards', 'write_manifest', 'read_manifest', 'iter_features', 'load_features', 'default_workers',
-           'run_features']
+           'compute_shards', 'write_manifest', 'read_manifest', 'iter_features', 'load_features', 'check_finite',
+           'FeatureSet', 'default_workers', 'run_features']
 
 # %% ../nbs/07_features.ipynb #181d725e
 Pooling = Literal['mean', 'last', 'first']
@@ -372,6 +372,52 @@ def load_features(source: str, # a source name
     dt = STORE_DTYPES[m['dtype']]
     if not parts or not sum(len(p[0]) for p in parts): return [], np.zeros((0, m['dim'] or 0), dt)
     return [i for ids, _ in parts for i in ids], np.concatenate([x for ids, x in parts if len(ids)])
+
+# %% ../nbs/07_features.ipynb #0a1a4731
+def check_finite(x: np.ndarray, # (n, D) features
+                 ids: list[str], # their sample ids
+                 source: str, # for the message
+                 file: str | os.PathLike | None = None) -> np.ndarray:
+    "`x`, or a DataError naming the first sample whose features are NaN or infinite."
+    bad = ~np.isfinite(np.asarray(x)).all(axis=1) if len(x) else np.zeros(0, bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f'{int(bad.sum())} sample(s) of source {source!r} have NaN or infinite features, first {ids[i]!r}; '
+                        'recompute them (dvc repro features) or drop the source', file=file, row=i, field='features')
+    return x
+
+class FeatureSet:
+    "The features of several sources, indexed as one set without copying them."
+    def __init__(self, names: list[str], # source names
+                 features: str | os.PathLike = 'artifacts/features', # the features stage's output
+                 check: bool = True, # fail on NaN or infinite features
+                 ):
+        self.names, self.ids, self.parts = list(names), [], []
+        for n in names:
+            ids, x = load_features(n, features)
+            if check: check_finite(x, ids, n, rpath(features)/n)
+            self.ids.append(ids); self.parts.append(x)
+        self.sizes = np.array([len(i) for i in self.ids])
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        dims = {x.shape[1] for x in self.parts if len(x)}
+        if len(dims) > 1: raise EmtError(f'sources {names} have features of different widths {sorted(dims)}: '
+                                         'compute them with one model and layer')
+        self.dim = dims.pop() if dims else 0
+
+    def __len__(self) -> int: return int(self.offsets[-1])
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        "The float32 features of global rows `idx`, in the given order."
+        idx = np.asarray(idx)
+        src = np.searchsorted(self.offsets, idx, side='right') - 1
+        out = np.empty((len(idx), self.dim), np.float32)
+        for s in np.unique(src):
+            m = src == s
+            out[m] = self.parts[s][idx[m] - self.offsets[s]]
+        return out
+
+    def all_ids(self) -> list[str]: return [i for ids in self.ids for i in ids]
+    def all_sources(self) -> list[str]: return [n for n, k in zip(self.names, self.sizes) for _ in range(k)]
 
 # %% ../nbs/07_features.ipynb #fed42665
 def _distributed():

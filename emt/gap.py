@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from .core import DataError, EmtError, progress, rng, rpath, save_figure, save_table, write_json
-from .features import load_features
-from .params import Params, load_params, override
+from .features import check_finite, load_features
+from .params import Params, load_params, override, source_groups
 
 # %% auto #0
 __all__ = ['sq_dists', 'median_bandwidth', 'rbf', 'mmd2_unbiased', 'block_sums', 'mmd2_matrix', 'mmd2_permutation_test',
-           'diversity', 'source_groups', 'check_finite', 'sample_source', 'mmd_figure', 'tsne_embedding', 'tsne_figure',
-           'group_features', 'run_gap', 'toy_features', 'toy_params']
+           'diversity', 'sample_source', 'mmd_figure', 'tsne_embedding', 'tsne_figure', 'group_features', 'run_gap',
+           'toy_features', 'toy_params']
 
 # %% ../nbs/08_gap.ipynb #d0316d1b
 def sq_dists(x: torch.Tensor, # (n, D)
@@ -114,22 +114,6 @@ def diversity(x: np.ndarray | torch.Tensor, # (n, D) features
     return float(-np.log((total - n) / (n * (n - 1))))
 
 # %% ../nbs/08_gap.ipynb #8f655034
-def source_groups(P: Params) -> dict[str, str]:
-    "Every source of params, in order, with its group (general, embodied, vla, ...)."
-    return {s.name: s.group for s in P.data.vlm_sources + P.data.vla_sources}
-
-def check_finite(x: np.ndarray, # (n, D) features
-                 ids: list[str], # their sample ids
-                 source: str, # for the message
-                 file: str | os.PathLike | None = None) -> np.ndarray:
-    "`x`, or a DataError naming the first sample whose features are NaN or infinite."
-    bad = ~np.isfinite(np.asarray(x)).all(axis=1) if len(x) else np.zeros(0, bool)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f'{int(bad.sum())} sample(s) of source {source!r} have NaN or infinite features, first {ids[i]!r}; '
-                        'recompute them (dvc repro features) or drop the source', file=file, row=i, field='features')
-    return x
-
 def sample_source(ids: list[str], x: np.ndarray, n: int, source: str, seed: int) -> tuple[list[str], np.ndarray]:
     "A seeded subsample of `n` rows of one source as float32 (all rows, in order, when it has exactly `n`)."
     if len(ids) < n:

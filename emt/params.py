@@ -18,7 +18,8 @@ from .core import EmtError, rpath, write_text
 # %% auto #0
 __all__ = ['VLA_TASKS_MT10', 'KCount', 'KFraction', 'Section', 'Recipe', 'Source', 'CorpusVLA', 'Corpus', 'Data', 'BaseVLM',
            'Features', 'Gap', 'Estimator', 'Select', 'Midtrain', 'VLA', 'Benchmark', 'Eval', 'Report', 'Params',
-           'ParamsError', 'parse_params', 'load_params', 'hub_offline', 'override', 'profiles', 'use_profile']
+           'ParamsError', 'parse_params', 'load_params', 'hub_offline', 'source_groups', 'pool_and_vla', 'override',
+           'profiles', 'use_profile']
 
 # %% ../nbs/01_params.ipynb #e384ef69
 class Section(BaseModel):
@@ -261,6 +262,16 @@ def hub_offline() -> None:
     import huggingface_hub.constants
     os.environ['HF_HUB_OFFLINE'] = '1'
     huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+# %% ../nbs/01_params.ipynb #3cff5b85
+def source_groups(P: Params) -> dict[str, str]:
+    "Every source of params, in order, with its group (general, embodied, vla, ...)."
+    return {s.name: s.group for s in P.data.vlm_sources + P.data.vla_sources}
+
+def pool_and_vla(P: Params) -> tuple[list[str], list[str]]:
+    "The names of the VLM pool's sources and of the VLA sources, each in params order."
+    groups = source_groups(P)
+    return [n for n, g in groups.items() if g != 'vla'], [n for n, g in groups.items() if g == 'vla']
 
 # %% ../nbs/01_params.ipynb #33a540d2
 def override(params: Params, # validated params

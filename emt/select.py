@@ -14,9 +14,10 @@ from datasets import concatenate_datasets
 
 from .core import EmtError, progress, rng, rpath, save_figure, save_table, write_json, write_text
 from .data import Skipped, load_dataset_dir, write_hf, write_llava, write_sharegpt
-from .estimator import FeatureSet, read_scores, write_scores
-from .gap import diversity, source_groups, toy_params, toy_features
-from .params import Params, load_params
+from .estimator import read_scores, write_scores
+from .features import FeatureSet
+from .gap import diversity, toy_params, toy_features
+from .params import Params, load_params, pool_and_vla, source_groups
 
 # %% auto #0
 __all__ = ['resolve_k', 'rank_order', 'top_k', 'gumbel_keys', 'quota_select', 'select_indices', 'cluster_labels', 'violin_figure',
@@ -235,7 +236,7 @@ def run_select(P: Params, # validated params
     import matplotlib.pyplot as plt
     S, t0 = P.select, time.time()
     groups = source_groups(P)
-    vlm = [n for n, g in groups.items() if g != 'vla']; vla_names = [n for n, g in groups.items() if g == 'vla']
+    vlm, vla_names = pool_and_vla(P)
     pool = FeatureSet(vlm, features)
     pool_ids = np.array(pool.all_ids()); pool_src = np.array(pool.all_sources())
     k = resolve_k(S.k, len(pool))
