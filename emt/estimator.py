@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from .core import DataError, EmtError, atomic_path, progress, rng, rpath, save_figure, save_table, write_json
 from .features import FeatureSet, check_finite, iter_features, load_features, read_manifest
 from .gap import sq_dists, toy_params, toy_features
-from .params import Params, load_params, pool_and_vla, source_groups
+from .params import SCORERS, Params, load_params, pool_and_vla, scores_file, source_groups
 
 # %% auto #0
 __all__ = ['write_scores', 'read_scores', 'split_rows', 'balanced_draw', 'ProximityEstimator', 'fold_standardisation',
@@ -50,8 +50,8 @@ def read_scores(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         have = sorted(p.stem for p in path.parent.glob('*.parquet')) if path.parent.is_dir() else []
-        raise EmtError(f'no scores at {path} (scores exist for {have}): run the stage that writes them '
-                       '(dvc repro estimator, or ppl_baselines for vla_ppl / delta_ppl)')
+        stage = SCORERS[path.stem][0] if path.stem in SCORERS else 'that writes them'
+        raise EmtError(f'no scores at {path} (scores exist for {have}): run the stage {stage} (dvc repro {stage})')
     t = pq.read_table(path)
     missing = {'id', 'source', 'score'} - set(t.column_names)
     if missing: raise DataError(f'not a scores file: columns {sorted(missing)} missing', file=path)
@@ -260,7 +260,7 @@ def _vla_sample(vla: FeatureSet, n: int | None, seed: int) -> np.ndarray:
 def run_estimator(P: Params, # validated params
                   features: str | os.PathLike = 'artifacts/features', # the features stage's output
                   out: str | os.PathLike = 'artifacts/estimator', # the trained estimator
-                  scores: str | os.PathLike = 'artifacts/scores', # score files of estimator, random, feature_distance
+                  scores: str | os.PathLike = SCORERS['estimator'][1], # score files of estimator, random, feature_distance
                   ) -> dict:
     "The estimator stage: train, calibrate, score the pool with it and the two cheap baselines."
     import matplotlib.pyplot as plt
@@ -281,11 +281,11 @@ def run_estimator(P: Params, # validated params
     ids, srcs, logits = score_sources(model, vlm, features)
     score_s = time.time() - t1
     ldr = model.log_density_ratio(logits)
-    write_scores(rpath(scores)/'estimator.parquet', ids, srcs, logits, prob=1 / (1 + np.exp(-logits)), log_density_ratio=ldr,
+    write_scores(scores_file('estimator', scores), ids, srcs, logits, prob=1 / (1 + np.exp(-logits)), log_density_ratio=ldr,
                  calibrated_log_density_ratio=a * logits + b)
-    write_scores(rpath(scores)/'random.parquet', ids, srcs, rng(P.seed, 'random-selection').random(len(ids)))
+    write_scores(scores_file('random', scores), ids, srcs, rng(P.seed, 'random-selection').random(len(ids)))
     dist = mean_distances(pool, _vla_sample(vla, E.distance_vla_samples, P.seed))
-    write_scores(rpath(scores)/'feature_distance.parquet', ids, srcs, -dist, mean_l2_distance=dist)
+    write_scores(scores_file('feature_distance', scores), ids, srcs, -dist, mean_l2_distance=dist)
     _, _, vla_logits = score_sources(model, vla_names, features)
     src = np.array(srcs)
     per = [{'source': n, 'group': groups[n], 'n': int((src == n).sum()),

@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .core import EmtError, rpath, write_text
 
 # %% auto #0
-__all__ = ['VLA_TASKS_MT10', 'KCount', 'KFraction', 'Section', 'Recipe', 'Source', 'CorpusVLA', 'Corpus', 'Data', 'BaseVLM',
-           'Features', 'Gap', 'Estimator', 'Select', 'Midtrain', 'VLA', 'Benchmark', 'Eval', 'Report', 'Params',
-           'ParamsError', 'parse_params', 'load_params', 'hub_offline', 'source_groups', 'pool_and_vla', 'override',
-           'profiles', 'use_profile']
+__all__ = ['VLA_TASKS_MT10', 'KCount', 'KFraction', 'SCORERS', 'Method', 'Section', 'Recipe', 'Source', 'CorpusVLA', 'Corpus',
+           'Data', 'BaseVLM', 'Features', 'Gap', 'Estimator', 'scores_file', 'Select', 'Midtrain', 'VLA', 'Benchmark',
+           'Eval', 'Report', 'Params', 'ParamsError', 'parse_params', 'load_params', 'hub_offline', 'source_groups',
+           'pool_and_vla', 'override', 'profiles', 'use_profile']
 
 # %% ../nbs/01_params.ipynb #e384ef69
 class Section(BaseModel):
@@ -151,10 +151,23 @@ class Estimator(Section):
 KCount = Annotated[int, Field(gt=0)]
 KFraction = Annotated[float, Field(gt=0, le=1)]
 
+SCORERS: dict[str, tuple[str, str]] = { # scoring method -> (the stage that writes its scores, the folder they go to)
+    'estimator': ('estimator', 'artifacts/scores'), 'random': ('estimator', 'artifacts/scores'),
+    'feature_distance': ('estimator', 'artifacts/scores'),
+    'vla_ppl': ('ppl_baselines', 'artifacts/ppl/scores'), 'delta_ppl': ('ppl_baselines', 'artifacts/ppl/scores')}
+Method = Literal[tuple(SCORERS)]
+
+def scores_file(method: str, # a key of `SCORERS`
+                folder: str | os.PathLike | None = None, # None: the folder of the method's stage
+                ) -> Path:
+    "The scores file of `method`: `<folder>/<method>.parquet`."
+    if method not in SCORERS: raise EmtError(f'unknown scoring method {method!r}; known: {list(SCORERS)}')
+    return rpath(folder if folder is not None else SCORERS[method][1])/f'{method}.parquet'
+
 class Select(Section):
     "select stage: top-K of the pool per scoring method."
     k: Union[KCount, KFraction] # a count, or a fraction of the pool
-    methods: list[Literal['estimator', 'random', 'feature_distance', 'vla_ppl', 'delta_ppl']] = Field(min_length=1)
+    methods: list[Method] = Field(min_length=1) # keys of `SCORERS`
     sampling: Literal['topk', 'gumbel'] = 'topk' # gumbel: importance resampling instead of hard top-K
     temperature: float = Field(default=1.0, gt=0) # gumbel
     quota: Literal['none', 'source', 'cluster'] = 'none' # equal shares of K per source or per k-means cluster

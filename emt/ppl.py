@@ -19,7 +19,7 @@ from .backbones import IMAGE, encode, load_vlm, save_vlm
 from .core import DataError, EmtError, atomic_path, progress, rpath, save_figure, write_json
 from .data import load_dataset_dir, raw_rows, samples_to_dataset
 from .features import model_inputs
-from .params import Params, Recipe, load_params, override
+from .params import SCORERS, Params, Recipe, load_params, override, scores_file
 from .sft import train_sft
 
 # %% auto #0
@@ -234,7 +234,7 @@ def run_ppl(params: Params, # validated params
             data: str | os.PathLike = 'artifacts/data', # the data stage's datasets
             base: str | os.PathLike = 'artifacts/base_vlm', # the base VLM checkpoint
             out: str | os.PathLike = 'artifacts/ppl/vla_lm', # the VLA LM checkpoint to produce
-            scores: str | os.PathLike = 'artifacts/ppl/scores', # where the score files go
+            scores: str | os.PathLike = SCORERS['vla_ppl'][1], # where the score files go
             work: str | os.PathLike = 'artifacts/ppl_train', # fine-tuning checkpoints (kept until the run ends)
             recipe: Recipe | dict | None = None, # the VLA LM recipe (None: `vla_lm_recipe(params)`)
             style: ActionStyle = 'decimal', # how actions are written (see `actions_to_text`)
@@ -263,8 +263,8 @@ def run_ppl(params: Params, # validated params
     ids_b, _, ppl_base, s_base = _pool_ppl(base_model, base_proc, pool, batch_size, recipe.max_seq_len, 'base')
     if ids_b != ids: raise EmtError('The pool changed between the two perplexity passes.')
     table = pd.DataFrame({'id': ids, 'source': sources, 'ppl_vla': ppl_vla, 'ppl_base': ppl_base})
-    _write_scores(scores/'vla_ppl.parquet', ids, sources, -ppl_vla)
-    _write_scores(scores/'delta_ppl.parquet', ids, sources, -(ppl_vla - ppl_base))
+    _write_scores(scores_file('vla_ppl', scores), ids, sources, -ppl_vla)
+    _write_scores(scores_file('delta_ppl', scores), ids, sources, -(ppl_vla - ppl_base))
     with atomic_path(scores/'ppl.parquet') as tmp: table.to_parquet(tmp, index=False)
     fig = ppl_figure(table, list(pool)); save_figure(fig, 'ppl_baselines'); plt.close(fig)
     shutil.rmtree(work, ignore_errors=True)  # done: the checkpoints are no longer needed to resume

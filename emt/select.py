@@ -17,11 +17,11 @@ from .data import Skipped, load_dataset_dir, write_hf, write_llava, write_shareg
 from .estimator import read_scores, write_scores
 from .features import FeatureSet
 from .gap import diversity, toy_params, toy_features
-from .params import Params, load_params, pool_and_vla, source_groups
+from .params import Params, load_params, pool_and_vla, scores_file, source_groups
 
 # %% auto #0
 __all__ = ['resolve_k', 'rank_order', 'top_k', 'gumbel_keys', 'quota_select', 'select_indices', 'cluster_labels', 'violin_figure',
-           'shift_figure', 'composition_figure', 'examples_figure', 'source_examples', 'scores_path', 'run_select']
+           'shift_figure', 'composition_figure', 'examples_figure', 'source_examples', 'run_select']
 
 # %% ../nbs/10_select.ipynb #8f03cb4f
 def resolve_k(k: int | float, # a count, or a fraction of the pool in (0, 1]
@@ -219,16 +219,9 @@ def _write_mixture(ds, folder: Path, method: str, writers: list[str], ids: list[
             write_json(write_llava(ds, folder/'llava', multi_image='skip', skipped=skipped)/'skipped.json', skipped.to_dict())
         elif w == 'sharegpt': write_sharegpt(ds, folder/'sharegpt', f'emt_{method}')
 
-def scores_path(method: str, folders) -> Path:
-    "The scores file of `method` in the first of `folders` that has one (the first folder's path if none has)."
-    folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
-    for f in folders:
-        if (rpath(f)/f'{method}.parquet').is_file(): return rpath(f)/f'{method}.parquet'
-    return rpath(folders[0])/f'{method}.parquet'
-
 def run_select(P: Params, # validated params
                features: str | os.PathLike = 'artifacts/features', # the features stage's output
-               scores: list[str | os.PathLike] = ('artifacts/scores', 'artifacts/ppl/scores'), # folders of `<method>.parquet`
+               scores: str | os.PathLike | None = None, # a folder of every `<method>.parquet` (None: each method's, `SCORERS`)
                data: str | os.PathLike = 'artifacts/data', # the pool's datasets
                out: str | os.PathLike = 'artifacts/select', # the mixtures
                ) -> dict:
@@ -246,7 +239,7 @@ def run_select(P: Params, # validated params
     offsets = {n: int(o) for n, o in zip(vlm, pool.offsets)}
     per, shares, chosen, all_scores = {}, {}, {}, {}
     for method in progress(S.methods, 'selecting'):
-        path = scores_path(method, scores)
+        path = scores_file(method, scores)
         sc = read_scores(path)
         if len(sc['id']) != len(pool_ids) or not np.array_equal(sc['id'], pool_ids):
             raise EmtError(f'{path} does not list the pool of data.vlm_sources in order '

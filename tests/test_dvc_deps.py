@@ -66,3 +66,28 @@ def test_the_check_catches_a_missing_module(tmp_path):
     deps = {f'emt/{m}.py' for m in full} - {'emt/eval.py'}
     assert missing_deps(nb, deps) == ['emt/eval.py']
     assert emt_imports('from .core import x\nfrom . import data', 'sft') == {'core', 'data'}
+
+
+def _under(path: str, folders) -> bool:
+    return any(path == f or path.startswith(f.rstrip('/') + '/') for f in folders)
+
+
+def scorer_wiring_problems(dvc: dict) -> list[str]:
+    "Each scoring method's scores folder is an output of the stage SCORERS names and an input of the select stage."
+    from emt.params import SCORERS
+    st = dvc['stages']
+    outs = lambda s: [o if isinstance(o, str) else next(iter(o)) for o in st[s].get('outs', [])]
+    out = []
+    for method, (stage, folder) in SCORERS.items():
+        if stage not in st: out.append(f'{method}: no stage {stage!r}')
+        elif not _under(folder, outs(stage)): out.append(f'{method}: {folder} is not an output of {stage}')
+        if not _under(folder, [d for d in st['select']['deps'] if isinstance(d, str)]):
+            out.append(f'{method}: {folder} is not an input of select')
+    return out
+
+
+def test_every_scoring_method_is_wired_from_its_stage_to_select():
+    dvc = yaml.safe_load((ROOT/'dvc.yaml').read_text())
+    assert scorer_wiring_problems(dvc) == []
+    dvc['stages']['select']['deps'].remove('artifacts/ppl')  # the check fails when a scorer's folder is not an input
+    assert scorer_wiring_problems(dvc) == [f'{m}: artifacts/ppl/scores is not an input of select' for m in ('vla_ppl', 'delta_ppl')]
