@@ -136,7 +136,6 @@ def train_estimator(pool: FeatureSet, # the VLM pool's features (negatives)
                     vla: FeatureSet, # the VLA sources' features (positives)
                     E, # the `estimator` params section
                     seed: int = 0,
-                    max_val: int = 20000, # held-out rows per side, at most
                     ) -> tuple[ProximityEstimator, dict]:
     "Train the linear proximity estimator with BCE on balanced batches until the validation accuracy target."
     if len(vla) == 0: raise EmtError('the VLA data is empty: the estimator needs positives (data.vla_sources)')
@@ -145,8 +144,8 @@ def train_estimator(pool: FeatureSet, # the VLM pool's features (negatives)
                                            'compute both with the same model and layer')
     torch.manual_seed(seed)
     g = rng(seed, 'estimator-batches')
-    p_tr, p_va = split_rows(len(pool), E.val_fraction, max_val, seed, 'pool')
-    v_tr, v_va = split_rows(len(vla), E.val_fraction, max_val, seed, 'vla')
+    p_tr, p_va = split_rows(len(pool), E.val_fraction, E.max_val, seed, 'pool')
+    v_tr, v_va = split_rows(len(vla), E.val_fraction, E.max_val, seed, 'vla')
     v_src = np.searchsorted(vla.offsets, v_tr, side='right') - 1
     stat = np.concatenate([pool.rows(balanced_draw(g, p_tr, None, 4096, False)),
                            vla.rows(balanced_draw(g, v_tr, v_src, 4096, True))])

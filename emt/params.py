@@ -17,9 +17,9 @@ from .core import EmtError, rpath, write_text
 
 # %% auto #0
 __all__ = ['VLA_TASKS_MT10', 'KCount', 'KFraction', 'SCORERS', 'Method', 'Section', 'Recipe', 'Source', 'CorpusVLA', 'Corpus',
-           'Data', 'BaseVLM', 'Features', 'Gap', 'Estimator', 'scores_file', 'Select', 'Midtrain', 'VLA', 'Benchmark',
-           'Eval', 'Report', 'Params', 'ParamsError', 'parse_params', 'load_params', 'hub_offline', 'source_groups',
-           'pool_and_vla', 'override', 'profiles', 'use_profile']
+           'Data', 'BaseVLM', 'Features', 'Gap', 'Estimator', 'Ppl', 'scores_file', 'Select', 'Midtrain', 'VLA',
+           'Benchmark', 'Eval', 'Report', 'Params', 'ParamsError', 'parse_params', 'load_params', 'hub_offline',
+           'source_groups', 'pool_and_vla', 'override', 'profiles', 'use_profile']
 
 # %% ../nbs/01_params.ipynb #e384ef69
 class Section(BaseModel):
@@ -147,6 +147,12 @@ class Estimator(Section):
     eval_every: int = Field(default=5, gt=0)
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     distance_vla_samples: int | None = Field(default=None, gt=0) # feature-distance baseline: VLA rows compared (None: all)
+    max_val: int = Field(default=20000, gt=0) # validation rows per side, at most
+
+class Ppl(Section):
+    "ppl_baselines stage: the perplexity baselines' VLA LM (a VLM fine-tuned on actions written as text)."
+    style: Literal['decimal', 'bins'] = 'decimal' # actions as signed decimals, or RT-2-style bin indices
+    steps: int | None = Field(default=None, gt=0) # its fine-tuning steps (None: a quarter of midtrain.recipe.steps)
 
 KCount = Annotated[int, Field(gt=0)]
 KFraction = Annotated[float, Field(gt=0, le=1)]
@@ -188,6 +194,9 @@ class VLA(Section):
     gripper_weight: float = Field(default=1.0, ge=0) # BCE weight of the gripper branch
     freeze: Literal['none', 'vision', 'llm', 'vlm'] = 'none'
     lora_rank: int = Field(default=0, ge=0) # 0: full fine-tuning
+    gripper_dims: list[int] = Field(default_factory=lambda: [-1]) # binary action dimensions (negative: from the end)
+    heldout_fraction: float = Field(default=0.1, gt=0, lt=1) # episodes held out per source for the held-out loss
+    heldout_max: int = Field(default=512, gt=0) # held-out frames evaluated at most (a fixed seeded subset)
     recipe: Recipe
 
 class Benchmark(Section):
@@ -224,6 +233,7 @@ class Params(Section):
     features: Features = Features()
     gap: Gap = Gap()
     estimator: Estimator = Estimator()
+    ppl: Ppl = Ppl()
     select: Select
     midtrain: Midtrain
     vla: VLA

@@ -236,8 +236,7 @@ def run_ppl(params: Params, # validated params
             out: str | os.PathLike = 'artifacts/ppl/vla_lm', # the VLA LM checkpoint to produce
             scores: str | os.PathLike = SCORERS['vla_ppl'][1], # where the score files go
             work: str | os.PathLike = 'artifacts/ppl_train', # fine-tuning checkpoints (kept until the run ends)
-            recipe: Recipe | dict | None = None, # the VLA LM recipe (None: `vla_lm_recipe(params)`)
-            style: ActionStyle = 'decimal', # how actions are written (see `actions_to_text`)
+            recipe: Recipe | dict | None = None, # the VLA LM recipe (None: `vla_lm_recipe(params, ppl.steps)`)
             batch_size: int | None = None, # perplexity batch size (None: features.batch_size)
             num_workers: int = 1, # DataLoader workers encoding the fine-tuning batches
             ) -> dict:
@@ -246,12 +245,12 @@ def run_ppl(params: Params, # validated params
     if not {'vla_ppl', 'delta_ppl'} & set(params.select.methods): return _skip(params, rpath(scores).parent)
     import matplotlib.pyplot as plt
     import pandas as pd
-    recipe = vla_lm_recipe(params) if recipe is None else recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
+    recipe = vla_lm_recipe(params, params.ppl.steps) if recipe is None else recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
     batch_size = batch_size or params.features.batch_size
     data, work, scores = rpath(data), rpath(work), rpath(scores)
     pool = _pool(params, data)
     with tempfile.TemporaryDirectory(dir=work.parent, prefix='.vla_text.') as tmp:
-        vla = {s.name: vla_chat_dataset(load_dataset_dir(data/s.name, 'vla'), Path(tmp)/s.name, style=style,
+        vla = {s.name: vla_chat_dataset(load_dataset_dir(data/s.name, 'vla'), Path(tmp)/s.name, style=params.ppl.style,
                                         steps=params.vla.chunk) for s in params.data.vla_sources}
         model, processor = load_vlm(rpath(base))
         rep = train_sft((model, processor), vla, recipe, work, seed=params.seed, on_error=params.data.on_error,
@@ -268,7 +267,7 @@ def run_ppl(params: Params, # validated params
     with atomic_path(scores/'ppl.parquet') as tmp: table.to_parquet(tmp, index=False)
     fig = ppl_figure(table, list(pool)); save_figure(fig, 'ppl_baselines'); plt.close(fig)
     shutil.rmtree(work, ignore_errors=True)  # done: the checkpoints are no longer needed to resume
-    m = _summary(params, table, rep, {'style': style, 'action_steps': params.vla.chunk, 'max_seq_len': recipe.max_seq_len,
+    m = _summary(params, table, rep, {'style': params.ppl.style, 'action_steps': params.vla.chunk, 'max_seq_len': recipe.max_seq_len,
                                       'pool_samples': len(ids), 'ppl_seconds_vla_lm': round(s_vla, 2),
                                       'ppl_seconds_base': round(s_base, 2), 'seconds': round(time.time() - t0, 1)})
     write_json(rpath('metrics/ppl.json'), m)

@@ -442,8 +442,6 @@ def run_vla(P: Params, # validated params
             out: str = 'artifacts/vla', # <out>/<init>/step_<NNNNNN>/
             base: str = 'artifacts/base_vlm', # the base VLM
             midtrain: str = 'artifacts/midtrain', # the mid-trained VLMs
-            heldout_fraction: float = 0.1, # episodes held out for the held-out action loss
-            gripper_dims: Sequence[int] = (-1,), # binary action dimensions of the data
             num_workers: int = 1, # DataLoader workers encoding batches
             ) -> dict:
     "The vla stage: a VLA per initialisation; metrics/vla.json, metrics/vla_loss.csv and Fig. 3 (loss half)."
@@ -455,11 +453,11 @@ def run_vla(P: Params, # validated params
             raise EmtError(f'unknown initialisations {unknown}; known: {sorted(paths)} (base and midtrain.methods).')
         paths = {k: v for k, v in paths.items() if k in inits}
     ds = vla_datasets(P, data)
-    cfg = vla_config(P, data_action_dim(ds), gripper_dims)
+    cfg = vla_config(P, data_action_dim(ds), P.vla.gripper_dims)
     reports, summary = {}, {}
     for init, path in paths.items():
         rep = train_vla(path, ds, VLAConfig(**asdict(cfg)), P.vla.recipe, rpath(out)/init, seed=P.seed,
-                        heldout_fraction=heldout_fraction, num_workers=num_workers)
+                        heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max, num_workers=num_workers)
         reports[init] = rep
         summary[init] = {'vlm': project_relative(path), 'heldout': {f"step_{h['step']:06d}": h['loss'] for h in rep['heldout']},
                          'final_heldout_loss': rep['heldout'][-1]['loss'] if rep['heldout'] else None,
