@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 from datasets import Dataset
 
 from .backbones import IMAGE, load_vlm, n_params, save_vlm, tiny_vlm, train_tokenizer
-from .core import EmtError, rpath, save_figure, save_table, write_json
+from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_json
 from .data import load_dataset_dir
 from .params import Params, load_params, override
 from .sft import train_sft
@@ -30,7 +30,7 @@ def pretrain_sources(params: Params) -> list[str]:
     return names
 
 def pretrain_datasets(params: Params, # validated params
-                      data_dir: str | os.PathLike = 'artifacts/data', # where the data stage stored the sources
+                      data_dir: str | os.PathLike = ARTIFACTS['data'], # where the data stage stored the sources
                       ) -> dict[str, Dataset]:
     "The stored datasets of the pretraining sources, by name."
     return {n: load_dataset_dir(rpath(data_dir)/n, 'vlm') for n in pretrain_sources(params)}
@@ -111,8 +111,8 @@ def _pretrain_scratch(params: Params, out: Path, work: Path, num_workers: int) -
             'train_seconds': rep['seconds']}
 
 def run_base_vlm(params: Params, # validated params
-                 out: str = 'artifacts/base_vlm', # the checkpoint directory to produce
-                 work: str = 'artifacts/base_vlm_train', # pretraining checkpoints (kept until the run ends, to resume)
+                 out: str = ARTIFACTS['base_vlm'], # the checkpoint directory to produce
+                 work: str = ARTIFACTS['base_vlm_train'], # pretraining checkpoints (kept until the run ends, to resume)
                  num_workers: int = 1, # DataLoader workers encoding batches
                  ) -> dict:
     "Produce the base VLM checkpoint and write metrics/base_vlm.json (and, for scratch, its loss curve)."
@@ -136,7 +136,7 @@ def _toy_project(d: Path, base: Params) -> Params:
                  'messages': [{'role': 'user', 'content': '<image>\nDescribe the image.'},
                               {'role': 'assistant', 'content': f'a {words[i % 3]} {words[3 + (i + s) % 3]}'}]}
                 for i in range(8)]
-        save_dataset(Dataset.from_list(rows), d/'artifacts/data'/name)
+        save_dataset(Dataset.from_list(rows), d/ARTIFACTS['data']/name)
     import yaml
     (d/'params.yaml').write_text(yaml.safe_dump(base.model_dump(mode='json'), sort_keys=False))
     P = load_params(d/'params.yaml')

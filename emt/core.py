@@ -14,8 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PROJECT_MARKER', 'EmtError', 'DataError', 'root', 'rpath', 'project_relative', 'atomic_path', 'write_text',
-           'write_json', 'rng', 'seed_everything', 'progress', 'save_figure', 'markdown_table', 'save_table']
+__all__ = ['PROJECT_MARKER', 'ARTIFACTS', 'STAGE_IO', 'EmtError', 'DataError', 'root', 'rpath', 'project_relative', 'atomic_path',
+           'write_text', 'write_json', 'rng', 'seed_everything', 'progress', 'save_figure', 'markdown_table',
+           'save_table']
 
 # %% ../nbs/00_core.ipynb #ca9055b9
 class EmtError(Exception):
@@ -58,6 +59,18 @@ def project_relative(path: str|os.PathLike) -> str:
     p = rpath(path)
     try: return p.resolve().relative_to(root()).as_posix()
     except ValueError: return str(path)
+
+# %% ../nbs/00_core.ipynb #1b49b03b
+ARTIFACTS = {k: f'artifacts/{k}' for k in (
+    'data', 'base_vlm', 'base_vlm_train', 'features', 'estimator', 'scores', 'ppl', 'ppl_train', 'select', 'midtrain',
+    'midtrain_train', 'vla', 'eval')}
+
+STAGE_IO = { # stage -> (the ARTIFACTS it reads, the ARTIFACTS it writes as DVC outputs)
+    'data': ((), ('data',)), 'base_vlm': (('data',), ('base_vlm',)), 'features': (('data', 'base_vlm'), ('features',)),
+    'gap': (('features',), ()), 'estimator': (('features',), ('estimator', 'scores')),
+    'ppl_baselines': (('data', 'base_vlm'), ('ppl',)), 'select': (('features', 'data', 'scores', 'ppl'), ('select',)),
+    'midtrain': (('select', 'base_vlm'), ('midtrain',)), 'vla': (('data', 'base_vlm', 'midtrain'), ('vla',)),
+    'eval': (('vla',), ('eval',)), 'report': ((), ())}
 
 # %% ../nbs/00_core.ipynb #97628c99
 @contextlib.contextmanager

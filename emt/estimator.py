@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .core import DataError, EmtError, atomic_path, progress, rng, rpath, save_figure, save_table, write_json
+from .core import ARTIFACTS, DataError, EmtError, atomic_path, progress, rng, rpath, save_figure, save_table, write_json
 from .features import FeatureSet, check_finite, iter_features, load_features, read_manifest
 from .gap import sq_dists, toy_params, toy_features
 from .params import SCORERS, Params, load_params, pool_and_vla, scores_file, source_groups
@@ -226,7 +226,7 @@ def score_features(model: ProximityEstimator, x: np.ndarray, # (n, D) features, 
     return out
 
 def score_sources(model: ProximityEstimator, names: list[str],
-                  features: str | os.PathLike = 'artifacts/features') -> tuple[list[str], list[str], np.ndarray]:
+                  features: str | os.PathLike = ARTIFACTS['features']) -> tuple[list[str], list[str], np.ndarray]:
     "ids, sources and logits of every sample of `names`, streamed shard by shard."
     ids, srcs, out = [], [], []
     for n in progress(names, 'scoring'):
@@ -257,8 +257,8 @@ def _vla_sample(vla: FeatureSet, n: int | None, seed: int) -> np.ndarray:
     return vla.rows(idx)
 
 def run_estimator(P: Params, # validated params
-                  features: str | os.PathLike = 'artifacts/features', # the features stage's output
-                  out: str | os.PathLike = 'artifacts/estimator', # the trained estimator
+                  features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
+                  out: str | os.PathLike = ARTIFACTS['estimator'], # the trained estimator
                   scores: str | os.PathLike = SCORERS['estimator'][1], # score files of estimator, random, feature_distance
                   ) -> dict:
     "The estimator stage: train, calibrate, score the pool with it and the two cheap baselines."

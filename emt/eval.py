@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .core import EmtError, DataError, atomic_path, progress, rng, rpath, write_json, write_text, save_table, save_figure
+from .core import ARTIFACTS, EmtError, DataError, atomic_path, progress, rng, rpath, write_json, write_text, save_table, save_figure
 
 # %% auto #0
 __all__ = ['REFERENCE', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv', 'ConstantPolicy', 'wilson',
@@ -389,7 +389,7 @@ class VLACheckpoint:
         from emt.policy import load_policy  # in the worker: the harness itself needs no model code
         return load_policy(self.path)
 
-def vla_policies(folder: str|os.PathLike = 'artifacts/vla') -> dict[str, VLACheckpoint]:
+def vla_policies(folder: str|os.PathLike = ARTIFACTS['vla']) -> dict[str, VLACheckpoint]:
     "Every VLA checkpoint `<folder>/<init>/<checkpoint>/config.json` as a policy factory named `<init>/<checkpoint>`."
     found = sorted(rpath(folder).glob('*/*/config.json'))
     if not found: raise EmtError(f'no VLA checkpoints (*/*/config.json) under {rpath(folder)}: run `dvc repro vla` first')
@@ -473,7 +473,7 @@ def reference_policies(names: Sequence[str], # `eval.references`: 'random' and/o
 
 def run_eval(P, # the params
              policies: dict[str, Callable[[], Policy]]|None = None, # name -> picklable factory (None: `vla_policies()`)
-             out: str|os.PathLike = 'artifacts/eval', # results, protocols and videos go under here
+             out: str|os.PathLike = ARTIFACTS['eval'], # results, protocols and videos go under here
              ) -> dict:
     "The eval stage: every policy on every `eval.benchmarks` entry; metrics/eval.json, the table and Fig. 3."
     E, t0 = P.eval, time.time()

@@ -17,7 +17,7 @@ from datasets import Dataset
 from safetensors.numpy import save_file
 
 from .backbones import encode, encode_prompt, load_vlm
-from .core import DataError, EmtError, atomic_path, progress, rpath, write_json
+from .core import ARTIFACTS, DataError, EmtError, atomic_path, progress, rpath, write_json
 from .data import load_dataset_dir, open_image, samples_to_dataset, save_dataset, toy_png_bytes
 from .params import Params, load_params, override
 
@@ -342,7 +342,7 @@ def write_manifest(folder: str | os.PathLike, # the source's features folder
     return manifest
 
 def read_manifest(source: str, # a source name
-                  root: str | os.PathLike = 'artifacts/features', # the features directory
+                  root: str | os.PathLike = ARTIFACTS['features'], # the features directory
                   ) -> dict:
     "The manifest of a source's features."
     path = rpath(root)/source/'manifest.json'
@@ -353,7 +353,7 @@ def read_manifest(source: str, # a source name
     return json.loads(path.read_text())
 
 def iter_features(source: str, # a source name
-                  root: str | os.PathLike = 'artifacts/features', # the features directory
+                  root: str | os.PathLike = ARTIFACTS['features'], # the features directory
                   ) -> Iterator[tuple[list[str], np.ndarray]]:
     "The ids and memory-mapped features of each shard of `source`, in order."
     m = read_manifest(source, root)
@@ -363,7 +363,7 @@ def iter_features(source: str, # a source name
         yield ids, x
 
 def load_features(source: str, # a source name
-                  root: str | os.PathLike = 'artifacts/features', # the features directory
+                  root: str | os.PathLike = ARTIFACTS['features'], # the features directory
                   ) -> tuple[list[str], np.ndarray]:
     "The ids and the (n, D) features of `source`, in dataset order (memory-mapped if it is a single shard)."
     parts = list(iter_features(source, root))
@@ -389,7 +389,7 @@ def check_finite(x: np.ndarray, # (n, D) features
 class FeatureSet:
     "The features of several sources, indexed as one set without copying them."
     def __init__(self, names: list[str], # source names
-                 features: str | os.PathLike = 'artifacts/features', # the features stage's output
+                 features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
                  check: bool = True, # fail on NaN or infinite features
                  ):
         self.names, self.ids, self.parts = list(names), [], []
@@ -465,8 +465,8 @@ def default_workers() -> int:
 
 def run_features(params: Params, # validated params
                  model: str | os.PathLike | None = None, # the frozen VLM (None: `features.model`, else the base VLM)
-                 data: str | os.PathLike = 'artifacts/data', # the data stage's datasets
-                 out: str | os.PathLike = 'artifacts/features', # where the features go
+                 data: str | os.PathLike = ARTIFACTS['data'], # the data stage's datasets
+                 out: str | os.PathLike = ARTIFACTS['features'], # where the features go
                  answers: bool | None = None, # embed VLM samples with their answers (None: `features.answers`)
                  num_workers: int | None = None, # DataLoader workers per process (None: `features.num_workers`)
                  ) -> dict:
@@ -474,7 +474,7 @@ def run_features(params: Params, # validated params
     f, t0, state = params.features, time.time(), _distributed()
     answers = f.answers if answers is None else answers
     num_workers = f.num_workers if num_workers is None else num_workers
-    model = model or f.model or 'artifacts/base_vlm'
+    model = model or f.model or ARTIFACTS['base_vlm']
     model_path = rpath(model) if Path(model).is_absolute() or rpath(model).exists() else Path(model)
     out = rpath(out)
     vlm, processor = _load_model(model_path, state.device)

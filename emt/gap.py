@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import DataError, EmtError, progress, rng, rpath, save_figure, save_table, write_json
+from .core import ARTIFACTS, DataError, EmtError, progress, rng, rpath, save_figure, save_table, write_json
 from .features import check_finite, load_features
 from .params import Params, load_params, override, source_groups
 
@@ -181,7 +181,7 @@ def _group_means(m: np.ndarray, groups: list[str]) -> dict:
     return {'within_vlm': mean(off & ~vla[:, None] & ~vla[None, :]), 'within_vla': mean(off & vla[:, None] & vla[None, :]),
             'across': mean(vla[:, None] ^ vla[None, :])}
 
-def group_features(P: Params, features: str | os.PathLike = 'artifacts/features') -> dict[str, np.ndarray]:
+def group_features(P: Params, features: str | os.PathLike = ARTIFACTS['features']) -> dict[str, np.ndarray]:
     "All features of each diversity group: pool, general, embodied (and other VLM groups), vla."
     out: dict[str, list] = {}
     for name, g in source_groups(P).items():
@@ -192,7 +192,7 @@ def group_features(P: Params, features: str | os.PathLike = 'artifacts/features'
     return {g: np.concatenate(v) for g, v in out.items()}
 
 def run_gap(P: Params, # validated params
-            features: str | os.PathLike = 'artifacts/features', # the features stage's output
+            features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
             ) -> dict:
     "The gap stage: MMD^2 matrix with p-values, t-SNE and diversity; metrics/gap.json, Fig. 2a and 2b."
     import matplotlib.pyplot as plt
@@ -237,7 +237,7 @@ def toy_features(root: Path, sources: dict[str, np.ndarray]) -> None:
     "Write synthetic features for `sources` as the features stage would (one shard each)."
     from emt.features import shard_name, write_manifest, write_shard
     for name, x in sources.items():
-        folder = root/'artifacts/features'/name
+        folder = root/ARTIFACTS['features']/name
         folder.mkdir(parents=True, exist_ok=True)
         write_shard(folder/shard_name(0), x.astype(np.float16), [f'{name}/{i}' for i in range(len(x))],
                     {'fingerprint': 'toy', 'rows': [0, len(x)], 'skipped': []})

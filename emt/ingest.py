@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from .core import markdown_table, progress, rng, rpath, save_figure, save_table, write_json, write_text
+from .core import ARTIFACTS, markdown_table, progress, rng, rpath, save_figure, save_table, write_json, write_text
 from .data import load_dataset_dir, load_source, save_dataset
 from .params import Params, Source, load_params, override
 
@@ -84,7 +84,7 @@ def _save_skipped(rows: list[dict]) -> None:
                    + f'\n({len(rows)} rows in all: see data_skipped.csv)\n')
 
 def run_data(params: Params, # validated params
-             out: str = 'artifacts/data', # where the per-source datasets go
+             out: str = ARTIFACTS['data'], # where the per-source datasets go
              ) -> dict:
     "Read, check and store every source; write metrics/data.json, the sources table and the examples figure."
     d, t0 = params.data, time.time()

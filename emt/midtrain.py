@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from .backbones import load_vlm, save_vlm
-from .core import EmtError, rpath, save_figure, save_table, write_json
+from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_json
 from .data import load_dataset_dir
 from .params import Params, load_params, override
 from .sft import train_sft
@@ -28,7 +28,7 @@ def mixture_dir(select: str | os.PathLike, # the select stage's output folder
     return rpath(select)/method/'hf'
 
 def load_mixture(method: str, # a selection method of `midtrain.methods`
-                 select: str | os.PathLike = 'artifacts/select', # the select stage's output folder
+                 select: str | os.PathLike = ARTIFACTS['select'], # the select stage's output folder
                  ) -> Dataset:
     "The selected mixture of `method` (VLM schema); a clear error if the select stage did not write it."
     p = mixture_dir(select, method)
@@ -78,10 +78,10 @@ def midtrain_one(P: Params, # validated params (`midtrain.recipe`, `seed`)
     return rep
 
 def run_midtrain(P: Params, # validated params
-                 select: str = 'artifacts/select', # the select stage's mixtures
-                 base: str = 'artifacts/base_vlm', # the base VLM
-                 out: str = 'artifacts/midtrain', # <out>/<method>/: the mid-trained VLMs
-                 work: str = 'artifacts/midtrain_train', # <work>/<method>/: training state until each run ends
+                 select: str = ARTIFACTS['select'], # the select stage's mixtures
+                 base: str = ARTIFACTS['base_vlm'], # the base VLM
+                 out: str = ARTIFACTS['midtrain'], # <out>/<method>/: the mid-trained VLMs
+                 work: str = ARTIFACTS['midtrain_train'], # <work>/<method>/: training state until each run ends
                  num_workers: int = 1, # DataLoader workers encoding batches
                  ) -> dict:
     "The midtrain stage: a mid-trained VLM per method; metrics/midtrain.json, the loss CSV and figure."
@@ -118,8 +118,8 @@ def _toy_project(d: Path, base: Params) -> Params:
     P = base_toy(d, base)
     run_base_vlm(P, num_workers=0)
     for i, m in enumerate(['estimator', 'random']):
-        src = load_dataset_dir(d/'artifacts/data'/['web_captions', 'dense_captions'][i], 'vlm')
-        save_dataset(src.select(range(6)), d/'artifacts/select'/m/'hf')
+        src = load_dataset_dir(d/ARTIFACTS['data']/['web_captions', 'dense_captions'][i], 'vlm')
+        save_dataset(src.select(range(6)), d/ARTIFACTS['select']/m/'hf')
     return override(P, 'midtrain', methods=['estimator', 'random'],
                     recipe=dict(steps=4, global_batch=4, micro_batch=2, lr=3e-3, warmup_steps=1, max_seq_len=64,
                                 save_every=2))

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .core import EmtError, rpath, write_text
+from .core import ARTIFACTS, EmtError, rpath, write_text
 
 # %% auto #0
 __all__ = ['VLA_TASKS_MT10', 'KCount', 'KFraction', 'SCORERS', 'Method', 'Section', 'Recipe', 'Source', 'CorpusVLA', 'Corpus',
@@ -158,9 +158,9 @@ KCount = Annotated[int, Field(gt=0)]
 KFraction = Annotated[float, Field(gt=0, le=1)]
 
 SCORERS: dict[str, tuple[str, str]] = { # scoring method -> (the stage that writes its scores, the folder they go to)
-    'estimator': ('estimator', 'artifacts/scores'), 'random': ('estimator', 'artifacts/scores'),
-    'feature_distance': ('estimator', 'artifacts/scores'),
-    'vla_ppl': ('ppl_baselines', 'artifacts/ppl/scores'), 'delta_ppl': ('ppl_baselines', 'artifacts/ppl/scores')}
+    'estimator': ('estimator', ARTIFACTS['scores']), 'random': ('estimator', ARTIFACTS['scores']),
+    'feature_distance': ('estimator', ARTIFACTS['scores']),
+    'vla_ppl': ('ppl_baselines', f"{ARTIFACTS['ppl']}/scores"), 'delta_ppl': ('ppl_baselines', f"{ARTIFACTS['ppl']}/scores")}
 Method = Literal[tuple(SCORERS)]
 
 def scores_file(method: str, # a key of `SCORERS`

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from .backbones import IMAGE, encode, load_vlm, save_vlm
-from .core import DataError, EmtError, atomic_path, progress, rpath, save_figure, write_json
+from .core import ARTIFACTS, DataError, EmtError, atomic_path, progress, rpath, save_figure, write_json
 from .data import load_dataset_dir, raw_rows, samples_to_dataset
 from .features import model_inputs
 from .params import SCORERS, Params, Recipe, load_params, override, scores_file
@@ -231,11 +231,11 @@ def _summary(params, table, rep, seconds) -> dict:
             **seconds}
 
 def run_ppl(params: Params, # validated params
-            data: str | os.PathLike = 'artifacts/data', # the data stage's datasets
-            base: str | os.PathLike = 'artifacts/base_vlm', # the base VLM checkpoint
-            out: str | os.PathLike = 'artifacts/ppl/vla_lm', # the VLA LM checkpoint to produce
+            data: str | os.PathLike = ARTIFACTS['data'], # the data stage's datasets
+            base: str | os.PathLike = ARTIFACTS['base_vlm'], # the base VLM checkpoint
+            out: str | os.PathLike = f"{ARTIFACTS['ppl']}/vla_lm", # the VLA LM checkpoint to produce
             scores: str | os.PathLike = SCORERS['vla_ppl'][1], # where the score files go
-            work: str | os.PathLike = 'artifacts/ppl_train', # fine-tuning checkpoints (kept until the run ends)
+            work: str | os.PathLike = ARTIFACTS['ppl_train'], # fine-tuning checkpoints (kept until the run ends)
             recipe: Recipe | dict | None = None, # the VLA LM recipe (None: `vla_lm_recipe(params, ppl.steps)`)
             batch_size: int | None = None, # perplexity batch size (None: features.batch_size)
             num_workers: int = 1, # DataLoader workers encoding the fine-tuning batches
@@ -292,13 +292,13 @@ def _toy_ppl_project(d: Path, base: Params) -> Params:
                 'instruction': 'push the cube', 'actions': a, 'action_is_pad': [False, False, i % 8 == 7],
                 'episode_index': i // 8, 'frame_index': i % 8, 'task': 'push', 'meta': '{}'}
     pool = {n: [vlm(n, i) for i in range(12)] for n in ('captions', 'points')}
-    for n, rows in pool.items(): save_dataset(samples_to_dataset(rows, 'vlm'), d/'artifacts/data'/n)
-    save_dataset(samples_to_dataset([frame(i) for i in range(32)], 'vla'), d/'artifacts/data/arm')
+    for n, rows in pool.items(): save_dataset(samples_to_dataset(rows, 'vlm'), d/ARTIFACTS['data']/n)
+    save_dataset(samples_to_dataset([frame(i) for i in range(32)], 'vla'), d/f"{ARTIFACTS['data']}/arm")
     texts = [m['content'] for rows in pool.values() for r in rows for m in r['messages'] if m['role'] == 'assistant' or
              r['source'] == 'captions'] + ['push the cube'] * 4
     model, proc = tiny_vlm('internvl', train_tokenizer(texts * 3, 320), hidden_size=32, layers=1, heads=2,
                            vision_hidden_size=16, vision_layers=1, image_size=32, seed=base.seed)
-    save_vlm(model, proc, d/'artifacts/base_vlm')
+    save_vlm(model, proc, d/ARTIFACTS['base_vlm'])
     raw = base.model_dump(mode='json')
     raw['data']['vlm_sources'] = [{'name': 'captions', 'format': 'hf', 'path': 'data/captions', 'group': 'general'},
                                   {'name': 'points', 'format': 'hf', 'path': 'data/points', 'group': 'embodied'}]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from datasets import concatenate_datasets
 
-from .core import EmtError, progress, rng, rpath, save_figure, save_table, write_json, write_text
+from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_figure, save_table, write_json, write_text
 from .data import Skipped, load_dataset_dir, write_hf, write_llava, write_sharegpt
 from .estimator import read_scores, write_scores
 from .features import FeatureSet
@@ -220,10 +220,10 @@ def _write_mixture(ds, folder: Path, method: str, writers: list[str], ids: list[
         elif w == 'sharegpt': write_sharegpt(ds, folder/'sharegpt', f'emt_{method}')
 
 def run_select(P: Params, # validated params
-               features: str | os.PathLike = 'artifacts/features', # the features stage's output
+               features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
                scores: str | os.PathLike | None = None, # a folder of every `<method>.parquet` (None: each method's, `SCORERS`)
-               data: str | os.PathLike = 'artifacts/data', # the pool's datasets
-               out: str | os.PathLike = 'artifacts/select', # the mixtures
+               data: str | os.PathLike = ARTIFACTS['data'], # the pool's datasets
+               out: str | os.PathLike = ARTIFACTS['select'], # the mixtures
                ) -> dict:
     "The select stage: K of the pool per method; mixtures, metrics, Fig. 4a, 5, 6 and the diversity table."
     import matplotlib.pyplot as plt

@@ -19,7 +19,7 @@ from accelerate.state import PartialState
 from datasets import Dataset
 
 from .backbones import ARCHS, load_vlm, n_params
-from .core import (DataError, EmtError, project_relative, rng, rpath, save_figure, save_table, seed_everything,
+from .core import (ARTIFACTS, DataError, EmtError, project_relative, rng, rpath, save_figure, save_table, seed_everything,
                       write_json)
 from .data import load_dataset_dir
 from .params import Params, Recipe, load_params, override
@@ -361,8 +361,8 @@ if __name__ == '__main__' and not in_ipython(): main()
 
 # %% ../nbs/12_vla.ipynb #3ac59111
 def vla_inits(P: Params, # the params (`midtrain.methods`)
-              base: str = 'artifacts/base_vlm', # the base VLM
-              midtrain: str = 'artifacts/midtrain', # the mid-trained VLMs, one folder per method
+              base: str = ARTIFACTS['base_vlm'], # the base VLM
+              midtrain: str = ARTIFACTS['midtrain'], # the mid-trained VLMs, one folder per method
               ) -> dict[str, Path]:
     "The VLM checkpoint of every initialisation: 'base', then one per mid-training method."
     inits = {'base': rpath(base), **{m: rpath(midtrain)/m for m in P.midtrain.methods}}
@@ -373,7 +373,7 @@ def vla_inits(P: Params, # the params (`midtrain.methods`)
     return inits
 
 def vla_datasets(P: Params, # the params (`data.vla_sources`)
-                 data: str = 'artifacts/data', # where the data stage stored the sources
+                 data: str = ARTIFACTS['data'], # where the data stage stored the sources
                  ) -> dict[str, Dataset]:
     "The stored VLA sources, by name."
     out = {}
@@ -438,10 +438,10 @@ def fig3_loss(rows: list[dict], # from `loss_rows`
 def run_vla(P: Params, # validated params
             inits: Sequence[str] | None = None, # initialisations to train (None: 'base' and every midtrain method, and
                                                 # the VLAs of other initialisations are removed from `out`)
-            data: str = 'artifacts/data', # where the data stage stored the VLA sources
-            out: str = 'artifacts/vla', # <out>/<init>/step_<NNNNNN>/
-            base: str = 'artifacts/base_vlm', # the base VLM
-            midtrain: str = 'artifacts/midtrain', # the mid-trained VLMs
+            data: str = ARTIFACTS['data'], # where the data stage stored the VLA sources
+            out: str = ARTIFACTS['vla'], # <out>/<init>/step_<NNNNNN>/
+            base: str = ARTIFACTS['base_vlm'], # the base VLM
+            midtrain: str = ARTIFACTS['midtrain'], # the mid-trained VLMs
             num_workers: int = 1, # DataLoader workers encoding batches
             ) -> dict:
     "The vla stage: a VLA per initialisation; metrics/vla.json, metrics/vla_loss.csv and Fig. 3 (loss half)."
@@ -482,9 +482,9 @@ def _toy_project(d: Path, base: Params) -> Params:
     from emt.backbones import save_vlm
     from emt.data import save_dataset
     vlm, proc = tiny_backbone(size=16)
-    save_vlm(vlm, proc, d/'artifacts/base_vlm')
-    save_vlm(vlm, proc, d/'artifacts/midtrain/estimator')
-    save_dataset(toy_frames(6, source='toy_vla'), d/'artifacts/data/toy_vla')
+    save_vlm(vlm, proc, d/ARTIFACTS['base_vlm'])
+    save_vlm(vlm, proc, d/f"{ARTIFACTS['midtrain']}/estimator")
+    save_dataset(toy_frames(6, source='toy_vla'), d/f"{ARTIFACTS['data']}/toy_vla")
     (d/'params.yaml').write_text(yaml.safe_dump(base.model_dump(mode='json'), sort_keys=False))
     P = load_params(d/'params.yaml')
     P = override(P, 'data', vla_sources=[{'name': 'toy_vla', 'format': 'hf', 'path': 'data/toy_vla', 'group': 'vla'}])

@@ -91,3 +91,34 @@ def test_every_scoring_method_is_wired_from_its_stage_to_select():
     assert scorer_wiring_problems(dvc) == []
     dvc['stages']['select']['deps'].remove('artifacts/ppl')  # the check fails when a scorer's folder is not an input
     assert scorer_wiring_problems(dvc) == [f'{m}: artifacts/ppl/scores is not an input of select' for m in ('vla_ppl', 'delta_ppl')]
+
+
+def stage_io_problems(dvc: dict) -> list[str]:
+    "Where dvc.yaml and emt's STAGE_IO disagree on what a stage reads and writes under artifacts/."
+    from emt.core import ARTIFACTS, STAGE_IO
+    st, out = dvc['stages'], []
+    name = lambda o: o if isinstance(o, str) else next(iter(o))
+    for stage, (ins, outs) in STAGE_IO.items():
+        if stage not in st: out.append(f'{stage}: not in dvc.yaml'); continue
+        deps = {d for d in st[stage].get('deps', []) if d.startswith('artifacts/')}
+        declared = {name(o) for o in st[stage].get('outs', []) if name(o).startswith('artifacts/')}
+        if deps != {ARTIFACTS[k] for k in ins}: out.append(f'{stage}: deps {sorted(deps)} != STAGE_IO {sorted(ARTIFACTS[k] for k in ins)}')
+        if declared != {ARTIFACTS[k] for k in outs}:
+            out.append(f'{stage}: outs {sorted(declared)} != STAGE_IO {sorted(ARTIFACTS[k] for k in outs)}')
+    return out + [f'{s}: not in STAGE_IO' for s in st if s not in STAGE_IO]
+
+
+def test_dvc_yaml_wires_the_stages_as_emt_declares():
+    dvc = yaml.safe_load((ROOT/'dvc.yaml').read_text())
+    assert stage_io_problems(dvc) == []
+    dvc['stages']['vla']['deps'].remove('artifacts/midtrain')  # the check fails on a dropped input
+    assert stage_io_problems(dvc) == ["vla: deps ['artifacts/base_vlm', 'artifacts/data'] != STAGE_IO "
+                                      "['artifacts/base_vlm', 'artifacts/data', 'artifacts/midtrain']"]
+
+
+def test_artifact_paths_are_written_once():
+    "No emt module spells an artifacts/ path: they come from emt.core.ARTIFACTS."
+    found = [f'{p.name}:{i}' for p in sorted((ROOT/'emt').glob('*.py')) if p.name not in ('core.py', '_modidx.py')
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"""['"]artifacts/""", line.split('#')[0])]
+    assert not found, f'artifacts/ paths spelt out in {found}'
