@@ -14,9 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PROJECT_MARKER', 'ARTIFACTS', 'STAGE_IO', 'EmtError', 'DataError', 'root', 'rpath', 'project_relative', 'atomic_path',
-           'write_text', 'write_json', 'rng', 'seed_everything', 'progress', 'save_figure', 'markdown_table',
-           'save_table']
+__all__ = ['PROJECT_MARKER', 'ARTIFACTS', 'STAGE_IO', 'EmtError', 'DataError', 'root', 'rpath', 'project_relative', 'project_at',
+           'atomic_path', 'write_text', 'write_json', 'rng', 'seed_everything', 'progress', 'save_figure',
+           'markdown_table', 'save_table']
 
 # %% ../nbs/00_core.ipynb #ca9055b9
 class EmtError(Exception):
@@ -59,6 +59,16 @@ def project_relative(path: str|os.PathLike) -> str:
     p = rpath(path)
     try: return p.resolve().relative_to(root()).as_posix()
     except ValueError: return str(path)
+
+@contextlib.contextmanager
+def project_at(path: str|os.PathLike) -> Iterator[Path]:
+    "Make `path` the project root (`$EMT_ROOT`) inside the block, as examples and tests on a throwaway project do."
+    old = os.environ.get('EMT_ROOT')
+    os.environ['EMT_ROOT'] = str(path)
+    try: yield Path(path)
+    finally:
+        if old is None: os.environ.pop('EMT_ROOT', None)
+        else: os.environ['EMT_ROOT'] = old
 
 # %% ../nbs/00_core.ipynb #1b49b03b
 ARTIFACTS = {k: f'artifacts/{k}' for k in (

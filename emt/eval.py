@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from .params import init_label
 from .core import ARTIFACTS, EmtError, DataError, atomic_path, progress, rng, rpath, write_json, write_text, save_table, save_figure
 
 # %% auto #0
@@ -432,8 +433,7 @@ def plot_success(ax, # a matplotlib axis
         if not pts: continue
         x = [s + (j - (len(lines) - 1) / 2) * width for s, _ in pts]; y = [scale * r['mean'] for _, r in pts]
         err = [[scale * (r['mean'] - r['ci95'][0]) for _, r in pts], [scale * (r['ci95'][1] - r['mean']) for _, r in pts]]
-        label = 'without mid-training' if init in ('none', 'base') else f'mid-trained ({init})'
-        ax.errorbar(x, y, yerr=err, marker='osD^v<>'[j % 7], capsize=3, label=label + suffix(b))
+        ax.errorbar(x, y, yerr=err, marker='osD^v<>'[j % 7], capsize=3, label=init_label(init) + suffix(b))
     for p, r in results.items():
         for b in benches:
             if p.split('/')[0] == REFERENCE and b in r:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .core import EmtError, rpath, save_figure, save_table, write_json
 from .eval import plot_success
-from .params import Params, load_params
+from .params import Params, init_label, load_params
 
 # %% auto #0
 __all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'load_metrics', 'run_label', 'bench_key', 'final_success', 'table1',
@@ -228,7 +228,7 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
         rows = list(csv.DictReader(path.open()))
         for init in sorted({r['init'] for r in rows}):
             pts = sorted((int(r['step']), float(r['loss'])) for r in rows if r['init'] == init and r.get('split', 'heldout') == 'heldout')
-            if pts: a.plot(*zip(*pts), marker='o', label='without mid-training' if init == 'base' else f'mid-trained ({init})')
+            if pts: a.plot(*zip(*pts), marker='o', label=init_label(init))
     a.set(xlabel='fine-tuning step', ylabel='held-out action loss', title='loss'); a.legend(fontsize=7)
     results = m.get('eval', {}).get('results', {})
     if results:

@@ -22,7 +22,7 @@ from .backbones import ARCHS, load_vlm, n_params
 from .core import (ARTIFACTS, DataError, EmtError, project_relative, rng, rpath, save_figure, save_table, seed_everything,
                       write_json)
 from .data import load_dataset_dir
-from .params import Params, Recipe, load_params, override
+from .params import Params, Recipe, init_label, load_params, override
 from .policy import (VLA, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla,
                         tiny_backbone)
 from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
@@ -31,7 +31,7 @@ from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_sched
 # %% auto #0
 __all__ = ['LOSS_CSV_COLUMNS', 'vla_config', 'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames',
            'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main', 'vla_inits', 'vla_datasets',
-           'data_action_dim', 'loss_rows', 'init_label', 'fig3_loss', 'run_vla']
+           'data_action_dim', 'loss_rows', 'fig3_loss', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
@@ -403,10 +403,6 @@ def loss_rows(reports: dict[str, dict]) -> list[dict]:
         rows += [{'init': init, 'step': h['step'], 'split': 'heldout', 'loss': h['loss']} for h in r['heldout']
                  if h.get('loss') is not None]
     return rows
-
-def init_label(init: str) -> str:
-    "How Fig. 3 names an initialisation."
-    return 'without mid-training' if init in ('base', 'none') else f'mid-trained ({init})'
 
 def fig3_loss(rows: list[dict], # from `loss_rows`
               smooth: int = 20, # training-loss moving-average window, steps
