@@ -197,6 +197,7 @@ def episode_seed(seed: int, benchmark: str, task: str, trial: int) -> int:
     "The seed of one episode: independent of worker, order and rerun."
     return int(rng(seed, 'eval', benchmark, task, trial).integers(2**31))
 
+# %% ../nbs/13_eval.ipynb #a7f2e56f
 @dataclass(frozen=True)
 class Job:
     "One episode to run."
@@ -205,6 +206,7 @@ class Job:
     seed: int
     video: str|None = None # where to write its video (None: no video)
 
+# %% ../nbs/13_eval.ipynb #8d489549
 class _Runner:
     "Runs jobs in one process: one env per task (kept while jobs of that task come), one policy."
     def __init__(self, adapter, policy_factory, replan_every):
@@ -221,6 +223,7 @@ class _Runner:
     def close(self):
         if self.env is not None: self.env.close(); self.env = None
 
+# %% ../nbs/13_eval.ipynb #da27c75d
 def _worker(adapter, policy_factory, replan_every, jobs, results, parent: int, threads: int = 1) -> None:
     runner = None
     try:
@@ -236,6 +239,7 @@ def _worker(adapter, policy_factory, replan_every, jobs, results, parent: int, t
     finally:
         if runner is not None: runner.close()
 
+# %% ../nbs/13_eval.ipynb #2d5f1a2c
 def _run_parallel(adapter, policy_factory, jobs: list[Job], workers: int, replan_every):
     ctx = mp.get_context('spawn')
     jq, rq = ctx.Queue(), ctx.Queue()
@@ -274,6 +278,7 @@ def plan_jobs(tasks: Sequence[str], # the tasks to run
                 str(video_dir/t/f'trial{i:04d}.mp4') if video_dir is not None and i < videos_per_task else None)
             for t in tasks for i in range(trials) if episode_key(t, i) not in done]
 
+# %% ../nbs/13_eval.ipynb #3d8f3ac2
 def job_units(jobs: Sequence[Job], # episodes grouped by task, as `plan_jobs` returns them
               workers: int, # worker processes
               ) -> list[list[Job]]:
@@ -287,6 +292,7 @@ def job_units(jobs: Sequence[Job], # episodes grouped by task, as `plan_jobs` re
         units += [js[i:i + size] for i in range(0, len(js), size)]
     return units
 
+# %% ../nbs/13_eval.ipynb #b1eb51de
 def evaluate(adapter, # a benchmark adapter (picklable: it is sent to the workers)
              policy_factory: Callable[[], Policy], # builds the policy (picklable; called once per worker)
              out_dir: str|os.PathLike, # results.jsonl, protocol.json and videos/ go here
@@ -315,6 +321,7 @@ def evaluate(adapter, # a benchmark adapter (picklable: it is sent to the worker
     records = [r for r in log.records() if r['task'] in tasks and r['trial'] < trials]
     return {**summarize(records, tasks), 'protocol': protocol}
 
+# %% ../nbs/13_eval.ipynb #a6c3da95
 def _run_serial(adapter, policy_factory, jobs, replan_every):
     if not jobs: return
     runner = _Runner(adapter, policy_factory, replan_every)
@@ -322,6 +329,7 @@ def _run_serial(adapter, policy_factory, jobs, replan_every):
         for j in jobs: yield runner(j)
     finally: runner.close()
 
+# %% ../nbs/13_eval.ipynb #b068e0d1
 def _check_protocol(path: Path, protocol: dict) -> None:
     "Write `protocol` to `path`, or check it matches the one a previous (resumed) run wrote there."
     same = lambda p: {k: v for k, v in p.items() if k not in ('trials_per_task', 'tasks')}
@@ -373,6 +381,7 @@ def make_adapter(spec, # an `emt.params.Benchmark`
             else eval_external.Calvin(spec.image_size)
     raise EmtError(f'unknown benchmark {spec.name!r}')
 
+# %% ../nbs/13_eval.ipynb #0f7fcf05
 class VLACheckpoint:
     "A picklable factory that loads a VLA checkpoint as a policy (with `emt.policy.load_policy`) in the worker."
     def __init__(self, path: str|os.PathLike): self.path = str(path)
@@ -390,6 +399,7 @@ class VLACheckpoint:
         from emt.policy import load_policy  # in the worker: the harness itself needs no model code
         return load_policy(self.path)
 
+# %% ../nbs/13_eval.ipynb #0398362e
 def vla_policies(folder: str|os.PathLike = ARTIFACTS['vla']) -> dict[str, VLACheckpoint]:
     "Every VLA checkpoint `<folder>/<init>/<checkpoint>/config.json` as a policy factory named `<init>/<checkpoint>`."
     found = sorted(rpath(folder).glob('*/*/config.json'))
@@ -401,6 +411,7 @@ def _step_of(name: str) -> int|None:
     digits = ''.join(c for c in name.rsplit('/', 1)[-1] if c.isdigit())
     return int(digits) if digits else None
 
+# %% ../nbs/13_eval.ipynb #e6097423
 def success_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
     "One table row per (policy, benchmark, task) and per (policy, benchmark) mean, from `run_eval`'s results."
     rows = []
@@ -413,6 +424,7 @@ def success_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
                          'ci95_low': r['ci95'][0], 'ci95_high': r['ci95'][1]})
     return rows
 
+# %% ../nbs/13_eval.ipynb #0fc8c8a1
 REFERENCE = 'reference' # policies named `reference/<kind>` are the floor and ceiling, not checkpoints
 
 def plot_success(ax, # a matplotlib axis
@@ -440,6 +452,7 @@ def plot_success(ax, # a matplotlib axis
                 ax.axhline(scale * r[b]['mean'], ls=':', color='grey' if p.endswith('random') else 'black', lw=1,
                            label=f"{p.split('/', 1)[1]} policy ({100 * r[b]['mean']:.0f}%){suffix(b)}")
 
+# %% ../nbs/13_eval.ipynb #019f8c63
 def success_curve_figure(results: dict[str, dict[str, dict]]):
     "Fig. 3 (success half): `plot_success` on one panel per benchmark."
     import matplotlib.pyplot as plt
@@ -458,6 +471,7 @@ def _stale(folder: Path, policy_id: str|None) -> bool:
     f = folder/'protocol.json'
     return f.exists() and json.loads(f.read_text()).get('policy_id') != policy_id
 
+# %% ../nbs/13_eval.ipynb #aad3b663
 def reference_policies(names: Sequence[str], # `eval.references`: 'random' and/or 'expert'
                        benchmark: str, # a benchmark's name
                        ) -> dict[str, Callable[[], Policy]]:
@@ -471,6 +485,7 @@ def reference_policies(names: Sequence[str], # `eval.references`: 'random' and/o
         elif n != 'expert': raise EmtError(f"eval.references: unknown reference policy {n!r} (known: 'random', 'expert')")
     return out
 
+# %% ../nbs/13_eval.ipynb #24a19853
 def run_eval(P, # the params
              policies: dict[str, Callable[[], Policy]]|None = None, # name -> picklable factory (None: `vla_policies()`)
              out: str|os.PathLike = ARTIFACTS['eval'], # results, protocols and videos go under here

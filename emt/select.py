@@ -102,6 +102,7 @@ def cluster_labels(pool: FeatureSet, clusters: int, seed: int) -> np.ndarray:
 # %% ../nbs/10_select.ipynb #84b43536
 def _sigmoid(x): return 1 / (1 + np.exp(-np.asarray(x, np.float64)))
 
+# %% ../nbs/10_select.ipynb #015020aa
 def violin_figure(prob: np.ndarray, sources: np.ndarray, groups: dict[str, str], threshold: float | None = None):
     "Fig. 4a: per-source violin plot of the estimator's P(VLA)."
     import matplotlib.pyplot as plt, seaborn as sns, pandas as pd
@@ -116,6 +117,7 @@ def violin_figure(prob: np.ndarray, sources: np.ndarray, groups: dict[str, str],
     fig.tight_layout()
     return fig
 
+# %% ../nbs/10_select.ipynb #a7af9f52
 def shift_figure(prob: np.ndarray, selected: np.ndarray):
     "Fig. 5: the pool's score distribution before and after selection."
     import matplotlib.pyplot as plt
@@ -127,6 +129,7 @@ def shift_figure(prob: np.ndarray, selected: np.ndarray):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/10_select.ipynb #cdae5a5e
 def composition_figure(shares: dict[str, dict[str, float]], # method -> source -> share
                        groups: dict[str, str]):
     "Fig. 6: the share of each source in each method's mixture (stacked bars)."
@@ -154,6 +157,7 @@ def _thumb(ds, i: int):
     imgs = ds[int(i)]['images']
     return np.asarray(open_image(imgs[0]).convert('RGB')) if imgs else None
 
+# %% ../nbs/10_select.ipynb #546d4e82
 def _text(row: dict, n: int = 60) -> str:
     import textwrap
     if 'messages' in row:
@@ -163,6 +167,7 @@ def _text(row: dict, n: int = 60) -> str:
     else: t = row.get('instruction', '')
     return '\n'.join(textwrap.wrap(t, 34)[:4])
 
+# %% ../nbs/10_select.ipynb #ce5ae080
 def examples_figure(examples: list[dict]):
     "Top and bottom sample of each source with their nearest VLA frames (rows: sources)."
     import matplotlib.pyplot as plt
@@ -178,6 +183,7 @@ def examples_figure(examples: list[dict]):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/10_select.ipynb #82400a01
 def source_examples(pool: FeatureSet, vla: FeatureSet, scores: dict, datasets: dict, vla_datasets: dict) -> list[dict]:
     "For each pool source: its top- and bottom-scored sample, each with its nearest VLA frame in feature space."
     import torch
@@ -208,6 +214,7 @@ def _mixture(datasets: dict, sources: np.ndarray, offsets: dict[str, int], idx: 
         if len(mine): parts.append(ds.select(mine.tolist()))
     return concatenate_datasets(parts)
 
+# %% ../nbs/10_select.ipynb #9e94a800
 def _write_mixture(ds, folder: Path, method: str, writers: list[str], ids: list[str]) -> None:
     if folder.exists(): shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -219,6 +226,7 @@ def _write_mixture(ds, folder: Path, method: str, writers: list[str], ids: list[
             write_json(write_llava(ds, folder/'llava', multi_image='skip', skipped=skipped)/'skipped.json', skipped.to_dict())
         elif w == 'sharegpt': write_sharegpt(ds, folder/'sharegpt', f'emt_{method}')
 
+# %% ../nbs/10_select.ipynb #bd9e1b34
 def run_select(P: Params, # validated params
                features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
                scores: str | os.PathLike | None = None, # a folder of every `<method>.parquet` (None: each method's, `SCORERS`)
