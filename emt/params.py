@@ -7,19 +7,22 @@ Docs: https://emt-org.github.io/emt/params.html.md"""
 # %% ../nbs/01_params.ipynb #432eedc7
 from __future__ import annotations
 import os, shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .core import ARTIFACTS, EmtError, rpath, write_text
 
 # %% auto #0
-__all__ = ['VLA_TASKS_MT10', 'KCount', 'KFraction', 'SCORERS', 'Method', 'Section', 'Recipe', 'Source', 'CorpusVLA', 'Corpus',
-           'Data', 'BaseVLM', 'Features', 'Gap', 'Estimator', 'Ppl', 'scores_file', 'Select', 'Midtrain', 'VLA',
-           'Benchmark', 'Eval', 'Report', 'Params', 'ParamsError', 'parse_params', 'load_params', 'hub_offline',
-           'source_groups', 'init_label', 'pool_and_vla', 'override', 'profiles', 'use_profile']
+__all__ = ['GRIPPERS', 'BENCHMARK_GRIPPER', 'VLA_TASKS_MT10', 'KCount', 'KFraction', 'SCORERS', 'Method', 'Section', 'Recipe',
+           'GripperConvention', 'Source', 'CorpusVLA', 'Corpus', 'Data', 'BaseVLM', 'Features', 'Gap', 'Estimator',
+           'Ppl', 'scores_file', 'Select', 'Midtrain', 'VLA', 'Benchmark', 'Eval', 'Report', 'Params', 'ParamsError',
+           'parse_params', 'load_params', 'hub_offline', 'source_groups', 'init_label', 'pool_and_vla', 'override',
+           'profiles', 'use_profile']
 
 # %% ../nbs/01_params.ipynb #e384ef69
 class Section(BaseModel):
@@ -50,6 +53,30 @@ class Recipe(Section):
         return self
 
 # %% ../nbs/01_params.ipynb #b15173e4
+@dataclass(frozen=True)
+class GripperConvention:
+    "How a benchmark's demonstrations store the gripper and which command its controller takes to open and close it."
+    threshold: float # stored values beyond it (above or below, by `closed_above`) mean closed
+    closed_above: bool # True: values above `threshold` are closed; False: values below it
+    closed: float # the command that closes the gripper
+    open: float # the command that opens it
+
+    def is_closed(self, stored: np.ndarray) -> np.ndarray:
+        "Whether each stored gripper value means closed."
+        return stored > self.threshold if self.closed_above else stored < self.threshold
+
+    def command(self, closed: np.ndarray) -> np.ndarray:
+        "The controller's command for each closed (True) or open (False) state."
+        return np.where(closed, self.closed, self.open).astype(np.float32)
+
+GRIPPERS = {
+    'close_positive': GripperConvention(0.0, True, 1.0, -1.0), # Meta-World's effort and robosuite's (LIBERO): +1 closes, -1 opens
+    'open_positive': GripperConvention(0.0, False, -1.0, 1.0), # CALVIN: +1 open, -1 close, in its data and its env
+    'bridge': GripperConvention(0.5, False, -1.0, 1.0), # Bridge data in [0, 1] with 1 open; SimplerEnv's WidowX: +1 open, -1 close
+}
+BENCHMARK_GRIPPER = {'metaworld': 'close_positive', 'libero': 'close_positive', 'calvin': 'open_positive',
+                     'simpler_bridge': 'bridge'}
+
 class Source(Section):
     "One input data source."
     name: str = Field(pattern=r'^[A-Za-z0-9_.-]+$') # short unique name, used in ids, figures and tables
@@ -60,6 +87,12 @@ class Source(Section):
     group: Literal['general', 'embodied', 'vla'] = 'general' # the paper's grouping of sources
     stands_for: str | None = None # the paper's source this one stands in for (embedded corpus)
     max_samples: int | None = Field(default=None, gt=0) # cap, taken as a seeded random subset
+    benchmark: Literal['metaworld', 'libero', 'simpler_bridge', 'calvin'] | None = None # a VLA source: the benchmark it trains for
+    gripper: Literal['close_positive', 'open_positive', 'bridge'] | None = None # a VLA source: its gripper convention (None: its benchmark's)
+
+    def gripper_convention(self) -> str:
+        "The name of this source's gripper convention (a key of `GRIPPERS`)."
+        return self.gripper or BENCHMARK_GRIPPER.get(self.benchmark, 'close_positive')
 
 # %% ../nbs/01_params.ipynb #11bb2775
 VLA_TASKS_MT10 = ['reach-v3', 'push-v3', 'pick-place-v3', 'door-open-v3', 'drawer-open-v3', 'drawer-close-v3',

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from .backbones import ARCHS, load_vlm
 from .core import EmtError, atomic_path, write_json
 from .features import model_inputs, vla_inputs
+from .params import GRIPPERS
 
 # %% auto #0
 __all__ = ['QUERY_TOKEN', 'FORMAT', 'VISION_PARTS', 'PROJECTOR_PARTS', 'LLM_PARTS', 'VLAConfig', 'ActionStats', 'action_stats',
@@ -77,8 +78,9 @@ class ActionStats:
     "Per-dimension action statistics of the training frames and the maps to and from the head's targets."
     low: list[float] # 1st percentile per dimension
     high: list[float] # 99th percentile per dimension
-    gripper_dims: list[int] # binary dimensions (thresholded at 0)
+    gripper_dims: list[int] # binary dimensions
     frames: int = 0 # how many valid action steps they were computed from
+    gripper: str = 'close_positive' # the data's gripper convention (a key of `emt.params.GRIPPERS`)
 
     def _span(self) -> np.ndarray:
         lo, hi = np.asarray(self.low), np.asarray(self.high)
@@ -86,33 +88,36 @@ class ActionStats:
 
     def targets(self, actions: np.ndarray, # (..., D) actions
                 ) -> tuple[np.ndarray, np.ndarray]:
-        "Normalised arm actions in [-1, 1] and binary gripper targets."
+        "Normalised arm actions in [-1, 1] and binary gripper targets (1: closed, by the data's convention)."
         arm = [d for d in range(len(self.low)) if d not in self.gripper_dims]
         lo = np.asarray(self.low)[arm]
         a = 2 * (actions[..., arm] - lo) / self._span()[arm] - 1
-        return np.clip(a, -1, 1).astype(np.float32), (actions[..., self.gripper_dims] > 0).astype(np.float32)
+        closed = GRIPPERS[self.gripper].is_closed(actions[..., self.gripper_dims])
+        return np.clip(a, -1, 1).astype(np.float32), closed.astype(np.float32)
 
     def actions(self, arm: np.ndarray, # (..., A) normalised arm outputs
                 gripper_logits: np.ndarray, # (..., G) gripper logits
                 ) -> np.ndarray:
-        "Actions in the data's own space: arm denormalised, grippers -1 (open) or +1 (closed)."
+        "Actions for the benchmark's controller: arm denormalised, each gripper its convention's open or closed command."
         D = len(self.low)
         dims = [d for d in range(D) if d not in self.gripper_dims]
         out = np.zeros(arm.shape[:-1] + (D,), dtype=np.float32)
         out[..., dims] = (np.clip(arm, -1, 1) + 1) / 2 * self._span()[dims] + np.asarray(self.low)[dims]
-        out[..., self.gripper_dims] = np.where(gripper_logits > 0, 1.0, -1.0)
+        out[..., self.gripper_dims] = GRIPPERS[self.gripper].command(gripper_logits > 0)
         return out
 
 def action_stats(actions: np.ndarray, # (n, chunk, D) training actions
                  pad: np.ndarray, # (n, chunk) True where padded
                  gripper_dims: Sequence[int], # binary dimensions
                  q: float = 0.01, # lower quantile (the upper is 1 - q)
+                 gripper: str = 'close_positive', # the data's gripper convention (a key of `emt.params.GRIPPERS`)
                  ) -> ActionStats:
     "The `ActionStats` of the valid (unpadded) training actions."
     a = actions[~pad]
     if not len(a): raise EmtError('no valid (unpadded) actions to compute normalisation statistics from.')
     lo, hi = np.quantile(a, [q, 1 - q], axis=0).astype(np.float64)
-    return ActionStats(lo.round(6).tolist(), hi.round(6).tolist(), list(gripper_dims), int(len(a)))
+    if gripper not in GRIPPERS: raise EmtError(f'unknown gripper convention {gripper!r}; known: {list(GRIPPERS)}')
+    return ActionStats(lo.round(6).tolist(), hi.round(6).tolist(), list(gripper_dims), int(len(a)), gripper)
 
 # %% ../nbs/12a_policy.ipynb #d17c58e6
 def add_queries(batch: dict, # a left-padded prompt batch (from `emt.features.vla_inputs`)

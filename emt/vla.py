@@ -30,7 +30,7 @@ from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_sched
 
 # %% auto #0
 __all__ = ['LOSS_CSV_COLUMNS', 'vla_config', 'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames',
-           'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main', 'vla_inits', 'vla_datasets',
+           'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main', 'vla_inits', 'vla_datasets', 'vla_gripper',
            'data_action_dim', 'loss_rows', 'fig3_loss', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
@@ -227,7 +227,8 @@ def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, processes: int,
         parts += [name, hashlib.sha256('\n'.join(map(str, ds['id'])).encode()).hexdigest() if 'id' in ds.column_names else str(len(ds))]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 
-def _prepare_data(datasets: dict[str, Dataset], cfg: VLAConfig, heldout_fraction: float, seed: int) -> tuple:
+def _prepare_data(datasets: dict[str, Dataset], cfg: VLAConfig, heldout_fraction: float, seed: int,
+                  gripper: str = 'close_positive') -> tuple:
     "Checked tables, training/held-out rows per source, and the action statistics of the training frames."
     tables = {}
     for name, ds in datasets.items():
@@ -235,7 +236,7 @@ def _prepare_data(datasets: dict[str, Dataset], cfg: VLAConfig, heldout_fraction
     splits = {n: split_episodes(t['episode'], heldout_fraction, seed, n) for n, t in tables.items()}
     acts = np.concatenate([tables[n]['actions'][splits[n][0]] for n in tables])
     pads = np.concatenate([tables[n]['pad'][splits[n][0]] for n in tables])
-    return splits, action_stats(acts, pads, cfg.gripper_dims)
+    return splits, action_stats(acts, pads, cfg.gripper_dims, gripper=gripper)
 
 def _log_row(step, loss, arm, grip, lr, grad_norm, sps) -> dict:
     return {'step': step, 'loss': round(loss, 6), 'arm_loss': round(arm, 6), 'gripper_loss': round(grip, 6), 'lr': lr,
@@ -254,6 +255,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
               num_workers: int = 1, # DataLoader workers encoding micro-batches (0: in the training process)
               log_every: int = 1, # steps between log rows
               keep_state: bool = False, # keep the optimiser checkpoints after the run (they exist to resume)
+              gripper: str = 'close_positive', # the data's gripper convention (a key of `emt.params.GRIPPERS`)
               ) -> dict:
     "Fine-tune a VLM into a VLA with `recipe`; loadable checkpoints under `out_dir`; the run's report."
     recipe = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
@@ -262,10 +264,10 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     net, processor = _vlm_and_processor(vlm)
     check_arch(net, vlm if isinstance(vlm, (str, os.PathLike)) else None)
     data = _as_datasets(datasets)
-    splits, stats = _prepare_data(data, cfg, heldout_fraction, seed)
+    splits, stats = _prepare_data(data, cfg, heldout_fraction, seed, gripper)
     model = build_vla(net, processor, cfg, seed)
     seed_everything(seed + acc.process_index)
-    fp = _fingerprint(net, cfg, recipe, seed, P, data, [heldout_fraction, heldout_max])
+    fp = _fingerprint(net, cfg, recipe, seed, P, data, [heldout_fraction, heldout_max, gripper])
     model.train()
     opt, sched = optimizer_and_schedule(model, recipe)
     model, opt, sched = acc.prepare(model, opt, sched)
@@ -346,12 +348,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument('--recipe', required=True, help='the recipe as JSON (keys of emt.params.Recipe)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--heldout', type=float, default=0.1, help='fraction of episodes held out')
+    ap.add_argument('--gripper', default='close_positive', help="the data's gripper convention (emt.params.GRIPPERS)")
     ap.add_argument('--workers', type=int, default=1)
     ap.add_argument('--no-resume', action='store_true', help='ignore existing training state')
     a = ap.parse_args(argv)
     data = {Path(d).name: load_dataset_dir(Path(d).resolve(), 'vla') for d in a.data}
     report = train_vla(a.vlm, data, VLAConfig(**json.loads(a.config)), json.loads(a.recipe), a.out, a.seed,
-                       heldout_fraction=a.heldout, resume=not a.no_resume, num_workers=a.workers)
+                       heldout_fraction=a.heldout, resume=not a.no_resume, num_workers=a.workers, gripper=a.gripper)
     if PartialState().is_main_process:
         write_json(Path(a.out)/'report.json', {k: v for k, v in report.items() if k != 'history'})
     return report
@@ -382,6 +385,14 @@ def vla_datasets(P: Params, # the params (`data.vla_sources`)
         if not p.exists(): raise EmtError(f'VLA source {s.name!r} is not stored at {p}: run `dvc repro data` first.')
         out[s.name] = load_dataset_dir(p, 'vla')
     return out
+
+def vla_gripper(P: Params) -> str:
+    "The gripper convention of the VLA sources (`emt.params.GRIPPERS`); they must share one."
+    found = {s.name: s.gripper_convention() for s in P.data.vla_sources}
+    if len(set(found.values())) > 1:
+        raise EmtError(f'data.vla_sources mix gripper conventions {found}: a VLA is trained for one benchmark; '
+                       'train the sources of each benchmark in a run of their own.')
+    return next(iter(found.values()), 'close_positive')
 
 def data_action_dim(datasets: dict[str, Dataset]) -> int:
     "The action size of the VLA sources (one frame read per source); an error if they differ."
@@ -450,10 +461,12 @@ def run_vla(P: Params, # validated params
         paths = {k: v for k, v in paths.items() if k in inits}
     ds = vla_datasets(P, data)
     cfg = vla_config(P, data_action_dim(ds), P.vla.gripper_dims)
+    gripper = vla_gripper(P)
     reports, summary = {}, {}
     for init, path in paths.items():
         rep = train_vla(path, ds, VLAConfig(**asdict(cfg)), P.vla.recipe, rpath(out)/init, seed=P.seed,
-                        heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max, num_workers=num_workers)
+                        heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max, num_workers=num_workers,
+                        gripper=gripper)
         reports[init] = rep
         summary[init] = {'vlm': project_relative(path), 'heldout': {f"step_{h['step']:06d}": h['loss'] for h in rep['heldout']},
                          'final_heldout_loss': rep['heldout'][-1]['loss'] if rep['heldout'] else None,
