@@ -18,13 +18,13 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
-from .core import DataError, EmtError, atomic_path
+from .core import DataError, EmtError, atomic_path, rpath
 
 # %% auto #0
 __all__ = ['ARCHS', 'CHAT_TOKENS', 'BUILDERS', 'Arch', 'VIDEO_CONFIG', 'VIDEO_PROCESSORS', 'IMAGE',
            'allow_missing_video_processor', 'ArchSpec', 'chat_template', 'train_tokenizer', 'arch_spec', 'TinySize',
-           'tiny_vlm', 'n_params', 'save_vlm', 'video_processor_config', 'load_vlm', 'to_chat', 'encode',
-           'encode_prompt', 'forward_ms']
+           'tiny_vlm', 'n_params', 'save_vlm', 'save_processor', 'video_processor_config', 'load_vlm', 'to_chat',
+           'encode', 'encode_prompt', 'forward_ms']
 
 # %% ../nbs/04_backbones.ipynb #2dd00de2
 def allow_missing_video_processor() -> bool:
@@ -245,10 +245,17 @@ def save_vlm(model: torch.nn.Module, # the VLM
     "Save `model` and `processor` as one HF checkpoint directory, atomically."
     with atomic_path(path) as tmp:
         model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        video = tmp/VIDEO_CONFIG
-        if not video.exists(): video.write_text(json.dumps(video_processor_config(processor), indent=2, sort_keys=True))
+        save_processor(processor, tmp)
     return Path(path)
+
+def save_processor(processor: ProcessorMixin, # a VLM's processor
+                   folder: str | os.PathLike, # a checkpoint directory
+                   ) -> Path:
+    "Save `processor` into `folder` with the video processor config that `AutoProcessor` needs."
+    processor.save_pretrained(folder)
+    video = Path(folder)/VIDEO_CONFIG
+    if not video.exists(): video.write_text(json.dumps(video_processor_config(processor), indent=2, sort_keys=True))
+    return Path(folder)
 
 VIDEO_CONFIG = 'video_preprocessor_config.json'
 VIDEO_PROCESSORS = {'InternVLProcessor': 'InternVLVideoProcessor', 'Qwen2_5_VLProcessor': 'Qwen2VLVideoProcessor',
@@ -265,11 +272,17 @@ def video_processor_config(processor: ProcessorMixin) -> dict:
     image = processor.image_processor.to_dict()
     return {'video_processor_type': VIDEO_PROCESSORS[name], **{k: image[k] for k in _SHARED_KEYS if k in image}}
 
+def _local_folder(name: str) -> bool:
+    "Whether `name` is a folder here or in the project root."
+    if Path(name).is_dir(): return True
+    try: return rpath(name).is_dir()
+    except EmtError: return False
+
 def _checked_source(path_or_id: str | os.PathLike) -> str:
     "The path or hub id to load from, after checking it holds a VLM of a supported architecture."
     p = Path(path_or_id).expanduser()
     local = (p.exists() or str(path_or_id).startswith(('.', '/', '~')) or str(path_or_id).count('/') != 1
-             or Path(p.parts[0]).is_dir())  # 'artifacts/x' names a local folder, never a hub repository
+             or _local_folder(p.parts[0]))  # 'artifacts/x' names a local folder, never a hub repository
     if local and not p.exists(): raise EmtError(f'No VLM checkpoint at {p}: the path does not exist.')
     if local and not (p/'config.json').is_file():
         raise EmtError(f'{p} is not a VLM checkpoint: it has no config.json (expected a directory written by '

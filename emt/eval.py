@@ -14,14 +14,14 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .params import init_label
+from .params import BENCHMARK_GRIPPER, init_label
 from .core import ARTIFACTS, EmtError, DataError, atomic_path, progress, rng, rpath, write_json, write_text, save_table, save_figure
 
 # %% auto #0
 __all__ = ['REFERENCE', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv', 'ConstantPolicy', 'wilson',
            'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job', 'plan_jobs', 'job_units',
-           'evaluate', 'LineBench', 'push_right', 'make_adapter', 'VLACheckpoint', 'vla_policies', 'success_rows',
-           'plot_success', 'success_curve_figure', 'reference_policies', 'run_eval']
+           'evaluate', 'LineBench', 'push_right', 'make_adapter', 'VLACheckpoint', 'check_gripper', 'vla_policies',
+           'success_rows', 'plot_success', 'success_curve_figure', 'reference_policies', 'run_eval']
 
 # %% ../nbs/13_eval.ipynb #d893e5a3
 class Policy(Protocol):
@@ -398,6 +398,17 @@ class VLACheckpoint:
     def __call__(self) -> Policy:
         from emt.policy import load_policy  # in the worker: the harness itself needs no model code
         return load_policy(self.path)
+    def gripper(self) -> str:
+        "The gripper convention the VLA was trained with (`emt.params.GRIPPERS`)."
+        f = Path(self.path)/'action_stats.json'
+        return json.loads(f.read_text()).get('gripper', 'close_positive') if f.is_file() else 'close_positive'
+
+def check_gripper(name: str, policy, benchmark: str) -> None:
+    "Stop before a VLA commands a benchmark's gripper in another benchmark's convention."
+    want = BENCHMARK_GRIPPER[benchmark]
+    if hasattr(policy, 'gripper') and policy.gripper() != want:
+        raise EmtError(f'{name} was trained with the {policy.gripper()!r} gripper convention but {benchmark} takes '
+                       f"{want!r}: evaluate each VLA on the benchmark its data came from (data.vla_sources' benchmark).")
 
 # %% ../nbs/13_eval.ipynb #0398362e
 def vla_policies(folder: str|os.PathLike = ARTIFACTS['vla']) -> dict[str, VLACheckpoint]:
@@ -498,6 +509,7 @@ def run_eval(P, # the params
     runs += [(name, factory, spec, 0) for spec in E.benchmarks
              for name, factory in reference_policies(E.references, spec.name).items()]
     for name, factory, spec, videos in runs:
+        check_gripper(name, factory, spec.name)
         adapter = make_adapter(spec, P)
         key = spec.name if spec.suite is None else f'{spec.name}_{spec.suite}'
         pid = factory.fingerprint() if hasattr(factory, 'fingerprint') else name

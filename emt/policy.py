@@ -17,7 +17,7 @@ import torch.nn as nn
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .backbones import ARCHS, load_vlm
+from .backbones import ARCHS, load_vlm, save_processor
 from .core import EmtError, atomic_path, write_json
 from .features import model_inputs, vla_inputs
 from .params import GRIPPERS
@@ -306,7 +306,7 @@ def save_vla(model: VLA, # the (unwrapped) VLA
     "Write a self-contained VLA checkpoint directory, atomically."
     with atomic_path(path) as tmp:
         model.vlm.save_pretrained(tmp/'vlm', state_dict=plain_state_dict(model.vlm))
-        processor.save_pretrained(tmp/'vlm')
+        save_processor(processor, tmp/'vlm')  # with its video processor config: AutoProcessor loads vlm/
         head = {f'head.{k}': v.detach().float().contiguous().cpu() for k, v in model.head.state_dict().items()}
         save_file({**head, 'queries': model.queries.detach().float().contiguous().cpu()}, str(tmp/'head.safetensors'))
         write_json(tmp/'config.json', model.cfg.to_dict())

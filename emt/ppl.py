@@ -257,8 +257,9 @@ def run_ppl(params: Params, # validated params
                         num_workers=num_workers, save_model=False)
     save_vlm(model, processor, rpath(out))
     ids, sources, ppl_vla, s_vla = _pool_ppl(model, processor, pool, batch_size, recipe.max_seq_len, 'VLA LM')
+    dtype = next(model.parameters()).dtype
     del model
-    base_model, base_proc = load_vlm(rpath(base))
+    base_model, base_proc = load_vlm(rpath(base), dtype=dtype)  # both perplexities at one precision
     ids_b, _, ppl_base, s_base = _pool_ppl(base_model, base_proc, pool, batch_size, recipe.max_seq_len, 'base')
     if ids_b != ids: raise EmtError('The pool changed between the two perplexity passes.')
     table = pd.DataFrame({'id': ids, 'source': sources, 'ppl_vla': ppl_vla, 'ppl_base': ppl_base})

@@ -26,9 +26,10 @@ from .params import Recipe
 
 # %% auto #0
 __all__ = ['accumulation_steps', 'Mixture', 'micro_batch_positions', 'MicroBatches', 'label_tokens', 'token_loss_sum',
-           'warmup_steps', 'optimizer_and_schedule', 'run_fingerprint', 'checkpoints', 'checkpoint_state',
-           'save_checkpoint', 'mixed_precision_mode', 'make_accelerator', 'fp32_master', 'resume_point',
-           'resume_training', 'step_loader', 'OptStep', 'optimizer_steps', 'train_sft', 'main', 'in_ipython']
+           'warmup_steps', 'optimizer_and_schedule', 'weights_digest', 'run_fingerprint', 'checkpoints',
+           'checkpoint_state', 'save_checkpoint', 'mixed_precision_mode', 'make_accelerator', 'fp32_master',
+           'resume_point', 'resume_training', 'step_loader', 'OptStep', 'optimizer_steps', 'train_sft', 'main',
+           'in_ipython']
 
 # %% ../nbs/05_sft.ipynb #9de7114a
 def accumulation_steps(global_batch: int, # samples per optimiser step, over all processes
@@ -157,9 +158,17 @@ def _ids_hash(ds: Dataset) -> str:
     if 'id' not in ds.column_names: return str(len(ds))
     return hashlib.sha256('\n'.join(map(str, ds['id'])).encode()).hexdigest()
 
+def weights_digest(model: torch.nn.Module) -> str:
+    "A hash of the model's parameters (names, dtypes and bytes): two runs from different weights never match."
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f'{name}:{t.dtype}:{tuple(t.shape)}'.encode())
+        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
 def run_fingerprint(model: torch.nn.Module, mixture: Mixture, recipe: Recipe, seed: int, processes: int) -> str:
-    "A hash of what determines a run: model config, data size and fingerprints, recipe, seed, processes."
-    parts = [model.config.to_json_string(use_diff=False), str(len(mixture)),
+    "A hash of what determines a run: the model (config and weights), data size and fingerprints, recipe, seed, processes."
+    parts = [model.config.to_json_string(use_diff=False), weights_digest(model), str(len(mixture)),
              *[_ids_hash(d) for d in mixture.datasets],
              recipe.model_dump_json(), str(seed), str(processes)]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
@@ -342,9 +351,9 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
         s = token_loss_sum(logits, labels)
         return s * (P * k / n_tok), s.detach().double()
 
+    micro_batches = step_loader(batches, start, recipe, k, num_workers)
     t_run, t0, tokens, run_tokens = time.time(), time.time(), 0, 0
-    for o in optimizer_steps(acc, net, opt, sched, recipe, step_loader(batches, start, recipe, k, num_workers), start,
-                             count, micro_loss, desc='sft steps'):
+    for o in optimizer_steps(acc, net, opt, sched, recipe, micro_batches, start, count, micro_loss, desc='sft steps'):
         done, (n_tok, n_seen) = o.step, o.total
         for m in o.items: skipped += [dict(s, step=done - 1) for s in m['skipped']]
         tokens += n_seen; run_tokens += n_seen

@@ -26,7 +26,7 @@ from .params import Params, Recipe, init_label, load_params, override
 from .policy import (VLA, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla,
                         tiny_backbone)
 from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
-                     save_checkpoint, step_loader)
+                     save_checkpoint, step_loader, weights_digest)
 
 # %% auto #0
 __all__ = ['LOSS_CSV_COLUMNS', 'vla_config', 'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames',
@@ -221,7 +221,7 @@ def _vlm_and_processor(vlm) -> tuple:
     raise EmtError('vlm must be a VLM checkpoint directory or a (model, processor) pair.')
 
 def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, processes: int, datasets: dict, extra) -> str:
-    parts = [vlm.config.to_json_string(use_diff=False), json.dumps(cfg.to_dict(), sort_keys=True), recipe.model_dump_json(),
+    parts = [vlm.config.to_json_string(use_diff=False), weights_digest(vlm), json.dumps(cfg.to_dict(), sort_keys=True), recipe.model_dump_json(),
              str(seed), str(processes), json.dumps(extra, sort_keys=True)]
     for name, ds in datasets.items():
         parts += [name, hashlib.sha256('\n'.join(map(str, ds['id'])).encode()).hexdigest() if 'id' in ds.column_names else str(len(ds))]
@@ -295,10 +295,11 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
         hub, bce = action_loss_sums(arm, grip, m, cfg)
         return (hub + cfg.gripper_weight * bce) * (P * k / max(n_valid, 1.0)), torch.stack([hub.detach(), bce.detach()]).double()
 
+    micro_batches = step_loader(batches, start, recipe, k, num_workers)
     t_run, t0, seen = time.time(), time.time(), 0
     unwrapped = acc.unwrap_model(model)
-    for o in optimizer_steps(acc, model, opt, sched, recipe, step_loader(batches, start, recipe, k, num_workers), start,
-                             count, micro_loss, n_parts=2, desc='vla steps'):
+    for o in optimizer_steps(acc, model, opt, sched, recipe, micro_batches, start, count, micro_loss, n_parts=2,
+                             desc='vla steps'):
         done, n_valid = o.step, o.total
         seen += recipe.global_batch
         if done % log_every == 0 or done == recipe.steps:

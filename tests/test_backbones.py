@@ -237,6 +237,8 @@ def test_checkpoint_loads_with_autoprocessor_where_torchvision_is(interop):
     got = _plain(path, python=live) if live else json.load(open(os.path.join(FIXTURES, 'torchvision_generate.json')))
     if not live:
         assert got['weights'] == weights_digest(path), 'the recorded checkpoint differs: regenerate the fixture'
+        assert json.loads((path/'video_preprocessor_config.json').read_text()) == got['video_config'], \
+            'the video processor config differs from the one AutoProcessor loaded: regenerate the fixture'
     assert not got['emt_imported']
     assert (got['processor'], got['video_processor']) == ('InternVLProcessor', 'InternVLVideoProcessor')
     assert got['input_ids'] == ours['input_ids'] and got['generated'] == ours['generated']

@@ -56,3 +56,14 @@ def test_vla_sources_of_different_benchmarks_are_refused_together():
 
 def test_every_benchmark_has_a_convention():
     assert set(BENCHMARK_GRIPPER) == {'metaworld', 'libero', 'simpler_bridge', 'calvin'} and set(BENCHMARK_GRIPPER.values()) <= set(GRIPPERS)
+
+
+def test_eval_refuses_a_vla_on_another_benchmarks_gripper(tmp_path):
+    import json
+    from emt.core import EmtError
+    from emt.eval import VLACheckpoint, check_gripper
+    ck = tmp_path/'calvin_vla'; ck.mkdir()
+    (ck/'action_stats.json').write_text(json.dumps({'low': [0], 'high': [1], 'gripper_dims': [0], 'gripper': 'open_positive'}))
+    check_gripper('calvin_vla', VLACheckpoint(ck), 'calvin')
+    with pytest.raises(EmtError, match="'open_positive' gripper convention but libero takes 'close_positive'"):
+        check_gripper('calvin_vla', VLACheckpoint(ck), 'libero')

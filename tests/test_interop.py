@@ -160,8 +160,13 @@ def test_llava_trains_on_every_llava_row(tmp_path, mixture, llava_train, llama_l
         assert text.count('USER:') == text.count('ASSISTANT:') == len(turns) // 2
 
 
-def test_llava_rejects_what_the_writer_no_longer_writes(llava_train, llama_like_tokenizer):
-    "The failure the writer avoids: LLaVA's preprocess has no system role."
+def test_llava_takes_emts_turns_and_not_a_system_turn(llava_train, llama_like_tokenizer):
+    "LLaVA's preprocess has no system role: a system turn as such raises, emt's folded turns go through."
+    from emt.data import llava_conversations
+    messages = [sy('Be brief.'), u('Hi'), a('Yo')]
     with pytest.raises(KeyError, match='system'):
         llava_train.preprocess([[{'from': 'system', 'value': 'Be brief.'}, {'from': 'human', 'value': 'Hi'},
                                  {'from': 'gpt', 'value': 'Yo'}]], llama_like_tokenizer, has_image=False)
+    out = llava_train.preprocess([llava_conversations(messages)], llama_like_tokenizer, has_image=False)
+    text = llama_like_tokenizer.decode(out['input_ids'][0].tolist())
+    assert 'Be brief.' in text and 'Hi' in text and 'Yo' in text

@@ -212,7 +212,7 @@ def test_a_step_below_a_bf16_ulp_still_changes_a_bf16_saved_model(setup, tmp_pat
     before = load_file(str(tmp_path/'bf16'/'model.safetensors'))
     assert all(v.dtype == torch.bfloat16 for v in before.values() if v.is_floating_point())
     lr = 1e-6  # AdamW's first step moves each weight by about lr: 2**-20, against a bf16 ulp of 2**-14 at |w| ~ 0.02
-    report = train_sft(tmp_path/'bf16', [rows(8)], {**RECIPE, 'steps': 1, 'lr': lr, 'warmup_steps': 0,
+    report = train_sft(tmp_path/'bf16', [rows(8)], {**RECIPE, 'steps': 1, 'lr': lr, 'warmup_steps': 0, 'precision': 'fp32',
                                                      'weight_decay': 0.0, 'save_every': 0}, tmp_path/'out',
                        num_workers=0)
     after = weights(tmp_path/'out')
