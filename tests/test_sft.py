@@ -157,14 +157,18 @@ def test_empty_dataset_and_missing_checkpoint(toy, tmp_path):
         train_sft(toy, rows(8), short(), tmp_path/'b', resume=tmp_path/'nope', num_workers=0)
 
 
-def test_other_runs_checkpoints_are_set_aside(toy, tmp_path):
+def test_other_runs_checkpoints_are_set_aside(setup, toy, tmp_path):
+    vlm = setup/'vlm'  # loaded afresh by each call: the same starting weights
     r = dict(RECIPE, steps=4, save_every=2)
-    train_sft(toy, rows(8), r, tmp_path, seed=0, num_workers=0, save_model=False)
+    train_sft(vlm, rows(8), r, tmp_path, seed=0, num_workers=0, save_model=False)
     assert [c.name for c in checkpoints(tmp_path)] == ['step_000002']
-    rep = train_sft(toy, rows(8), r, tmp_path, seed=1, num_workers=0, save_model=False)  # another seed: start afresh
+    rep = train_sft(vlm, rows(8), r, tmp_path, seed=1, num_workers=0, save_model=False)  # another seed: start afresh
     assert rep['resumed_from'] == 0 and (tmp_path/'checkpoints.stale/step_000002').exists()
-    rep = train_sft(toy, rows(8), dict(r, steps=4), tmp_path, seed=1, num_workers=0, save_model=False)
+    rep = train_sft(vlm, rows(8), dict(r, steps=4), tmp_path, seed=1, num_workers=0, save_model=False)
     assert rep['resumed_from'] == 2
+    train_sft(toy, rows(8), dict(r, steps=2, save_every=0), tmp_path/'other', num_workers=0, save_model=False)  # toy moves
+    rep = train_sft(toy, rows(8), dict(r, steps=4), tmp_path, seed=1, num_workers=0, save_model=False)
+    assert rep['resumed_from'] == 0, 'a run from other starting weights must not resume this checkpoint'
 
 
 # --- the base_vlm stage ---------------------------------------------------------------------------------------------
