@@ -305,7 +305,10 @@ def load_vlm(path_or_hub_id: str | os.PathLike, # a checkpoint directory or a (c
     "Load a VLM checkpoint and its processor with the Auto classes."
     src = _checked_source(path_or_hub_id)
     model = AutoModelForImageTextToText.from_pretrained(src, dtype=dtype if dtype is not None else 'auto')
-    return model.eval(), AutoProcessor.from_pretrained(src)
+    processor = AutoProcessor.from_pretrained(src)
+    if processor.video_processor is None and Path(src, VIDEO_CONFIG).is_file():  # kept for save_vlm (no torchvision)
+        processor.emt_video_config = json.loads(Path(src, VIDEO_CONFIG).read_text())
+    return model.eval(), processor
 
 # %% ../nbs/04_backbones.ipynb #0ef2e29c
 IMAGE = '<image>'

@@ -178,8 +178,6 @@ class FrameBatches(torch.utils.data.Dataset):
         rows = [self.frames.sample(*self.frames.row(p)) for p in range(start, start + self.mb)]
         return frame_batch(self.processor, rows, self.cfg, self.qid, self.stats)
 
-def _identity(x): return x
-
 # %% ../nbs/12_vla.ipynb #dbc536ba
 @torch.no_grad()
 def heldout_loss(model: VLA, # the unwrapped VLA
