@@ -19,9 +19,9 @@ from .gap import sq_dists, toy_params, toy_features
 from .params import SCORERS, Params, load_params, pool_and_vla, scores_file, source_groups
 
 # %% auto #0
-__all__ = ['write_scores', 'read_scores', 'split_rows', 'balanced_draw', 'ProximityEstimator', 'fold_standardisation',
-           'train_estimator', 'reliability', 'calibration_figure', 'platt', 'score_features', 'score_sources',
-           'mean_distances', 'run_estimator']
+__all__ = ['write_scores', 'read_scores', 'split_groups', 'split_rows', 'balanced_draw', 'ProximityEstimator',
+           'fold_standardisation', 'train_estimator', 'reliability', 'calibration_figure', 'platt', 'score_features',
+           'score_sources', 'mean_distances', 'vla_episode_groups', 'topk_jaccard', 'run_estimator']
 
 # %% ../nbs/09_estimator.ipynb #11481e31
 def write_scores(path: str | os.PathLike, # the parquet file to produce
@@ -58,12 +58,30 @@ def read_scores(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names}
 
 # %% ../nbs/09_estimator.ipynb #597aaf15
-def split_rows(n: int, val_fraction: float, max_val: int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
-    "Seeded (train, validation) row indices of a set of `n` rows."
+def split_groups(groups: np.ndarray, # a group label per row: a group's rows all land on one side
+                 val_fraction: float, # of the rows held out (whole groups, until the share is reached)
+                 max_val: int, # validation rows at most (a seeded subset of the held-out groups' rows beyond it)
+                 seed: int, key: str, # the split seed, and which side (makes the sides' splits independent)
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    "Seeded (train, validation) row indices with no group on both sides."
+    groups = np.asarray(groups); n = len(groups)
     if n < 2: raise EmtError(f'the {key} side has {n} sample(s): the estimator needs at least 2 (one to train, one to validate)')
-    perm = rng(seed, 'estimator-split', key).permutation(n)
-    k = min(max(1, int(round(n * val_fraction))), max_val, n - 1)
-    return np.sort(perm[k:]), np.sort(perm[:k])
+    uniq, inv = np.unique(groups, return_inverse=True)
+    if len(uniq) < 2: raise EmtError(f'the {key} side is one group ({uniq[0]!r}): a held-out split needs two (more episodes)')
+    counts = np.bincount(inv)
+    target = min(max(1, int(round(n * val_fraction))), max_val, n - 1)
+    held, total = [], 0
+    for g in rng(seed, 'estimator-split', key).permutation(len(uniq)):
+        if total >= target: break
+        if total + counts[g] > n - counts.min(): continue  # keep at least one group for training
+        held.append(g); total += counts[g]
+    val = np.flatnonzero(np.isin(inv, held))
+    if len(val) > max_val: val = np.sort(rng(seed, 'estimator-split-cap', key).choice(val, max_val, replace=False))
+    return np.flatnonzero(~np.isin(inv, held)), val
+
+def split_rows(n: int, val_fraction: float, max_val: int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    "Seeded (train, validation) row indices of a set of `n` rows (each row its own group)."
+    return split_groups(np.arange(n), val_fraction, max_val, seed, key)
 
 def balanced_draw(g: np.random.Generator, train: np.ndarray, # candidate global rows
                   source_of: np.ndarray, # the source index of each candidate
@@ -135,17 +153,24 @@ def _scores_of(model, x: np.ndarray, mean, scale) -> np.ndarray:
 def train_estimator(pool: FeatureSet, # the VLM pool's features (negatives)
                     vla: FeatureSet, # the VLA sources' features (positives)
                     E, # the `estimator` params section
-                    seed: int = 0,
+                    seed: int = 0, # initialisation and batch order
+                    split_seed: int | None = None, # the validation split (None: `seed`)
+                    vla_groups: np.ndarray | None = None, # the group (episode) of every VLA row; E.split='group' needs it
                     ) -> tuple[ProximityEstimator, dict]:
-    "Train the linear proximity estimator with BCE on balanced batches until the validation accuracy target."
+    "Train the linear proximity estimator with BCE on balanced batches, stopped by `E.stop`."
     if len(vla) == 0: raise EmtError('the VLA data is empty: the estimator needs positives (data.vla_sources)')
     if len(pool) == 0: raise EmtError('the VLM pool is empty: the estimator needs negatives (data.vlm_sources)')
     if pool.dim != vla.dim: raise EmtError(f'pool features are {pool.dim}-dim but VLA features {vla.dim}-dim: '
                                            'compute both with the same model and layer')
     torch.manual_seed(seed)
-    g = rng(seed, 'estimator-batches')
-    p_tr, p_va = split_rows(len(pool), E.val_fraction, E.max_val, seed, 'pool')
-    v_tr, v_va = split_rows(len(vla), E.val_fraction, E.max_val, seed, 'vla')
+    g, ss = rng(seed, 'estimator-batches'), seed if split_seed is None else split_seed
+    if E.split == 'group' and vla_groups is None:
+        raise EmtError("estimator.split='group' needs the episode of every VLA row (vla_groups); or set split: row")
+    if vla_groups is not None and len(vla_groups) != len(vla):
+        raise EmtError(f'{len(vla_groups)} VLA groups for {len(vla)} VLA rows')
+    p_tr, p_va = split_rows(len(pool), E.val_fraction, E.max_val, ss, 'pool')
+    v_tr, v_va = (split_groups(vla_groups, E.val_fraction, E.max_val, ss, 'vla') if E.split == 'group' else
+                  split_rows(len(vla), E.val_fraction, E.max_val, ss, 'vla'))
     v_src = np.searchsorted(vla.offsets, v_tr, side='right') - 1
     stat = np.concatenate([pool.rows(balanced_draw(g, p_tr, None, 4096, False)),
                            vla.rows(balanced_draw(g, v_tr, v_src, 4096, True))])
@@ -163,10 +188,13 @@ def train_estimator(pool: FeatureSet, # the VLM pool's features (negatives)
         if step % E.eval_every == 0 or step == E.max_steps:
             ev = _balanced_eval(_scores_of(model, xv, mean, scale), yv)
             curve.append({'step': step, 'loss': loss.item(), **ev})
-            if ev['accuracy'] >= E.target_val_acc: stop = step; break
+            if ev['accuracy'] >= E.target_val_acc and stop is None:
+                stop = step
+                if E.stop == 'target_acc': break
     model = fold_standardisation(model, mean, scale).eval()
     final = _balanced_eval(_scores_of(model, xv, torch.zeros(1), torch.ones(1)), yv)
-    report = {'stop_step': stop or E.max_steps, 'reached_target': stop is not None, 'target_val_acc': E.target_val_acc,
+    report = {'stop_step': step, 'target_step': stop, 'stop_rule': E.stop,
+              'split': E.split, 'reached_target': stop is not None, 'target_val_acc': E.target_val_acc,
               'val_accuracy': final['accuracy'], 'val_auc': final['auc'], 'val_rows': {'pool': len(p_va), 'vla': len(v_va)},
               'train_rows': {'pool': len(p_tr), 'vla': len(v_tr)}, 'seconds': round(time.time() - t0, 2), 'curve': curve,
               'heldout': {'logits': np.concatenate([_scores_of(model, xv, torch.zeros(1), torch.ones(1))]), 'labels': yv}}
@@ -251,6 +279,35 @@ def mean_distances(x: FeatureSet | np.ndarray, # the pool
         out[i:i + len(xb)] = (acc / len(yt)).cpu().numpy()
     return out
 
+# %% ../nbs/09_estimator.ipynb #35b09f36
+def vla_episode_groups(names: list[str], # the VLA sources, in FeatureSet order
+                       ids: list[str], # the FeatureSet's row ids
+                       data: str | os.PathLike = ARTIFACTS['data'], # where the data stage stored the sources
+                       ) -> np.ndarray:
+    "The episode of every VLA feature row, as '<source>/<episode_index>' (for the group split)."
+    from emt.data import load_dataset_dir
+    ep = {}
+    for n in names:
+        p = rpath(data)/n
+        if not p.exists(): raise EmtError(f'VLA source {n!r} is not stored at {p}: run `dvc repro data` first.')
+        cols = load_dataset_dir(p, 'vla').select_columns(['id', 'episode_index']).to_dict()
+        ep.update({i: f'{n}/{e}' for i, e in zip(cols['id'], cols['episode_index'])})
+    if missing := [i for i in ids if i not in ep]:
+        raise EmtError(f'{len(missing)} VLA feature rows (first {missing[0]!r}) are not in the stored data: '
+                       'the features are stale (dvc repro features).')
+    return np.array([ep[i] for i in ids])
+
+def topk_jaccard(scores: list[np.ndarray], # one score vector of the pool per estimator seed
+                 ids: np.ndarray, # the pool's ids (the tie-breaker of the selection)
+                 k: int, # the selection size
+                 ) -> dict:
+    "How stable the top-K selection is across seeds: mean and smallest pairwise Jaccard overlap."
+    from emt.select import top_k
+    tops = [set(top_k(s, ids, k).tolist()) for s in scores]
+    js = [len(a & b) / len(a | b) for i, a in enumerate(tops) for b in tops[i + 1:]]
+    return {'mean': float(np.mean(js)) if js else None, 'min': float(np.min(js)) if js else None, 'k': int(k),
+            'seeds': len(scores)}
+
 # %% ../nbs/09_estimator.ipynb #1418cbec
 def _vla_sample(vla: FeatureSet, n: int | None, seed: int) -> np.ndarray:
     idx = np.arange(len(vla)) if n is None or n >= len(vla) else np.sort(rng(seed, 'distance-vla').choice(len(vla), n, replace=False))
@@ -260,6 +317,7 @@ def run_estimator(P: Params, # validated params
                   features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
                   out: str | os.PathLike = ARTIFACTS['estimator'], # the trained estimator
                   scores: str | os.PathLike = SCORERS['estimator'][1], # score files of estimator, random, feature_distance
+                  data: str | os.PathLike = ARTIFACTS['data'], # the stored VLA sources (their episodes, for the split)
                   ) -> dict:
     "The estimator stage: train, calibrate, score the pool with it and the two cheap baselines."
     import matplotlib.pyplot as plt
@@ -267,7 +325,8 @@ def run_estimator(P: Params, # validated params
     groups, (vlm, vla_names) = source_groups(P), pool_and_vla(P)
     if not vla_names: raise EmtError('data.vla_sources is empty: the estimator needs VLA data as positives')
     pool, vla = FeatureSet(vlm, features), FeatureSet(vla_names, features)
-    model, rep = train_estimator(pool, vla, E, P.seed)
+    vla_groups = vla_episode_groups(vla_names, vla.all_ids(), data) if E.split == 'group' else None
+    model, rep = train_estimator(pool, vla, E, P.seed, vla_groups=vla_groups)
     held = rep.pop('heldout')
     rel = reliability(held['logits'], held['labels'], seed=P.seed)
     a, b = platt(held['logits'], held['labels'])
@@ -279,6 +338,12 @@ def run_estimator(P: Params, # validated params
     t1 = time.time()
     ids, srcs, logits = score_sources(model, vlm, features)
     score_s = time.time() - t1
+    if ids != pool.all_ids(): raise EmtError('the pool features changed while the estimator stage ran: rerun it')
+    from emt.select import resolve_k
+    x_pool = pool.rows(np.arange(len(pool)))
+    reseeded = [score_features(train_estimator(pool, vla, E, P.seed + i, split_seed=P.seed, vla_groups=vla_groups)[0], x_pool)
+                for i in progress(range(1, E.seeds), 'estimator seeds')]
+    stability = topk_jaccard([logits, *reseeded], np.array(ids), resolve_k(P.select.k, len(ids)))
     ldr = model.log_density_ratio(logits)
     write_scores(scores_file('estimator', scores), ids, srcs, logits, prob=1 / (1 + np.exp(-logits)), log_density_ratio=ldr,
                  calibrated_log_density_ratio=a * logits + b)
@@ -296,7 +361,7 @@ def run_estimator(P: Params, # validated params
                 for g in sorted({r['group'] for r in per})}
     metrics = {'profile': P.profile, **{k: v for k, v in rep.items() if k != 'curve'}, 'ece': rel['ece'],
                'reliability': rel['bins'], 'platt': {'a': a, 'b': b, 'ece_after_on_fit_rows': rel_platt['ece']}, 'curve': rep['curve'], 'sources': per, 'group_mean_logit': by_group,
-               'vla_mean_logit': float(vla_logits.mean()), 'pool': len(ids),
+               'vla_mean_logit': float(vla_logits.mean()), 'pool': len(ids), 'topk_jaccard': stability,
                'scoring': {'samples': len(ids), 'seconds': round(score_s, 3)}, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/estimator.json'), metrics)
     return metrics

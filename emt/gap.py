@@ -254,5 +254,6 @@ def toy_params(vlm: list[str], # VLM source names (a name starting 'emb' is embo
     src = lambda n, g: {'name': n, 'format': 'hf', 'path': f'data/{n}', 'group': g}
     P = override(P, 'data', vlm_sources=[src(n, 'embodied' if n.startswith('emb') else 'general') for n in vlm],
                  vla_sources=[src(n, 'vla') for n in vla])
+    P = override(P, 'estimator', split='row')  # synthetic features have no stored episodes to group by
     for k, v in sections.items(): P = override(P, k, **v)
     return P
