@@ -18,7 +18,7 @@ from .data import load_dataset_dir, load_source, save_dataset
 from .params import Params, Source, load_params, override
 
 # %% auto #0
-__all__ = ['SKIP_COLUMNS', 'source_summary', 'examples_figure', 'run_data']
+__all__ = ['SKIP_COLUMNS', 'source_summary', 'examples_figure', 'heldout_subset', 'run_data']
 
 # %% ../nbs/02b_ingest.ipynb #572f0b7c
 def _list_lengths(ds, col: str) -> np.ndarray:
@@ -69,10 +69,21 @@ def examples_figure(datasets: dict, # source name -> dataset
     return fig
 
 # %% ../nbs/02b_ingest.ipynb #958fdff3
+def _subset_rows(n: int, spec: Source, seed: int) -> np.ndarray:
+    "The rows the seeded `spec.max_samples` subset keeps, in their original order."
+    if not spec.max_samples or n <= spec.max_samples: return np.arange(n)
+    return np.sort(rng(seed, 'subset', spec.name).choice(n, spec.max_samples, replace=False))
+
 def _subset(ds, spec: Source, seed: int):
     "A seeded random subset of `spec.max_samples` rows, in their original order."
-    if not spec.max_samples or len(ds) <= spec.max_samples: return ds
-    return ds.select(sorted(rng(seed, 'subset', spec.name).choice(len(ds), spec.max_samples, replace=False).tolist()))
+    keep = _subset_rows(len(ds), spec, seed)
+    return ds if len(keep) == len(ds) else ds.select(keep.tolist())
+
+def heldout_subset(ds, spec: Source, seed: int, n: int):
+    "Up to `n` rows (a seeded draw, in order) of those the stored subset left out: data no stage trains or scores on."
+    rest = np.setdiff1d(np.arange(len(ds)), _subset_rows(len(ds), spec, seed))
+    if len(rest) > n: rest = np.sort(rng(seed, 'heldout', spec.name).choice(rest, n, replace=False))
+    return ds.select(rest.tolist())
 
 SKIP_COLUMNS = ['source', 'file', 'row', 'field', 'reason', 'detail']
 
