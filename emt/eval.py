@@ -7,21 +7,22 @@ Docs: https://emt-org.github.io/emt/eval.html.md"""
 # %% ../nbs/13_eval.ipynb #b85b1521
 from __future__ import annotations
 import os
-import hashlib, json, math, multiprocessing as mp, queue, shutil, time, traceback
+import csv, hashlib, inspect, json, math, multiprocessing as mp, queue, shutil, time, traceback
 from dataclasses import dataclass, astuple
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .params import BENCHMARK_GRIPPER, init_label
+from .params import BENCHMARK_GRIPPER, init_label, parse_run
 from .core import ARTIFACTS, EmtError, DataError, atomic_path, progress, rng, rpath, write_json, write_text, save_table, save_figure
 
 # %% auto #0
-__all__ = ['REFERENCE', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv', 'ConstantPolicy', 'wilson',
-           'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job', 'plan_jobs', 'job_units',
-           'evaluate', 'LineBench', 'push_right', 'make_adapter', 'VLACheckpoint', 'check_gripper', 'vla_policies',
-           'success_rows', 'plot_success', 'success_curve_figure', 'reference_policies', 'run_eval']
+__all__ = ['REFERENCE', 'EPISODE_COLUMNS', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv',
+           'ConstantPolicy', 'wilson', 'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job',
+           'plan_jobs', 'job_units', 'evaluate', 'LineBench', 'push_right', 'make_adapter', 'VLACheckpoint',
+           'check_gripper', 'vla_policies', 'success_rows', 'plot_success', 'success_curve_figure',
+           'reference_policies', 'pooled_results', 'run_eval']
 
 # %% ../nbs/13_eval.ipynb #d893e5a3
 class Policy(Protocol):
@@ -43,6 +44,7 @@ class RandomPolicy:
                  chunk: int = 1, # actions per prediction
                  seed: int = 0): # reseeded per episode by the harness through `reset`
         self.action_dim, self.chunk, self.gen = action_dim, chunk, np.random.default_rng(seed)
+    needs_frames = False # it never looks: the harness need not render for it
     def reset(self, seed: int) -> None: self.gen = np.random.default_rng(seed)
     def bind(self, env) -> None:
         if self.action_dim is None: self.action_dim = env.action_dim
@@ -68,16 +70,22 @@ def run_episode(env: TaskEnv, # a task env from an adapter
                 replan_every: int|None = None, # actions executed per chunk (None: the whole chunk)
                 record: bool = False, # keep the frames (for a video)
                 ) -> dict:
-    "Roll `policy` out in `env` from initial state `trial`: success, steps taken, and the frames when `record`."
+    """Roll `policy` out in `env` from initial state `trial`: success, steps taken, and the frames when `record`.
+    An env whose `step` takes `render=` renders only the frames used: the one the next chunk is predicted from
+    (none for a policy with `needs_frames = False`), and every frame of a recorded episode."""
     t0 = time.perf_counter()
     if hasattr(policy, 'reset'): policy.reset(seed)
     frame = env.reset(trial)
     if hasattr(policy, 'bind'): policy.bind(env)
+    lazy = 'render' in inspect.signature(env.step).parameters
+    sees = getattr(policy, 'needs_frames', True)
     frames, steps, success, done = [frame] if record else [], 0, False, False
     while steps < env.max_steps and not (success or done):
         chunk = check_chunk(policy.predict([frame], env.instruction), env.action_dim)
-        for a in chunk[:replan_every or len(chunk)]:
-            frame, success, done = env.step(a)
+        acts = chunk[:replan_every or len(chunk)]
+        for j, a in enumerate(acts):
+            if lazy: frame, success, done = env.step(a, render=record or (sees and j == len(acts) - 1))
+            else: frame, success, done = env.step(a)
             steps += 1
             if record: frames.append(frame)
             if success or done or steps >= env.max_steps: break
@@ -267,16 +275,17 @@ def _run_parallel(adapter, policy_factory, jobs: list[Job], workers: int, replan
 
 # %% ../nbs/13_eval.ipynb #353b6bac
 def plan_jobs(tasks: Sequence[str], # the tasks to run
-              trials: int, # initial states per task: 0..trials-1
+              trials: int, # initial states per task: first_trial..first_trial+trials-1
               done: set[str], # keys already in the results log
               seed: int, benchmark: str,
               video_dir: Path|None = None, # where videos go (None: none)
               videos_per_task: int = 0, # the first trials of each task to record
+              first_trial: int = 0, # the first initial state
               ) -> list[Job]:
     "The episodes still to run, grouped by task."
     return [Job(t, i, episode_seed(seed, benchmark, t, i),
-                str(video_dir/t/f'trial{i:04d}.mp4') if video_dir is not None and i < videos_per_task else None)
-            for t in tasks for i in range(trials) if episode_key(t, i) not in done]
+                str(video_dir/t/f'trial{i:04d}.mp4') if video_dir is not None and i < first_trial + videos_per_task else None)
+            for t in tasks for i in range(first_trial, first_trial + trials) if episode_key(t, i) not in done]
 
 # %% ../nbs/13_eval.ipynb #3d8f3ac2
 def job_units(jobs: Sequence[Job], # episodes grouped by task, as `plan_jobs` returns them
@@ -304,6 +313,7 @@ def evaluate(adapter, # a benchmark adapter (picklable: it is sent to the worker
              videos_per_task: int = 0, # episodes recorded per task
              policy_name: str = 'policy', # written into the protocol
              policy_id: str|None = None, # a fingerprint of the weights (a resumed run must have the same)
+             first_trial: int = 0, # initial states first_trial..first_trial+trials-1
              ) -> dict:
     "Evaluate a policy on an adapter's tasks, resuming from `out_dir/results.jsonl`; the summary and protocol."
     out_dir = rpath(out_dir)
@@ -314,12 +324,12 @@ def evaluate(adapter, # a benchmark adapter (picklable: it is sent to the worker
                 'replan_every': replan_every, 'policy': policy_name, 'policy_id': policy_id}
     _check_protocol(out_dir/'protocol.json', protocol)
     log = ResultsLog(out_dir/'results.jsonl')
-    jobs = plan_jobs(tasks, trials, log.done(), seed, adapter.name, out_dir/'videos', videos_per_task)
+    jobs = plan_jobs(tasks, trials, log.done(), seed, adapter.name, out_dir/'videos', videos_per_task, first_trial)
     run = (_run_parallel(adapter, policy_factory, jobs, workers, replan_every) if workers > 1 and len(jobs) > 1
            else _run_serial(adapter, policy_factory, jobs, replan_every))
     for rec in progress(run, desc=f'{adapter.name} {policy_name}', total=len(jobs)): log.append(rec)
-    records = [r for r in log.records() if r['task'] in tasks and r['trial'] < trials]
-    return {**summarize(records, tasks), 'protocol': protocol}
+    records = [r for r in log.records() if r['task'] in tasks and first_trial <= r['trial'] < first_trial + trials]
+    return {**summarize(records, tasks), 'protocol': protocol, 'records': records}
 
 # %% ../nbs/13_eval.ipynb #a6c3da95
 def _run_serial(adapter, policy_factory, jobs, replan_every):
@@ -411,11 +421,19 @@ def check_gripper(name: str, policy, benchmark: str) -> None:
                        f"{want!r}: evaluate each VLA on the benchmark its data came from (data.vla_sources' benchmark).")
 
 # %% ../nbs/13_eval.ipynb #0398362e
-def vla_policies(folder: str|os.PathLike = ARTIFACTS['vla']) -> dict[str, VLACheckpoint]:
-    "Every VLA checkpoint `<folder>/<init>/<checkpoint>/config.json` as a policy factory named `<init>/<checkpoint>`."
-    found = sorted(rpath(folder).glob('*/*/config.json'))
-    if not found: raise EmtError(f'no VLA checkpoints (*/*/config.json) under {rpath(folder)}: run `dvc repro vla` first')
-    return {f'{p.parent.parent.name}/{p.parent.name}': VLACheckpoint(p.parent) for p in found}
+def vla_policies(folder: str|os.PathLike = ARTIFACTS['vla'], # the vla stage's output
+                 checkpoints: str = 'all', # 'last': each run's last checkpoint only
+                 ) -> dict[str, VLACheckpoint]:
+    "Every VLA checkpoint `<folder>/<init>/<benchmark>/seed<k>/step_<N>/` as a policy factory named by that path."
+    found = sorted(rpath(folder).glob('*/*/seed*/step_*/config.json'))
+    if not found: raise EmtError(f'no VLA checkpoints (<init>/<benchmark>/seed<k>/step_<N>/config.json) under '
+                                 f'{rpath(folder)}: run `dvc repro vla` first')
+    out = {str(p.parent.relative_to(rpath(folder))): VLACheckpoint(p.parent) for p in found}
+    if checkpoints == 'last':
+        last = {}
+        for name in out: last[name.rsplit('/', 1)[0]] = max(last.get(name.rsplit('/', 1)[0], name), name)
+        out = {n: out[n] for n in sorted(last.values())}
+    return out
 
 # %% ../nbs/13_eval.ipynb #c9994746
 def _step_of(name: str) -> int|None:
@@ -497,36 +515,77 @@ def reference_policies(names: Sequence[str], # `eval.references`: 'random' and/o
     return out
 
 # %% ../nbs/13_eval.ipynb #24a19853
+EPISODE_COLUMNS = ['policy', 'init', 'benchmark', 'seed', 'step', 'task', 'trial', 'success', 'steps']
+
+def _grid_key(name: str) -> dict | None:
+    "init, benchmark, seed, step of a VLA policy name; None for other policies."
+    try: return parse_run(name)
+    except EmtError: return None
+
+def pooled_results(episodes: list[dict], # rows of EPISODE_COLUMNS
+                   ) -> dict[str, dict[str, dict]]:
+    "`<init>/step_<N>` -> benchmark -> `summarize` of the episodes of all its seeds (references as they are)."
+    groups: dict[tuple, list[dict]] = {}
+    for e in episodes:
+        step = e['step'] if e['init'] != REFERENCE and e['step'] not in (None, '') else None
+        name = e['policy'] if step is None else f"{e['init']}/step_{int(step):06d}"
+        groups.setdefault((name, e['benchmark']), []).append(e)
+    out: dict[str, dict[str, dict]] = {}
+    for (name, bench), rs in groups.items():
+        out.setdefault(name, {})[bench] = {**summarize(rs), 'seeds': len({r['seed'] for r in rs})}
+    return out
+
 def run_eval(P, # the params
              policies: dict[str, Callable[[], Policy]]|None = None, # name -> picklable factory (None: `vla_policies()`)
              out: str|os.PathLike = ARTIFACTS['eval'], # results, protocols and videos go under here
              ) -> dict:
-    "The eval stage: every policy on every `eval.benchmarks` entry; metrics/eval.json, the table and Fig. 3."
+    "The eval stage: every VLA on its benchmark, paired initial states; metrics/eval.json, episodes CSV, table, Fig. 3."
     E, t0 = P.eval, time.time()
-    policies = vla_policies() if policies is None else policies
+    policies = vla_policies(checkpoints=E.checkpoints) if policies is None else policies
+    seeds = sorted({k['seed'] for n in policies if (k := _grid_key(n))}) or [0]
+    slot = {s: i for i, s in enumerate(seeds)}  # seed k runs block slot[k] of initial states
     results: dict[str, dict[str, dict]] = {}
-    runs = [(name, factory, spec, E.videos_per_task) for name, factory in policies.items() for spec in E.benchmarks]
-    runs += [(name, factory, spec, 0) for spec in E.benchmarks
+    runs = []
+    for name, factory in policies.items():
+        key = _grid_key(name)
+        for spec in E.benchmarks:
+            if key is None or key['benchmark'] in (spec.name, 'any'):
+                first = slot[key['seed']] * spec.trials if key else 0
+                videos = E.videos_per_task if not key or slot[key['seed']] == 0 else 0  # the first seed's
+                runs.append((name, factory, spec, videos, spec.trials, first))
+    if policies and not runs:
+        raise EmtError(f"no VLA is fine-tuned for a benchmark of eval.benchmarks ({[b.name for b in E.benchmarks]}); "
+                       f"the VLAs are for {sorted({k['benchmark'] for n in policies if (k := _grid_key(n))})}")
+    runs += [(name, factory, spec, 0, spec.trials * len(seeds), 0) for spec in E.benchmarks
              for name, factory in reference_policies(E.references, spec.name).items()]
-    for name, factory, spec, videos in runs:
+    episodes = []
+    for name, factory, spec, videos, trials, first in runs:
         check_gripper(name, factory, spec.name)
         adapter = make_adapter(spec, P)
-        key = spec.name if spec.suite is None else f'{spec.name}_{spec.suite}'
+        bench = spec.name if spec.suite is None else f'{spec.name}_{spec.suite}'
         pid = factory.fingerprint() if hasattr(factory, 'fingerprint') else name
-        folder = rpath(out)/name/key
+        folder = rpath(out)/name/bench
         if _stale(folder, pid): shutil.rmtree(folder)  # results of an older checkpoint of the same name
-        results.setdefault(name, {})[key] = evaluate(adapter, factory, folder, spec.trials, spec.tasks, E.workers,
-                                                     P.seed, E.replan_every, videos, policy_name=name, policy_id=pid)
-    rows = success_rows(results)
-    save_table(rows, 'eval_success')
+        r = evaluate(adapter, factory, folder, trials, spec.tasks, E.workers, P.seed, E.replan_every, videos,
+                     policy_name=name, policy_id=pid, first_trial=first)
+        key = _grid_key(name) or {'init': name.split('/')[0], 'seed': None, 'step': _step_of(name)}
+        episodes += [{'policy': name, 'init': key['init'], 'benchmark': bench, 'seed': key['seed'], 'step': key['step'],
+                      'task': e['task'], 'trial': e['trial'], 'success': int(bool(e['success'])), 'steps': e['steps']}
+                     for e in r.pop('records')]
+        results.setdefault(name, {})[bench] = r
+    pooled = pooled_results(episodes)
+    save_table(success_rows(pooled), 'eval_success')
+    save_table(episodes, 'eval_episodes', folder='metrics', columns=EPISODE_COLUMNS)
+    (rpath('metrics')/'eval_episodes.md').unlink(missing_ok=True)  # the CSV is the report's input
     curve = [{'init': p.split('/')[0], 'step': _step_of(p), 'benchmark': b, 'success': r['mean']}
-             for p, bs in results.items() if _step_of(p) is not None for b, r in bs.items()]
+             for p, bs in pooled.items() if _step_of(p) is not None for b, r in bs.items()]
     write_text(rpath('metrics/eval_curve.csv'),  # `dvc plots show`: success over fine-tuning steps, one line per init
                'init,step,benchmark,success\n' + ''.join(f"{c['init']},{c['step']},{c['benchmark']},{c['success']:.6g}\n"
                                                      for c in sorted(curve, key=lambda c: (c['init'], c['benchmark'], c['step']))))
-    if any(_step_of(p) is not None for p in results):
+    if any(_step_of(p) is not None for p in pooled):
         import matplotlib.pyplot as plt
-        fig = success_curve_figure(results); save_figure(fig, 'fig3_success'); plt.close(fig)
-    metrics = {'profile': P.profile, 'seconds': round(time.time() - t0, 1), 'results': results}
+        fig = success_curve_figure(pooled); save_figure(fig, 'fig3_success'); plt.close(fig)
+    metrics = {'profile': P.profile, 'seconds': round(time.time() - t0, 1), 'seeds': seeds, 'pooled': pooled,
+               'results': results}
     write_json(rpath('metrics/eval.json'), metrics)
     return metrics

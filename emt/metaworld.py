@@ -37,9 +37,12 @@ class MetaWorldEnv:
         self.obs = self.sim.set_variation(metaworld_eval_seed(self.seed, self.task, draw), variation)
         return render(self.sim)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, bool, bool]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[np.ndarray|None, bool, bool]:
+        "Step the sim; the new frame (None when `render` is False: the harness does not need it)."
         self.obs, _, _, truncated, info = self.sim.step(np.clip(action, -1, 1))
-        return render(self.sim), bool(info['success']), bool(truncated)
+        return self.render() if render else None, bool(info['success']), bool(truncated)
+
+    def render(self) -> np.ndarray: return render(self.sim)
 
     def close(self) -> None: self.sim.close()
 
@@ -64,6 +67,7 @@ class MetaWorld:
 
 class MetaWorldExpert:
     "Meta-World's scripted expert as a harness policy (privileged: it reads the env's state through `bind`)."
+    needs_frames = False
     def bind(self, env: MetaWorldEnv) -> None: self.env, self.expert = env, scripted_policy(env.task)
     def predict(self, images: list[np.ndarray], instruction: str) -> np.ndarray:
         return np.clip(self.expert.get_action(self.env.obs), -1, 1)[None].astype(np.float32)

@@ -20,9 +20,9 @@ from .core import ARTIFACTS, EmtError, rpath, write_text
 # %% auto #0
 __all__ = ['GRIPPERS', 'BENCHMARK_GRIPPER', 'VLA_TASKS_MT10', 'KCount', 'KFraction', 'SCORERS', 'Method', 'Section', 'Recipe',
            'GripperConvention', 'Source', 'CorpusVLA', 'Corpus', 'Data', 'BaseVLM', 'Features', 'Gap', 'Estimator',
-           'Ppl', 'scores_file', 'Select', 'Midtrain', 'VLA', 'Benchmark', 'Eval', 'Report', 'Params', 'ParamsError',
-           'parse_params', 'load_params', 'hub_offline', 'source_groups', 'init_label', 'pool_and_vla', 'override',
-           'profiles', 'use_profile']
+           'Ppl', 'scores_file', 'Select', 'Midtrain', 'Ability', 'VLA', 'Benchmark', 'Eval', 'Report', 'Params',
+           'ParamsError', 'parse_params', 'load_params', 'hub_offline', 'source_groups', 'init_label', 'pool_and_vla',
+           'run_name', 'parse_run', 'override', 'profiles', 'use_profile']
 
 # %% ../nbs/01_params.ipynb #e384ef69
 class Section(BaseModel):
@@ -39,6 +39,7 @@ class Recipe(Section):
     warmup_ratio: float | None = Field(default=None, ge=0, le=1) # warmup as a fraction of steps...
     warmup_steps: int | None = Field(default=None, ge=0) # ...or as a count (set one of the two)
     schedule: Literal['cosine', 'linear', 'constant'] = 'cosine'
+    min_lr_ratio: float = Field(default=0.0, ge=0, lt=1) # cosine: decay to this share of the peak (0: to zero)
     max_seq_len: int = Field(default=1024, gt=0) # tokens per sample, longer ones are truncated
     precision: Literal['fp32', 'bf16', 'auto'] = 'auto' # auto: bf16 where the device supports it
     grad_clip: float = Field(default=1.0, gt=0)
@@ -50,6 +51,8 @@ class Recipe(Section):
             raise ValueError('set warmup_ratio or warmup_steps, not both')
         if self.global_batch % self.micro_batch:
             raise ValueError(f'global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})')
+        if self.min_lr_ratio and self.schedule != 'cosine':
+            raise ValueError(f'min_lr_ratio applies to the cosine schedule only (schedule: {self.schedule})')
         return self
 
 # %% ../nbs/01_params.ipynb #b15173e4
@@ -183,7 +186,10 @@ class Estimator(Section):
     batch_size: int = Field(default=128, gt=1) # drawn evenly from the pool and the VLA data
     lr: float = Field(default=1e-3, gt=0)
     max_steps: int = Field(default=1000, gt=0)
-    target_val_acc: float = Field(default=0.9, gt=0, le=1) # early stop
+    target_val_acc: float = Field(default=0.9, gt=0, le=1) # the paper's early stop (stop: target_acc)
+    stop: Literal['target_acc', 'steps'] = 'target_acc' # stop at target_val_acc (the paper), or train all max_steps
+    split: Literal['group', 'row'] = 'group' # validation split: VLA episodes kept whole (group), or by row
+    seeds: int = Field(default=5, gt=0) # estimators trained (seeds) to measure the top-K stability (Jaccard)
     eval_every: int = Field(default=5, gt=0)
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     distance_vla_samples: int | None = Field(default=None, gt=0) # feature-distance baseline: VLA rows compared (None: all)
@@ -229,6 +235,12 @@ class Midtrain(Section):
     methods: list[str] = Field(min_length=1) # selection methods whose mixtures are mid-trained
     recipe: Recipe
 
+# %% ../nbs/01_params.ipynb #b3f23ee4
+class Ability(Section):
+    "ability stage: general and embodied ability of every VLM on held-out questions of the VLM sources."
+    per_source: int = Field(default=20, gt=0) # held-out questions per source, at most
+    max_new_tokens: int = Field(default=32, gt=0) # greedy answer length
+
 # %% ../nbs/01_params.ipynb #a4610e9d
 class VLA(Section):
     "vla stage: VLM -> VLA fine-tuning (VLM4VLA recipe)."
@@ -242,7 +254,16 @@ class VLA(Section):
     gripper_dims: list[int] = Field(default_factory=lambda: [-1]) # binary action dimensions (negative: from the end)
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1) # episodes held out per source for the held-out loss
     heldout_max: int = Field(default=512, gt=0) # held-out frames evaluated at most (a fixed seeded subset)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1) # a VLA per seed (head init, data order);
+                                                                        # the held-out split stays the project seed's
     recipe: Recipe
+
+    @field_validator('seeds')
+    @classmethod
+    def _distinct(cls, v):
+        if len(set(v)) != len(v): raise ValueError(f'vla.seeds repeats a seed: {v}')
+        return v
+
 
 # %% ../nbs/01_params.ipynb #73e74998
 class Benchmark(Section):
@@ -261,6 +282,7 @@ class Eval(Section):
     workers: int = Field(default=2, gt=0)
     replan_every: int | None = Field(default=None, gt=0) # steps executed per chunk (None: the whole chunk)
     videos_per_task: int = Field(default=1, ge=0)
+    checkpoints: Literal['last', 'all'] = 'all' # evaluate each VLA's last checkpoint, or every saved one (Fig. 3)
     references: list[Literal['random', 'expert']] = [] # reference policies run beside the VLAs: uniform random
                                                        # actions (the floor) and, where a benchmark has one, its
                                                        # privileged scripted expert (the ceiling; Meta-World)
@@ -285,6 +307,7 @@ class Params(Section):
     ppl: Ppl = Ppl()
     select: Select
     midtrain: Midtrain
+    ability: Ability = Field(default_factory=Ability)
     vla: VLA
     eval: Eval
     report: Report = Report()
@@ -349,6 +372,19 @@ def pool_and_vla(P: Params) -> tuple[list[str], list[str]]:
     "The names of the VLM pool's sources and of the VLA sources, each in params order."
     groups = source_groups(P)
     return [n for n, g in groups.items() if g != 'vla'], [n for n, g in groups.items() if g == 'vla']
+
+# %% ../nbs/01_params.ipynb #b85b563f
+def run_name(init: str, benchmark: str, seed: int) -> str:
+    "The folder (and policy name prefix) of one VLA of the grid: '<init>/<benchmark>/seed<k>'."
+    return f'{init}/{benchmark}/seed{seed}'
+
+def parse_run(name: str) -> dict:
+    "init, benchmark, seed and step of a policy name '<init>/<benchmark>/seed<k>[/step_<N>]'."
+    parts = name.split('/')
+    if len(parts) < 3 or not parts[2].startswith('seed') or not parts[2][4:].lstrip('-').isdigit():
+        raise EmtError(f'{name!r} is not a VLA run name <init>/<benchmark>/seed<k>[/step_<N>]')
+    step = int(parts[3].removeprefix('step_')) if len(parts) > 3 and parts[3].startswith('step_') else None
+    return {'init': parts[0], 'benchmark': parts[1], 'seed': int(parts[2][4:]), 'step': step}
 
 # %% ../nbs/01_params.ipynb #33a540d2
 def override(params: Params, # validated params

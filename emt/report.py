@@ -8,16 +8,19 @@ Docs: https://emt-org.github.io/emt/report.html.md"""
 from __future__ import annotations
 import csv, json, os, re, time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from .core import EmtError, rpath, save_figure, save_table, write_json
-from .eval import plot_success
+from .core import EmtError, rng, rpath, save_figure, save_table, write_json
+from .eval import REFERENCE, plot_success
 from .params import Params, init_label, load_params
 
 # %% auto #0
-__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'load_metrics', 'run_label', 'bench_key', 'final_success', 'table1',
-           'table2', 'diversity_table', 'findings', 'composition_vs_paper_figure', 'diversity_vs_paper_figure',
+__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'Z_POWER', 'COMPARISON_COLUMNS', 'load_metrics', 'run_label',
+           'bench_key', 'final_success', 'paired_bootstrap', 'verdict', 'bootstrap_mean_diff', 'table1', 'table2',
+           'diversity_table', 'read_rows', 'run_data', 'success_by_pair', 'loss_by_pair', 'train_loss_by_pair',
+           'comparisons', 'findings', 'ability_findings', 'composition_vs_paper_figure', 'diversity_vs_paper_figure',
            'fig3_figure', 'run_report']
 
 # %% ../nbs/14_report.ipynb #ea3ab2cc
@@ -49,7 +52,7 @@ BENCH_NAMES = {'calvin': 'CALVIN ABC->D (avg. len)', 'simpler_bridge': 'SimplerE
                'metaworld': 'Meta-World MT10 (%)'}
 
 # %% ../nbs/14_report.ipynb #ecd22abd
-STAGES = ('data', 'base_vlm', 'features', 'gap', 'estimator', 'ppl', 'select', 'midtrain', 'vla', 'eval')
+STAGES = ('data', 'base_vlm', 'features', 'gap', 'estimator', 'ppl', 'select', 'midtrain', 'ability', 'vla', 'eval')
 
 def load_metrics(folder: str | os.PathLike = 'metrics') -> dict[str, dict]:
     "Every stage's metrics/<stage>.json that exists."
@@ -70,7 +73,7 @@ def bench_key(b: str) -> str:
 def final_success(eval_metrics: dict) -> dict[str, dict[str, float]]:
     "init -> benchmark -> mean success (%, or avg. length for CALVIN) of each initialisation's last checkpoint."
     out = {}
-    for pol, benches in eval_metrics.get('results', {}).items():
+    for pol, benches in eval_metrics.get('pooled', eval_metrics.get('results', {})).items():  # pooled over seeds
         init, _, ck = pol.partition('/')
         if init == 'reference': continue  # random actions / scripted expert: not a VLA
         step = int(re.sub(r'\D', '', ck) or -1)
@@ -80,6 +83,51 @@ def final_success(eval_metrics: dict) -> dict[str, dict[str, float]]:
             cur = out.setdefault(init, {}).get(key)
             if cur is None or step >= cur[0]: out[init][key] = (step, v)
     return {i: {b: v for b, (s, v) in bs.items()} for i, bs in out.items()}
+
+# %% ../nbs/14_report.ipynb #ced8ba13
+Z_POWER = 2.8016 # z_0.975 + z_0.8: the smallest detectable difference, in standard errors
+
+def paired_bootstrap(a: dict[tuple, float], # (seed, unit) -> value, one arm
+                     b: dict[tuple, float], # the same keys for the other arm (only common keys are used)
+                     n_boot: int = 2000, # bootstrap draws
+                     seed: int = 0,
+                     ) -> dict:
+    "Mean of a - b over the pairs, its 95% interval (seeds, then pairs within seeds, resampled), SE and detectable difference."
+    keys = sorted(set(a) & set(b), key=str)
+    if not keys: raise EmtError('no pairs in common: the two arms were not run on the same seeds and units')
+    by_seed: dict = {}
+    for k in keys: by_seed.setdefault(k[0], []).append(a[k] - b[k])
+    d = [np.asarray(v, np.float64) for v in by_seed.values()]
+    g = rng(seed, 'paired-bootstrap', len(keys))
+    draws = np.empty(n_boot)
+    for i in range(n_boot):
+        parts = [d[s][g.integers(0, len(d[s]), len(d[s]))] for s in g.integers(0, len(d), len(d))]
+        draws[i] = np.concatenate(parts).mean()
+    mean = float(np.concatenate(d).mean()); se = float(draws.std(ddof=1)) if n_boot > 1 else float('nan')
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {'mean': mean, 'ci95': [float(lo), float(hi)], 'se': se, 'mde': Z_POWER * se, 'seeds': len(d), 'pairs': len(keys)}
+
+def verdict(ci: Sequence[float], # the 95% interval of the effect
+            better: int = 1, # +1: the claim is effect > 0; -1: effect < 0
+            margin: float | None = None, # an equivalence claim: |effect| < margin
+            ) -> str:
+    "'holds', 'does not hold' or 'inconclusive' for a claim about an effect with interval `ci`."
+    lo, hi = float(ci[0]), float(ci[1])
+    if margin is not None:
+        if -margin < lo and hi < margin: return 'holds'
+        if lo >= margin or hi <= -margin: return 'does not hold'
+        return 'inconclusive'
+    if better < 0: lo, hi = -hi, -lo
+    return 'holds' if lo > 0 else 'does not hold' if hi < 0 else 'inconclusive'
+
+def bootstrap_mean_diff(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
+    "mean(x) - mean(y) of two independent samples, with a 95% bootstrap interval (for source-level claims)."
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if not len(x) or not len(y): raise EmtError('a bootstrap needs values on both sides')
+    g = rng(seed, 'bootstrap-diff', len(x), len(y))
+    draws = np.array([x[g.integers(0, len(x), len(x))].mean() - y[g.integers(0, len(y), len(y))].mean() for _ in range(n_boot)])
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {'mean': float(x.mean() - y.mean()), 'ci95': [float(lo), float(hi)], 'se': float(draws.std(ddof=1))}
 
 # %% ../nbs/14_report.ipynb #dee779be
 def _cols(rows): return [c for c in ['source', 'model', 'selection', *BENCH_NAMES.values(), 'held-out action loss',
@@ -102,10 +150,10 @@ def table1(P: Params, m: dict) -> list[dict]:
     return rows
 
 def _vla_loss(m: dict, init: str) -> float | None:
-    v = m.get('vla', {}).get('inits', m.get('vla', {})).get(init, {}) if isinstance(m.get('vla'), dict) else {}
-    for k in ('final_heldout_loss', 'heldout_loss'):
-        if isinstance(v, dict) and isinstance(v.get(k), (int, float)): return round(float(v[k]), 4)
-    return None
+    "The final held-out action loss of `init`'s VLAs, the mean over its seeds (None if none)."
+    v = [r['final_heldout_loss'] for r in m.get('vla', {}).get('runs', {}).values()
+         if r.get('init') == init and isinstance(r.get('final_heldout_loss'), (int, float))]
+    return round(float(np.mean(v)), 4) if v else None
 
 def table2(P: Params, m: dict) -> list[dict]:
     "Table 2 rows: the selection ablation, paper and this run."
@@ -128,58 +176,169 @@ def diversity_table(m: dict) -> list[dict]:
     return [{'set': s, 'paper': PAPER['diversity'].get(s), 'this run': run.get(s)} for s in sets]
 
 # %% ../nbs/14_report.ipynb #d379aef6
-def _yes(b): return 'yes' if b else 'no'
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    "A metrics CSV as dicts ([] when the file is missing)."
+    p = rpath(path)
+    return list(csv.DictReader(p.open())) if p.is_file() else []
 
-def findings(P: Params, m: dict) -> list[dict]:
-    "Each qualitative claim of the paper, with this run's evidence and whether it holds here."
+def _ci(r: dict, scale: float = 1.0, digits: int = 3) -> str:
+    lo, hi = r['ci95']
+    return f"{scale * r['mean']:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
+
+def run_data(metrics: str | os.PathLike = 'metrics') -> dict[str, list[dict]]:
+    "The per-episode, per-frame and per-step rows the paired comparisons use."
+    return {'episodes': read_rows(Path(metrics)/'eval_episodes.csv'), 'frames': read_rows(Path(metrics)/'vla_heldout_frames.csv'),
+            'train': [r for r in read_rows(Path(metrics)/'vla_loss.csv') if r.get('split') == 'train']}
+
+def _last_step(rows: list[dict], init: str, bench: str) -> dict[str, int]:
+    "seed -> the last evaluated step of `init` on `bench`."
+    out: dict[str, int] = {}
+    for r in rows:
+        if r['init'] == init and r['benchmark'] == bench: out[r['seed']] = max(out.get(r['seed'], -1), int(r['step']))
+    return out
+
+def success_by_pair(episodes: list[dict], init: str, bench: str) -> dict[tuple, float]:
+    "(seed, (task, trial)) -> success of `init`'s last checkpoint of each seed on `bench`."
+    last = _last_step(episodes, init, bench)
+    return {(r['seed'], (r['task'], int(r['trial']))): float(r['success']) for r in episodes
+            if r['init'] == init and r['benchmark'] == bench and int(r['step']) == last.get(r['seed'])}
+
+def loss_by_pair(frames: list[dict], init: str, bench: str) -> dict[tuple, float]:
+    "(seed, frame id) -> the final held-out loss of `init`'s VLA of each seed."
+    return {(r['seed'], r['frame']): float(r['loss']) for r in frames
+            if r['init'] == init and r['benchmark'] == bench and r['loss'] not in ('', None)}
+
+def train_loss_by_pair(train: list[dict], init: str, bench: str, tail: float = 0.2) -> dict[tuple, float]:
+    "(seed, step) -> training loss over the last `tail` of the logged steps of `init`'s VLAs."
+    rows = [r for r in train if r['init'] == init and r['benchmark'] == bench]
+    if not rows: return {}
+    top = max(int(r['step']) for r in rows)
+    return {(r['seed'], int(r['step'])): float(r['loss']) for r in rows if int(r['step']) > (1 - tail) * top}
+
+def comparisons(P: Params, data: dict[str, list[dict]], benches: Sequence[str]) -> list[dict]:
+    "Paired effects: every mid-trained init vs base, and the estimator vs every other method; success and held-out loss."
+    methods = list(P.midtrain.methods)
+    pairs = [(m, 'base') for m in methods] + [('estimator', m) for m in methods if m != 'estimator' and 'estimator' in methods]
+    out = []
+    for b in benches:
+        for x, y in pairs:
+            for metric, get, scale, better, source in (
+                    ('success (points)', success_by_pair, 100.0, 1, 'episodes'),
+                    ('held-out action loss', loss_by_pair, 1.0, -1, 'frames')):
+                a, c = get(data[source], x, b), get(data[source], y, b)
+                if not a or not c or not (set(a) & set(c)): continue
+                r = paired_bootstrap(a, c, seed=P.seed)
+                out.append({'comparison': f'{x} - {y}', 'benchmark': b, 'metric': metric,
+                            'effect': round(scale * r['mean'], 4), 'ci95_low': round(scale * r['ci95'][0], 4),
+                            'ci95_high': round(scale * r['ci95'][1], 4), 'detectable': round(scale * r['mde'], 4),
+                            'seeds': r['seeds'], 'pairs': r['pairs'],
+                            'verdict': verdict(r['ci95'], better), 'better': 'higher' if better > 0 else 'lower'})
+    return out
+
+def _row(claim: str, paper: str, run: str, v: str) -> dict:
+    return {'claim': claim, 'paper': paper, 'this run (effect [95% interval])': run, 'verdict': v}
+
+def findings(P: Params, # the params
+             m: dict, # the stages' metrics (`load_metrics`)
+             data: dict[str, list[dict]] | None = None, # `run_data` (None: no VLA comparisons)
+             comps: list[dict] | None = None, # `comparisons` (None: computed from `data`)
+             ) -> list[dict]:
+    "Each claim of the paper: this run's effect with its 95% interval and a verdict."
     out, groups = [], {s.name: s for s in P.data.vlm_sources}
-    g = m.get('gap', {}).get('group_means')
-    if g and g.get('within_vlm') is not None:
-        out.append({'claim': 'Fig. 2a: VLM sources are closer to each other than to VLA sources (MMD^2)',
-                    'paper': 'yes', 'this run': f"within VLM {g['within_vlm']:.3f} vs across {g['across']:.3f}",
-                    'holds here': _yes(g['within_vlm'] < g['across'])})
+    gap = m.get('gap', {})
+    if gap.get('mmd2') and gap.get('groups'):
+        names, mm = gap['sources'], np.asarray(gap['mmd2'], np.float64)
+        mm = mm / max(mm.max(), 1e-12)
+        kind = {n: ('vla' if gap['groups'][n] == 'vla' else 'vlm') for n in names}
+        pv = lambda a, b: [mm[i, j] for i in range(len(names)) for j in range(i + 1, len(names))
+                           if {kind[names[i]], kind[names[j]]} == ({a} | {b})]
+        within_vlm, across, within_vla = pv('vlm', 'vlm'), pv('vlm', 'vla'), pv('vla', 'vla')
+        if within_vlm and across:
+            r = bootstrap_mean_diff(across, within_vlm, seed=P.seed)
+            out.append(_row('Fig. 2a: VLM sources are closer to each other than to VLA data (normalised MMD^2, across - within VLM)',
+                            'yes', _ci(r), verdict(r['ci95'])))
+        if within_vla and across:
+            r = bootstrap_mean_diff(across, within_vla, seed=P.seed)
+            out.append(_row('Fig. 2a: VLA sources are closer to each other than to VLM data (across - within VLA)',
+                            'yes', _ci(r), verdict(r['ci95'])))
+        elif across:
+            out.append(_row('Fig. 2a: VLA sources are closer to each other than to VLM data', 'yes',
+                            'one VLA source: no within-VLA pair to measure', 'inconclusive'))
     d = m.get('select', {}).get('diversity', {})
     if {'general VLM data', 'embodied VLM data', 'VLA data'} <= set(d):
-        out.append({'claim': 'A.5: diversity general > embodied-oriented > VLA', 'paper': '1.96 > 1.62 > 1.26',
-                    'this run': f"{d['general VLM data']:.2f} > {d['embodied VLM data']:.2f} > {d['VLA data']:.2f}",
-                    'holds here': _yes(d['general VLM data'] > d['embodied VLM data'] > d['VLA data'])})
-    if 'selected (estimator)' in d and 'VLA data' in d:
-        out.append({'claim': 'A.5: the selected mixture stays far more diverse than the VLA data', 'paper': '1.93 vs 1.26',
-                    'this run': f"{d['selected (estimator)']:.2f} vs {d['VLA data']:.2f}",
-                    'holds here': _yes(d['selected (estimator)'] > d['VLA data'])})
+        ok = d['general VLM data'] > d['embodied VLM data'] > d['VLA data']
+        out.append(_row('A.5: diversity general > embodied-oriented > VLA', '1.96 > 1.62 > 1.26',
+                        f"{d['general VLM data']:.2f} > {d['embodied VLM data']:.2f} > {d['VLA data']:.2f} (one value per set)",
+                        'holds' if ok else 'does not hold'))
+    if 'selected (estimator)' in d and 'full VLM pool' in d:
+        ratio = d['selected (estimator)'] / max(d['full VLM pool'], 1e-12)
+        out.append(_row('A.5: the selected mixture stays about as diverse as the pool (selected / pool >= 0.9)',
+                        '1.93 / 1.85 = 1.04', f"{d['selected (estimator)']:.2f} / {d['full VLM pool']:.2f} = {ratio:.2f}",
+                        'holds' if ratio >= 0.9 else 'does not hold'))
     e = m.get('estimator', {})
     if 'stop_step' in e:
         lo, hi = PAPER['estimator_stop_steps']
-        out.append({'claim': 'Sec. 2: the estimator reaches 90% validation accuracy within about 100 steps',
-                    'paper': f'{lo}-{hi} steps', 'this run': f"step {e['stop_step']} (accuracy {e['val_accuracy']:.3f}, AUC {e['val_auc']:.3f})",
-                    'holds here': _yes(e.get('reached_target') and e['stop_step'] <= hi)})
-    if e.get('group_mean_logit', {}).keys() >= {'embodied', 'general'}:
-        gm = e['group_mean_logit']
-        out.append({'claim': 'Fig. 4a: embodied-oriented sources score higher than general ones on average',
-                    'paper': 'yes (highest RefSpatial, lowest VCR)',
-                    'this run': f"mean logit embodied {gm['embodied']:.2f} vs general {gm['general']:.2f}",
-                    'holds here': _yes(gm['embodied'] > gm['general'])})
+        t = e.get('target_step', e['stop_step'] if e.get('reached_target') else None)
+        ok = t is not None and lo / 2 <= t <= 2 * hi
+        out.append(_row(f'Sec. 2: the estimator reaches 90% validation accuracy in about 100 steps (within {lo // 2}-{2 * hi})',
+                        f'{lo}-{hi} steps', f"step {t} (accuracy {e['val_accuracy']:.3f}, AUC {e['val_auc']:.3f} at step {e['stop_step']})"
+                        if t is not None else 'never reached', 'holds' if ok else 'does not hold'))
     if e.get('sources'):
+        emb = [r['estimator_mean_logit'] for r in e['sources'] if r['group'] == 'embodied']
+        gen = [r['estimator_mean_logit'] for r in e['sources'] if r['group'] == 'general']
+        if emb and gen:
+            r = bootstrap_mean_diff(emb, gen, seed=P.seed)
+            out.append(_row('Fig. 4a: embodied-oriented sources score higher than general ones (mean logit, over sources)',
+                            'yes', _ci(r, digits=2), verdict(r['ci95'])))
         srt = sorted(e['sources'], key=lambda r: r['estimator_mean_logit'])
         name = lambda r: f"{r['source']} ({groups[r['source']].stands_for or '-'})" if r['source'] in groups else r['source']
-        out.append({'claim': 'Fig. 4a: highest / lowest mean score', 'paper': 'RefSpatial / VCR',
-                    'this run': f'{name(srt[-1])} / {name(srt[0])}',
-                    'holds here': _yes(groups.get(srt[-1]['source']) is not None and groups[srt[-1]['source']].stands_for == 'RefSpatial'
-                                       and groups[srt[0]['source']].stands_for == 'VCR')})
-    succ = final_success(m.get('eval', {}))
-    for b in sorted({b for v in succ.values() for b in v}):
-        if 'base' in succ and 'estimator' in succ and b in succ['base'] and b in succ['estimator']:
-            a, c = succ['base'][b], succ['estimator'][b]
-            floor = next((100 * r['mean'] for k, r in m.get('eval', {}).get('results', {}).get('reference/random', {}).items()
-                          if bench_key(k) == b), None)  # random actions, when eval.references ran them
-            note = f' (random actions: {floor:.1f}; neither VLA is above it)' if floor is not None and max(a, c) <= floor else ''
-            out.append({'claim': f'Table 1: mid-training beats the same VLM without it ({BENCH_NAMES.get(b, b)})',
-                        'paper': 'yes, on all three benchmarks', 'this run': f'{c:.1f} vs {a:.1f}{note}', 'holds here': _yes(c > a)})
-    lb, le = _vla_loss(m, 'base'), _vla_loss(m, 'estimator')
-    if lb is not None and le is not None:
-        out.append({'claim': 'Fig. 3: VLA training loss nearly identical with and without mid-training',
-                    'paper': 'yes', 'this run': f'held-out action loss {le:.4f} (mid-trained) vs {lb:.4f} (base)',
-                    'holds here': _yes(abs(le - lb) <= 0.1 * max(abs(lb), 1e-9))})
+        ok = (groups.get(srt[-1]['source']) is not None and groups[srt[-1]['source']].stands_for == 'RefSpatial'
+              and groups[srt[0]['source']].stands_for == 'VCR')
+        out.append(_row('Fig. 4a: highest / lowest mean score', 'RefSpatial / VCR', f'{name(srt[-1])} / {name(srt[0])}',
+                        'holds' if ok else 'does not hold'))
+    benches = sorted({r['benchmark'] for r in (data or {}).get('episodes', []) if r['init'] != REFERENCE})
+    comps = comps if comps is not None else (comparisons(P, data, benches) if data else [])
+    for c in comps:
+        x, y = c['comparison'].split(' - ')
+        what = ('mid-training beats the same VLM without it' if y == 'base' else f'the estimator beats {y} selection')
+        table = 'Table 1' if y == 'base' and x == 'estimator' else 'Table 2' if y != 'base' else 'Table 2 (vs none)'
+        if c['metric'].startswith('success'):
+            out.append(_row(f"{table}: {what} ({x} - {y}, {c['benchmark']} success, points; detectable {c['detectable']:.1f})",
+                            'yes', f"{c['effect']:+.1f} [{c['ci95_low']:+.1f}, {c['ci95_high']:+.1f}], {c['seeds']} seeds, {c['pairs']} paired episodes",
+                            c['verdict']))
+    if data and data.get('train'):
+        for b in sorted({r['benchmark'] for r in data['train']}):
+            a, c = train_loss_by_pair(data['train'], 'estimator', b), train_loss_by_pair(data['train'], 'base', b)
+            if a and c and set(a) & set(c):
+                r = paired_bootstrap(a, c, seed=P.seed)
+                margin = 0.1 * float(np.mean(list(c.values())))
+                out.append(_row(f'Fig. 3: VLA training loss nearly identical with and without mid-training ({b}; last 20% of '
+                                f'steps, estimator - base, within +-10% of base = {margin:.3f})', 'yes', _ci(r),
+                                verdict(r['ci95'], margin=margin)))
+    out += ability_findings(P, m.get('ability', {}))
+    return out
+
+def ability_findings(P: Params, ab: dict, # metrics/ability.json
+                     margin: float = 5.0, # points: 'keeps' general ability = not worse by more than this
+                     ) -> list[dict]:
+    "Appendix: mid-training keeps general ability (non-inferiority) and adds embodied ability, per mid-trained VLM."
+    out = []
+    if not ab.get('scores') or 'base' not in ab['scores']: return out
+    def pairs(vlm, group):
+        return {(s, i): 100 * x for s, xs in ab['scores'][vlm].items() if ab['groups'].get(s) == group
+                for i, x in zip(ab['ids'][s], xs)}
+    for vlm in (v for v in ab['scores'] if v != 'base'):
+        for group, claim in (('general', 'keeps general ability'), ('embodied', 'adds embodied ability')):
+            a, b = pairs(vlm, group), pairs('base', group)
+            if not a: continue
+            r = paired_bootstrap(a, b, seed=P.seed)  # sources, then questions, resampled
+            lo, hi = r['ci95']
+            if group == 'general':
+                v = 'holds' if lo > -margin else 'does not hold' if hi < -margin else 'inconclusive'
+                what = f'not worse than {margin:.0f} points below base'
+            else: v, what = verdict(r['ci95']), 'above base'
+            out.append(_row(f'Appendix: mid-training {claim} ({vlm} - base, {group} held-out questions, points; {what})',
+                            'yes', f"{r['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}], {r['pairs']} questions", v))
     return out
 
 # %% ../nbs/14_report.ipynb #e4749502
@@ -240,6 +399,9 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
     return fig
 
 # %% ../nbs/14_report.ipynb #c7268140
+COMPARISON_COLUMNS = ['comparison', 'benchmark', 'metric', 'effect', 'ci95_low', 'ci95_high', 'detectable',
+                      'seeds', 'pairs', 'better', 'verdict']
+
 def run_report(P: Params, # validated params
                metrics: str | os.PathLike = 'metrics') -> dict:
     "The report stage: the paper's tables and figures beside this run's."
@@ -247,16 +409,22 @@ def run_report(P: Params, # validated params
     m, t0 = load_metrics(metrics), time.time()
     if not m: raise EmtError(f'no stage metrics under {rpath(metrics)}: run the pipeline first (dvc repro)')
     label = run_label(P, m)
-    t1, t2, div, fnd = table1(P, m), table2(P, m), diversity_table(m), findings(P, m)
+    data = run_data(metrics)
+    benches = sorted({r['benchmark'] for r in data['episodes'] if r['init'] != REFERENCE} |
+                     {r['benchmark'] for r in data['frames']})
+    comps = comparisons(P, data, benches)
+    t1, t2, div, fnd = table1(P, m), table2(P, m), diversity_table(m), findings(P, m, data, comps)
+    save_table(comps, 'comparisons', columns=COMPARISON_COLUMNS)
     save_table(t1, 'table1_main', columns=_cols(t1)); save_table(t2, 'table2_ablation', columns=_cols(t2))
     save_table(div, 'table_a5_diversity_vs_paper', columns=['set', 'paper', 'this run'])
-    save_table(fnd, 'report_findings', columns=['claim', 'paper', 'this run', 'holds here'])
+    save_table(fnd, 'report_findings', columns=['claim', 'paper', 'this run (effect [95% interval])', 'verdict'])
     for name, fig in (('fig6_vs_paper', composition_vs_paper_figure(P, m, label) if 'select' in m else None),
                       ('diversity_vs_paper', diversity_vs_paper_figure(div, label) if 'select' in m else None),
                       ('fig3', fig3_figure(m, label=label) if 'eval' in m or 'vla' in m else None)):
         if fig is not None: save_figure(fig, name); plt.close(fig)
     out = {'profile': P.profile, 'label': label, 'stages': sorted(m), 'findings': fnd,
-           'findings_holding': sum(f['holds here'] == 'yes' for f in fnd), 'findings_checked': len(fnd),
+           'verdicts': {v: sum(f['verdict'] == v for f in fnd) for v in ('holds', 'does not hold', 'inconclusive')},
+           'comparisons': comps,
            'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/report.json'), out)
     return out

@@ -150,7 +150,10 @@ def optimizer_and_schedule(model: torch.nn.Module, recipe: Recipe) -> tuple:
               {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}]
     opt = torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.95), eps=1e-8)
     name = {'cosine': 'cosine', 'linear': 'linear', 'constant': 'constant_with_warmup'}[recipe.schedule]
-    return opt, get_scheduler(name, opt, num_warmup_steps=warmup_steps(recipe), num_training_steps=recipe.steps)
+    extra = {}
+    if recipe.min_lr_ratio: name, extra = 'cosine_with_min_lr', {'min_lr_rate': recipe.min_lr_ratio}
+    return opt, get_scheduler(name, opt, num_warmup_steps=warmup_steps(recipe), num_training_steps=recipe.steps,
+                              scheduler_specific_kwargs=extra or None)
 
 # %% ../nbs/05_sft.ipynb #23408d64
 def _ids_hash(ds: Dataset) -> str:

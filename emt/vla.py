@@ -19,19 +19,19 @@ from accelerate.state import PartialState
 from datasets import Dataset
 
 from .backbones import ARCHS, load_vlm, n_params
-from .core import (ARTIFACTS, DataError, EmtError, project_relative, rng, rpath, save_figure, save_table, seed_everything,
-                      write_json)
+from .core import (ARTIFACTS, DataError, EmtError, progress, project_relative, rng, rpath, save_figure, save_table,
+                      seed_everything, write_json)
 from .data import load_dataset_dir
-from .params import Params, Recipe, init_label, load_params, override
+from .params import Params, Recipe, Source, init_label, load_params, override, parse_run, run_name
 from .policy import (VLA, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla,
                         tiny_backbone)
 from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
                      save_checkpoint, step_loader, weights_digest)
 
 # %% auto #0
-__all__ = ['LOSS_CSV_COLUMNS', 'vla_config', 'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames',
-           'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main', 'vla_inits', 'vla_datasets', 'vla_gripper',
-           'data_action_dim', 'loss_rows', 'fig3_loss', 'run_vla']
+__all__ = ['ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'vla_config', 'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums',
+           'BalancedFrames', 'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main', 'vla_inits',
+           'vla_benchmarks', 'vla_datasets', 'vla_gripper', 'data_action_dim', 'loss_rows', 'fig3_loss', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
@@ -183,6 +183,7 @@ class FrameBatches(torch.utils.data.Dataset):
 def heldout_loss(model: VLA, # the unwrapped VLA
                  batches: list[dict], # this process's share, from `frame_batch` with targets
                  acc: Accelerator | None = None, # to sum over processes
+                 per_frame: list | None = None, # if a list: each frame's own mean loss is appended to it (this process's)
                  ) -> dict | None:
     "Mean held-out loss (and its arm and gripper parts) per valid action step; None without held-out frames."
     was = model.training; model.eval()
@@ -193,6 +194,12 @@ def heldout_loss(model: VLA, # the unwrapped VLA
         with ctx: arm, grip = model({k: v.to(dev) if torch.is_tensor(v) else v for k, v in b['inputs'].items()})
         hub, bce = action_loss_sums(arm, grip, b, model.cfg)
         s += torch.stack([hub.double(), bce.double(), b['valid'].sum().double().to(dev)])
+        if per_frame is not None:
+            for r in range(len(b['valid'])):
+                one = {'valid': b['valid'][r:r + 1], 'arm': b['arm'][r:r + 1], 'gripper': b['gripper'][r:r + 1]}
+                h, c = action_loss_sums(arm[r:r + 1], grip[r:r + 1], one, model.cfg)
+                n = float(b['valid'][r].sum())
+                per_frame.append(round(float(h + model.cfg.gripper_weight * c) / n, 6) if n else None)
     model.train(was)
     if acc is not None and acc.num_processes > 1: s = acc.reduce(s, 'sum')
     hub, bce, n = s.tolist()
@@ -246,7 +253,8 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
               cfg: VLAConfig, # the VLA's shape
               recipe: Recipe | dict, # steps, batch sizes, optimiser and schedule
               out_dir: str | os.PathLike, # step_<NNNNNN>/ checkpoints, log, training state
-              seed: int = 0, # data order, split and initialisation seed
+              seed: int = 0, # data order and initialisation seed
+              split_seed: int | None = None, # the held-out split and its subset (None: `seed`); fixed across seeds
               heldout_fraction: float = 0.1, # episodes held out (per source) for the held-out action loss
               heldout_max: int = 512, # held-out frames evaluated at most (a fixed seeded subset)
               resume: bool | str | os.PathLike = True, # True: from the latest matching training state; or a checkpoint dir
@@ -262,10 +270,11 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     net, processor = _vlm_and_processor(vlm)
     check_arch(net, vlm if isinstance(vlm, (str, os.PathLike)) else None)
     data = _as_datasets(datasets)
-    splits, stats = _prepare_data(data, cfg, heldout_fraction, seed, gripper)
+    ss = seed if split_seed is None else split_seed
+    splits, stats = _prepare_data(data, cfg, heldout_fraction, ss, gripper)
     model = build_vla(net, processor, cfg, seed)
     seed_everything(seed + acc.process_index)
-    fp = _fingerprint(net, cfg, recipe, seed, P, data, [heldout_fraction, heldout_max, gripper])
+    fp = _fingerprint(net, cfg, recipe, seed, P, data, [heldout_fraction, heldout_max, gripper, ss])
     model.train()
     opt, sched = optimizer_and_schedule(model, recipe)
     model, opt, sched = acc.prepare(model, opt, sched)
@@ -277,7 +286,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     names = list(data)
     frames = BalancedFrames([data[n] for n in names], [splits[n][0] for n in names], seed)
     held = [(s, int(r)) for s, n in enumerate(names) for r in splits[n][1]]
-    if len(held) > heldout_max: held = [held[i] for i in sorted(rng(seed, 'vla-heldout-subset').choice(len(held), heldout_max, replace=False))]
+    if len(held) > heldout_max: held = [held[i] for i in sorted(rng(ss, 'vla-heldout-subset').choice(len(held), heldout_max, replace=False))]
     mine = held[acc.process_index::P]
     bs = recipe.micro_batch
     held_batches = [frame_batch(processor, [frames.sample(s, r) for s, r in mine[i:i + bs]], cfg, model_qid(model), stats)
@@ -294,6 +303,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
         return (hub + cfg.gripper_weight * bce) * (P * k / max(n_valid, 1.0)), torch.stack([hub.detach(), bce.detach()]).double()
 
     micro_batches = step_loader(batches, start, recipe, k, num_workers)
+    frame_losses = None  # the final checkpoint's per-frame held-out losses
     t_run, t0, seen = time.time(), time.time(), 0
     unwrapped = acc.unwrap_model(model)
     for o in optimizer_steps(acc, model, opt, sched, recipe, micro_batches, start, count, micro_loss, n_parts=2,
@@ -305,7 +315,8 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
             history.append(_log_row(done, hub + cfg.gripper_weight * bce, hub, bce, o.lr, o.grad_norm, seen / max(time.time() - t0, 1e-9)))
             t0, seen = time.time(), 0
         if (recipe.save_every and done % recipe.save_every == 0) or done == recipe.steps:
-            h = heldout_loss(unwrapped, held_batches, acc)
+            frame_losses = [] if done == recipe.steps else None
+            h = heldout_loss(unwrapped, held_batches, acc, frame_losses)
             heldout.append({'step': done, **(h or {'loss': None}), 'frames': len(held)})
             if acc.is_main_process:
                 save_vla(unwrapped, processor, stats, out_dir/f'step_{done:06d}',
@@ -320,6 +331,10 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     if acc.is_main_process:
         if not keep_state: shutil.rmtree(out_dir/'checkpoints', ignore_errors=True); shutil.rmtree(out_dir/'checkpoints.stale', ignore_errors=True)
         write_json(out_dir/'log.json', {'history': history, 'heldout': heldout})
+        ids = {n: data[n]['id'] for n in names}
+        if P == 1 and frame_losses is not None:  # the paired comparisons of the report bootstrap over these frames
+            write_json(out_dir/'heldout_frames.json', {'step': recipe.steps, 'ids': [ids[names[s]][r] for s, r in held],
+                                                        'loss': frame_losses})
     acc.wait_for_everyone()
     trained = recipe.steps - start
     return {'steps': recipe.steps, 'resumed_from': start, 'first_loss': history[0]['loss'] if history else None,
@@ -374,23 +389,31 @@ def vla_inits(P: Params, # the params (`midtrain.methods`)
             raise EmtError(f'no VLM checkpoint for initialisation {name!r} at {p}: run `dvc repro {stage}` first.')
     return inits
 
-def vla_datasets(P: Params, # the params (`data.vla_sources`)
+ANY_BENCHMARK = 'any' # the benchmark key of VLA sources that name none (their VLA is evaluated on every benchmark)
+
+def vla_benchmarks(P: Params) -> dict[str, list[Source]]:
+    "The VLA sources grouped by the benchmark they train for: a VLA is fine-tuned per group."
+    out: dict[str, list[Source]] = {}
+    for s in P.data.vla_sources: out.setdefault(s.benchmark or ANY_BENCHMARK, []).append(s)
+    return out
+
+def vla_datasets(sources: Sequence[Source], # VLA sources (`data.vla_sources`, or one benchmark's)
                  data: str = ARTIFACTS['data'], # where the data stage stored the sources
                  ) -> dict[str, Dataset]:
     "The stored VLA sources, by name."
     out = {}
-    for s in P.data.vla_sources:
+    for s in sources:
         p = rpath(data)/s.name
         if not p.exists(): raise EmtError(f'VLA source {s.name!r} is not stored at {p}: run `dvc repro data` first.')
         out[s.name] = load_dataset_dir(p, 'vla')
     return out
 
-def vla_gripper(P: Params) -> str:
-    "The gripper convention of the VLA sources (`emt.params.GRIPPERS`); they must share one."
-    found = {s.name: s.gripper_convention() for s in P.data.vla_sources}
+def vla_gripper(sources: Sequence[Source]) -> str:
+    "The gripper convention of one VLA's sources (`emt.params.GRIPPERS`); they must share one."
+    found = {s.name: s.gripper_convention() for s in sources}
     if len(set(found.values())) > 1:
-        raise EmtError(f'data.vla_sources mix gripper conventions {found}: a VLA is trained for one benchmark; '
-                       'train the sources of each benchmark in a run of their own.')
+        raise EmtError(f'the VLA sources {sorted(found)} mix gripper conventions {found}: a VLA is trained for one '
+                       "benchmark; give each source the benchmark it trains for (data.vla_sources' benchmark).")
     return next(iter(found.values()), 'close_positive')
 
 def data_action_dim(datasets: dict[str, Dataset]) -> int:
@@ -403,38 +426,47 @@ def data_action_dim(datasets: dict[str, Dataset]) -> int:
     return next(iter(dims.values()))
 
 # %% ../nbs/12_vla.ipynb #6444f346
-LOSS_CSV_COLUMNS = ['init', 'step', 'split', 'loss']
+LOSS_CSV_COLUMNS = ['init', 'benchmark', 'seed', 'step', 'split', 'loss']
 
 def loss_rows(reports: dict[str, dict]) -> list[dict]:
-    "Rows of metrics/vla_loss.csv: every logged training loss and every held-out loss, per initialisation."
+    "Rows of metrics/vla_loss.csv: every logged training loss and every held-out loss, per run of the grid."
     rows = []
-    for init, r in reports.items():
-        rows += [{'init': init, 'step': h['step'], 'split': 'train', 'loss': h['loss']} for h in r['history']]
-        rows += [{'init': init, 'step': h['step'], 'split': 'heldout', 'loss': h['loss']} for h in r['heldout']
+    for run, r in reports.items():
+        key = {k: v for k, v in parse_run(run).items() if k != 'step'}
+        rows += [{**key, 'step': h['step'], 'split': 'train', 'loss': h['loss']} for h in r['history']]
+        rows += [{**key, 'step': h['step'], 'split': 'heldout', 'loss': h['loss']} for h in r['heldout']
                  if h.get('loss') is not None]
     return rows
+
+def _trailing_mean(y: np.ndarray, smooth: int) -> np.ndarray:
+    c = np.concatenate([[0.0], np.cumsum(y)])
+    lo = np.maximum(np.arange(len(y)) + 1 - smooth, 0)
+    return (c[1:] - c[lo]) / (np.arange(len(y)) + 1 - lo)
 
 def fig3_loss(rows: list[dict], # from `loss_rows`
               smooth: int = 20, # training-loss moving-average window, steps
               ):
-    "Fig. 3 (loss half): training (smoothed) and held-out action loss over fine-tuning steps, per initialisation."
+    "Fig. 3 (loss half): training (smoothed) and held-out action loss over fine-tuning steps, per initialisation (mean over seeds)."
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), sharey=False)
-    inits = list(dict.fromkeys(r['init'] for r in rows))
-    for i, init in enumerate(inits):
-        tr = [(r['step'], r['loss']) for r in rows if r['init'] == init and r['split'] == 'train']
-        ho = [(r['step'], r['loss']) for r in rows if r['init'] == init and r['split'] == 'heldout']
-        if tr:
-            x, y = np.array(tr).T
-            c = np.concatenate([[0.0], np.cumsum(y)])
-            lo = np.maximum(np.arange(len(y)) + 1 - smooth, 0)
-            ys = (c[1:] - c[lo]) / (np.arange(len(y)) + 1 - lo)  # trailing mean over up to `smooth` steps
-            axes[0].plot(x, ys, color=f'C{i}', label=init_label(init))
-        if ho:
-            x, y = np.array(ho).T
-            axes[1].plot(x, y, marker='o', color=f'C{i}', label=init_label(init))
+    keys = list(dict.fromkeys((r['init'], r['benchmark']) for r in rows))
+    multi = len({b for _, b in keys}) > 1
+    for i, (init, bench) in enumerate(keys):
+        label = init_label(init) + (f' - {bench}' if multi else '')
+        for ax, split in ((axes[0], 'train'), (axes[1], 'heldout')):
+            per_seed = {}
+            for r in rows:
+                if r['init'] == init and r['benchmark'] == bench and r['split'] == split:
+                    per_seed.setdefault(r['seed'], []).append((r['step'], r['loss']))
+            if not per_seed: continue
+            steps = sorted(set.intersection(*(set(s for s, _ in v) for v in per_seed.values())))
+            ys = np.array([[dict(v)[s] for s in steps] for v in per_seed.values()])
+            if split == 'train': ys = np.array([_trailing_mean(y, smooth) for y in ys])
+            ax.plot(steps, ys.mean(0), color=f'C{i}', marker=None if split == 'train' else 'o',
+                    label=f'{label} ({len(per_seed)} seeds)' if len(per_seed) > 1 else label)
+            if len(per_seed) > 1: ax.fill_between(steps, ys.min(0), ys.max(0), color=f'C{i}', alpha=0.15, lw=0)
     axes[0].set(title=f'training action loss (trailing mean, {smooth} steps)', xlabel='fine-tuning step', ylabel='loss')
-    axes[1].set(title='held-out action loss', xlabel='fine-tuning step', ylabel='loss')
+    axes[1].set(title='held-out action loss (band: seed range)', xlabel='fine-tuning step', ylabel='loss')
     for ax in axes:
         if ax.lines: ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
@@ -443,14 +475,14 @@ def fig3_loss(rows: list[dict], # from `loss_rows`
 # %% ../nbs/12_vla.ipynb #d1f0964c
 def run_vla(P: Params, # validated params
             inits: Sequence[str] | None = None, # initialisations to train (None: 'base' and every midtrain method, and
-                                                # the VLAs of other initialisations are removed from `out`)
+                                                # the VLAs no longer in the grid are removed from `out`)
             data: str = ARTIFACTS['data'], # where the data stage stored the VLA sources
-            out: str = ARTIFACTS['vla'], # <out>/<init>/step_<NNNNNN>/
+            out: str = ARTIFACTS['vla'], # <out>/<init>/<benchmark>/seed<k>/step_<NNNNNN>/
             base: str = ARTIFACTS['base_vlm'], # the base VLM
             midtrain: str = ARTIFACTS['midtrain'], # the mid-trained VLMs
             num_workers: int = 1, # DataLoader workers encoding batches
             ) -> dict:
-    "The vla stage: a VLA per initialisation; metrics/vla.json, metrics/vla_loss.csv and Fig. 3 (loss half)."
+    "The vla stage: a VLA per (initialisation, benchmark, seed); metrics/vla.json, metrics/vla_loss.csv, Fig. 3 (loss half)."
     import matplotlib.pyplot as plt
     t0 = time.time()
     paths = vla_inits(P, base, midtrain)
@@ -458,28 +490,49 @@ def run_vla(P: Params, # validated params
         if unknown := sorted(set(inits) - set(paths)):
             raise EmtError(f'unknown initialisations {unknown}; known: {sorted(paths)} (base and midtrain.methods).')
         paths = {k: v for k, v in paths.items() if k in inits}
-    ds = vla_datasets(P, data)
-    cfg = vla_config(P, data_action_dim(ds), P.vla.gripper_dims)
-    gripper = vla_gripper(P)
+    groups = vla_benchmarks(P)
+    plan = []  # every dataset, convention and config is checked before the first run trains
+    for bench, sources in groups.items():
+        ds = vla_datasets(sources, data)
+        plan.append((bench, ds, vla_config(P, data_action_dim(ds), P.vla.gripper_dims), vla_gripper(sources)))
+    runs = [(init, path, bench, ds, cfg, grip, seed) for bench, ds, cfg, grip in plan for init, path in paths.items()
+            for seed in P.vla.seeds]
     reports, summary = {}, {}
-    for init, path in paths.items():
-        rep = train_vla(path, ds, VLAConfig(**asdict(cfg)), P.vla.recipe, rpath(out)/init, seed=P.seed,
+    for init, path, bench, ds, cfg, grip, seed in progress(runs, 'vla runs'):
+        name = run_name(init, bench, seed)
+        rep = train_vla(path, ds, VLAConfig(**asdict(cfg)), P.vla.recipe, rpath(out)/name, seed=seed, split_seed=P.seed,
                         heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max, num_workers=num_workers,
-                        gripper=gripper)
-        reports[init] = rep
-        summary[init] = {'vlm': project_relative(path), 'heldout': {f"step_{h['step']:06d}": h['loss'] for h in rep['heldout']},
+                        gripper=grip)
+        reports[name] = rep
+        summary[name] = {'init': init, 'benchmark': bench, 'seed': seed, 'vlm': project_relative(path),
+                         'sources': list(ds), 'gripper': grip,
+                         'heldout': {f"step_{h['step']:06d}": h['loss'] for h in rep['heldout']},
                          'final_heldout_loss': rep['heldout'][-1]['loss'] if rep['heldout'] else None,
                          **{k: rep[k] for k in ('steps', 'first_loss', 'final_loss', 'seconds', 'samples_per_s',
                                                 'seconds_per_step', 'params', 'trainable', 'train_frames',
                                                 'heldout_frames', 'processes', 'mixed_precision', 'resumed_from')}}
-    if inits is None:  # an initialisation no longer in midtrain.methods must not reach the eval stage
-        for stale in (p for p in rpath(out).iterdir() if p.is_dir() and p.name not in paths): shutil.rmtree(stale)
+    if inits is None:  # a VLA no longer in the grid must not reach the eval stage
+        keep = {rpath(out)/run_name(i, b, s) for i in paths for b in groups for s in P.vla.seeds}
+        for stale in [p for p in rpath(out).glob('*/*/*') if p.is_dir() and p not in keep]: shutil.rmtree(stale)
+        for empty in sorted(rpath(out).glob('*/*'), reverse=True) + sorted(rpath(out).glob('*')):
+            if empty.is_dir() and not any(empty.iterdir()): empty.rmdir()
+        for old in [p for p in rpath(out).glob('*/step_*') if p.is_dir()]: shutil.rmtree(old)  # the layout before the grid
     rows = loss_rows(reports)
     save_table(rows, 'vla_loss', folder='metrics', columns=LOSS_CSV_COLUMNS)
+    frames = []  # each VLA's final loss on every held-out frame: the report's paired comparisons resample them
+    for name in reports:
+        f = rpath(out)/name/'heldout_frames.json'
+        if f.is_file():
+            hf, key = json.loads(f.read_text()), parse_run(name)
+            frames += [{'init': key['init'], 'benchmark': key['benchmark'], 'seed': key['seed'], 'frame': i, 'loss': l}
+                       for i, l in zip(hf['ids'], hf['loss'])]
+    save_table(frames, 'vla_heldout_frames', folder='metrics', columns=['init', 'benchmark', 'seed', 'frame', 'loss'])
+    (rpath('metrics')/'vla_heldout_frames.md').unlink(missing_ok=True)
     (rpath('metrics')/'vla_loss.md').unlink(missing_ok=True)  # the CSV is for dvc plots
     fig = fig3_loss(rows); save_figure(fig, 'fig3_loss'); plt.close(fig)
-    metrics = {'profile': P.profile, 'sources': list(ds), 'config': cfg.to_dict(), 'inits': summary,
-               'seconds': round(time.time() - t0, 1)}
+    metrics = {'profile': P.profile, 'benchmarks': {b: [s.name for s in groups[b]] for b in groups},
+               'configs': {b: cfg.to_dict() for b, _, cfg, _ in plan}, 'seeds': list(P.vla.seeds),
+               'split_seed': P.seed, 'runs': summary, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/vla.json'), metrics)
     return metrics
 
@@ -497,5 +550,5 @@ def _toy_project(d: Path, base: Params) -> Params:
     P = load_params(d/'params.yaml')
     P = override(P, 'data', vla_sources=[{'name': 'toy_vla', 'format': 'hf', 'path': 'data/toy_vla', 'group': 'vla'}])
     P = override(P, 'midtrain', methods=['estimator'])
-    return override(P, 'vla', head_hidden=32, recipe=dict(steps=8, global_batch=8, micro_batch=4, lr=3e-3,
+    return override(P, 'vla', head_hidden=32, seeds=[0], recipe=dict(steps=8, global_batch=8, micro_batch=4, lr=3e-3,
                                                           warmup_steps=1, max_seq_len=48, save_every=4))

@@ -111,6 +111,29 @@ def test_run_eval_writes_metrics_table_figure_and_videos(tmp_project):
     assert (tmp_project/'figures/fig3_success.png').stat().st_size > 0
     assert len(list((tmp_project/'artifacts/eval').rglob('*.mp4'))) == 2
     assert m['results']['random/step0']['metaworld']['episodes'] == 2
+    eps = (tmp_project/'metrics/eval_episodes.csv').read_text().splitlines()
+    assert eps[0] == 'policy,init,benchmark,seed,step,task,trial,success,steps' and len(eps) == 1 + 3 * 2
+
+
+def test_run_eval_pairs_seeds_on_disjoint_blocks_of_the_same_initial_states(tmp_project):
+    "Seed k of every initialisation runs initial states k*trials..; references run all of them; VLAs only their benchmark."
+    from emt.eval import LineBench, pooled_results
+    from emt.params import load_params, override
+    import emt.eval as ev
+    P = override(load_params(REPO/'params.yaml'), 'eval', workers=1, videos_per_task=0, references=['random'],
+                 benchmarks=[{'name': 'metaworld', 'tasks': ['reach-v3'], 'trials': 2, 'max_steps': 5, 'image_size': 64}])
+    pols = {f'{i}/{b}/seed{s}/step_000010': partial(RandomPolicy, 4, 1) for i in ('base', 'estimator') for s in (3, 7)
+            for b in ('metaworld', 'calvin')}
+    m = run_eval(P, policies=pols)
+    assert not any('calvin' in k for k in m['results'])  # a CALVIN VLA is not run on Meta-World
+    trials = {k: sorted(int(t.split('/')[1]) for t in ResultsLog(tmp_project/'artifacts/eval'/k/'metaworld'/'results.jsonl').done())
+              for k in m['results']}
+    assert trials['base/metaworld/seed3/step_000010'] == trials['estimator/metaworld/seed3/step_000010'] == [0, 1]
+    assert trials['base/metaworld/seed7/step_000010'] == [2, 3] and trials['reference/random'] == [0, 1, 2, 3]
+    pooled = m['pooled']
+    assert pooled['base/step_000010']['metaworld']['episodes'] == 4 and pooled['base/step_000010']['metaworld']['seeds'] == 2
+    with pytest.raises(EmtError, match='no VLA is fine-tuned for a benchmark'):
+        run_eval(P, policies={'base/calvin/seed0/step_000001': partial(RandomPolicy, 7, 1)})
 
 
 def test_reference_policies_random_binds_the_action_size_expert_only_where_one_exists():

@@ -44,14 +44,17 @@ def test_one_shared_convention_breaks_bridge_and_inverts_calvin():
     assert calvin.tolist() == [float(s == OPEN) for s in STATES]
 
 
-def test_vla_sources_of_different_benchmarks_are_refused_together():
+def test_vla_sources_of_different_benchmarks_train_separate_vlas_and_one_vla_refuses_mixed_conventions():
     from emt.core import EmtError
-    from emt.vla import vla_gripper
+    from emt.vla import vla_benchmarks, vla_gripper
     P = load_params()
-    assert vla_gripper(P) == 'close_positive'
+    assert vla_gripper(P.data.vla_sources) == 'close_positive'
     src = P.data.vla_sources[0]
     P2 = override(P, 'data', vla_sources=[src.model_dump(), {**src.model_dump(), 'name': 'c', 'benchmark': 'calvin'}])
-    with pytest.raises(EmtError, match='mix gripper conventions'): vla_gripper(P2)
+    groups = vla_benchmarks(P2)  # one VLA per benchmark, each with its own convention
+    assert {b: [s.name for s in v] for b, v in groups.items()} == {'metaworld': [src.name], 'calvin': ['c']}
+    assert vla_gripper(groups['calvin']) == 'open_positive'
+    with pytest.raises(EmtError, match='mix gripper conventions'): vla_gripper(P2.data.vla_sources)
 
 
 def test_every_benchmark_has_a_convention():

@@ -44,8 +44,8 @@ def test_loss_falls_and_checkpoints_have_heldout_loss(setup, tmp_path):
     held = [h['loss'] for h in rep['heldout']]
     assert [h['step'] for h in rep['heldout']] == [20, 40, 60, 80] and held[-1] < 0.7 * held[0], held
     assert rep['heldout_frames'] == 8 and rep['train_frames'] == 40  # one episode of 8 frames held out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['log.json', 'step_000020', 'step_000040', 'step_000060',
-                                                          'step_000080']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['heldout_frames.json', 'log.json', 'step_000020', 'step_000040',
+                                                          'step_000060', 'step_000080']
     info = json.loads((tmp_path/'step_000040/training.json').read_text())
     assert info['step'] == 40 and info['heldout']['loss'] == held[1]
 
@@ -186,15 +186,20 @@ def test_vla_stage_on_a_toy_project(tmp_project):
     from emt.params import load_params
     from emt.vla import _toy_project, run_vla
     P = _toy_project(tmp_project, load_params(Path(__file__).parents[1]/'params.yaml'))
-    (tmp_project/'artifacts/vla/old_method/step_000001').mkdir(parents=True)  # from a run with other methods
+    (tmp_project/'artifacts/vla/old_method/any/seed0/step_000001').mkdir(parents=True)  # from a run with other methods
+    (tmp_project/'artifacts/vla/base/step_000001').mkdir(parents=True)  # the layout before the grid
     m = run_vla(P, num_workers=0)
     assert sorted(vla_policies(tmp_project/'artifacts/vla')) == [
-        'base/step_000004', 'base/step_000008', 'estimator/step_000004', 'estimator/step_000008']
+        'base/any/seed0/step_000004', 'base/any/seed0/step_000008', 'estimator/any/seed0/step_000004',
+        'estimator/any/seed0/step_000008']
+    assert not (tmp_project/'artifacts/vla/old_method').exists() and not (tmp_project/'artifacts/vla/base/step_000001').exists()
     saved = json.loads((tmp_project/'metrics/vla.json').read_text())
-    assert set(saved['inits']) == {'base', 'estimator'} and saved['config']['action_dim'] == 4
-    assert saved['inits']['base']['heldout'] == m['inits']['base']['heldout'] and len(saved['inits']['base']['heldout']) == 2
-    assert saved['inits']['base']['samples_per_s'] > 0
+    assert set(saved['runs']) == {'base/any/seed0', 'estimator/any/seed0'} and saved['configs']['any']['action_dim'] == 4
+    b = saved['runs']['base/any/seed0']
+    assert b['heldout'] == m['runs']['base/any/seed0']['heldout'] and len(b['heldout']) == 2 and b['samples_per_s'] > 0
     rows = (tmp_project/'metrics/vla_loss.csv').read_text().splitlines()
-    assert rows[0] == 'init,step,split,loss' and len(rows) == 1 + 2 * (8 + 2)
+    assert rows[0] == 'init,benchmark,seed,step,split,loss' and len(rows) == 1 + 2 * (8 + 2)
+    frames = (tmp_project/'metrics/vla_heldout_frames.csv').read_text().splitlines()
+    assert frames[0] == 'init,benchmark,seed,frame,loss' and len(frames) == 1 + 2 * b['heldout_frames']
     assert {p.name for p in (tmp_project/'figures').iterdir()} == {'fig3_loss.png', 'fig3_loss.svg'}
     with pytest.raises(EmtError, match='unknown initialisations'): run_vla(P, inits=['nope'])
