@@ -29,20 +29,29 @@ from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_sched
                      save_checkpoint, step_loader, weights_digest)
 
 # %% auto #0
-__all__ = ['ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'vla_config', 'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums',
-           'BalancedFrames', 'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main', 'vla_inits',
-           'vla_benchmarks', 'vla_datasets', 'vla_gripper', 'data_action_dim', 'loss_rows', 'fig3_loss', 'run_vla']
+__all__ = ['ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'vla_config', 'vla_chunk', 'frame_table', 'toy_frames', 'split_episodes',
+           'action_loss_sums', 'BalancedFrames', 'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main',
+           'vla_inits', 'vla_benchmarks', 'vla_datasets', 'vla_gripper', 'data_action_dim', 'loss_rows', 'fig3_loss',
+           'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
                action_dim: int, # from the training data
                gripper_dims: Sequence[int] = (-1,), # the data's binary dimensions
                lora_alpha: float | None = None, # LoRA scale (None: 2 x rank)
+               chunk: int | None = None, # the benchmark's chunk (None: `vla.chunk`)
                ) -> VLAConfig:
     "The `VLAConfig` of params' `vla` section for data with `action_dim`-dim actions."
     v = P.vla
-    return VLAConfig(action_dim, v.chunk, list(gripper_dims), v.head_hidden, v.action_queries, v.huber_delta,
+    return VLAConfig(action_dim, chunk or v.chunk, list(gripper_dims), v.head_hidden, v.action_queries, v.huber_delta,
                      v.gripper_weight, v.freeze, v.lora_rank, lora_alpha, v.recipe.max_seq_len)
+
+def vla_chunk(sources: Sequence[Source], default: int) -> int:
+    "The action chunk of one VLA's sources (their `chunk`, else `default`); they must agree."
+    found = {s.name: s.chunk or default for s in sources}
+    if len(set(found.values())) > 1:
+        raise EmtError(f'the VLA sources of one benchmark ask for different chunks {found}: give them one chunk.')
+    return next(iter(found.values()), default)
 
 # %% ../nbs/12_vla.ipynb #7f8b2d78
 def _file_of(ds: Dataset) -> str | None:
@@ -494,7 +503,8 @@ def run_vla(P: Params, # validated params
     plan = []  # every dataset, convention and config is checked before the first run trains
     for bench, sources in groups.items():
         ds = vla_datasets(sources, data)
-        plan.append((bench, ds, vla_config(P, data_action_dim(ds), P.vla.gripper_dims), vla_gripper(sources)))
+        cfg = vla_config(P, data_action_dim(ds), P.vla.gripper_dims, chunk=vla_chunk(sources, P.vla.chunk))
+        plan.append((bench, ds, cfg, vla_gripper(sources)))
     runs = [(init, path, bench, ds, cfg, grip, seed) for bench, ds, cfg, grip in plan for init, path in paths.items()
             for seed in P.vla.seeds]
     reports, summary = {}, {}
