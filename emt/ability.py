@@ -119,7 +119,7 @@ def run_ability(P: Params, # validated params (`ability` section)
         if not (p/'config.json').is_file():
             raise EmtError(f'no VLM {n!r} at {p}: run `dvc repro {"base_vlm" if n == "base" else "midtrain"}` first.')
     qs, none = heldout_questions(P, A.per_source)
-    if not qs: raise EmtError('no VLM source has held-out rows: give the sources max_samples below their size')
+    if not qs: raise EmtError('no VLM source has held-out rows: ability.per_source is 0, or every source has one row')
     group = {s.name: s.group for s in P.data.vlm_sources}
     scores, answers = {}, {}
     for name, path in progress(vlms.items(), 'ability'):
@@ -161,7 +161,5 @@ def _toy_project(d: Path, base: Params) -> Params:
     for s in P.data.vlm_sources: shutil.copytree(d/ARTIFACTS['data']/s.name, d/s.path)  # the raw sources, 8 rows each
     run_base_vlm(P, num_workers=0)
     m, p = load_vlm(d/ARTIFACTS['base_vlm']); save_vlm(m, p, d/ARTIFACTS['midtrain']/'estimator')
-    srcs = [s.model_dump() | {'max_samples': 4} for s in P.data.vlm_sources]
-    P = override(P, 'data', vlm_sources=srcs)
     P = override(P, 'midtrain', methods=['estimator'])
     return override(P, 'ability', per_source=3, max_new_tokens=8)

@@ -12,14 +12,15 @@ from typing import Iterable, Iterator
 
 from datasets import Dataset
 
-from .backbones import IMAGE, load_vlm, n_params, save_vlm, tiny_vlm, train_tokenizer
+from .backbones import ARCHS, IMAGE, load_vlm, n_params, save_vlm, tiny_vlm, train_tokenizer
 from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_json
 from .data import load_dataset_dir
 from .params import Params, load_params, override
 from .sft import train_sft
 
 # %% auto #0
-__all__ = ['LOSS_COLUMNS', 'pretrain_sources', 'pretrain_datasets', 'chat_texts', 'scratch_vlm', 'loss_figure', 'run_base_vlm']
+__all__ = ['LOSS_COLUMNS', 'pretrain_sources', 'pretrain_datasets', 'chat_texts', 'scratch_vlm', 'loss_figure',
+           'check_pretrained', 'run_base_vlm']
 
 # %% ../nbs/06_base_vlm.ipynb #a4ade774
 def pretrain_sources(params: Params) -> list[str]:
@@ -91,9 +92,24 @@ def _copy_pretrained(params: Params, out: Path) -> dict:
         raise EmtError(f'base_vlm.model={params.base_vlm.model!r} cannot be loaded: {e} At paper scale the '
                        'model must be in the local HF cache (download it once with `hf download ...`) or be a '
                        'local checkpoint directory.') from e
+    check_pretrained(params.base_vlm, model, processor)
     save_vlm(model, processor, out)
     _save_curve([], f'{params.base_vlm.model} (loaded, not trained here)')  # the stage's outputs exist either way
-    return {'model': params.base_vlm.model, 'arch': model.config.model_type, 'params': n_params(model)}
+    return {'model': params.base_vlm.model, 'arch': model.config.model_type, 'params': n_params(model),
+            'image_size': params.base_vlm.image_size}
+
+def check_pretrained(b, # the `base_vlm` params section
+                     model, processor) -> None:
+    "Stop when the loaded VLM is not the `arch` params name, or its processor resizes to another size than `image_size`."
+    want = ARCHS[b.arch].model_type
+    if model.config.model_type != want:
+        raise EmtError(f'base_vlm.model={b.model!r} is a {model.config.model_type!r} model, but base_vlm.arch={b.arch!r} '
+                       f'(model_type {want!r}): set base_vlm.arch to the model\'s architecture.')
+    size = getattr(getattr(processor, 'image_processor', None), 'size', None) or {}
+    side = size.get('height') if isinstance(size, dict) else getattr(size, 'height', None)  # a dict or a SizeDict
+    if side is not None and side != b.image_size:  # fixed-size processors (InternVL: 448); Qwen-VL's is dynamic
+        raise EmtError(f'base_vlm.model={b.model!r} resizes images to {side} px, but base_vlm.image_size={b.image_size}: '
+                       'set image_size to the processor\'s size (the VLA frames are resized to it).')
 
 def _pretrain_scratch(params: Params, out: Path, work: Path, num_workers: int) -> dict:
     "Build the scratch VLM, pretrain it on the pretraining sources, store it; the run's numbers."

@@ -647,6 +647,7 @@ def read_lerobot(root: str|os.PathLike, # the data set's directory (holding meta
 def write_toy_lerobot(root: str|os.PathLike, # directory to create
                       episodes: list[np.ndarray], # (T, D) actions per episode
                       task: str = 'push the block', size: tuple[int, int] = (8, 6),
+                      camera: str = 'observation.images.front', # the image feature's name
                       ) -> Path:
     "A minimal LeRobot v3 data set with an image camera, for tests and examples."
     import pyarrow as pa, pandas as pd
@@ -657,7 +658,7 @@ def write_toy_lerobot(root: str|os.PathLike, # directory to create
             'total_frames': sum(map(len, episodes)), 'total_tasks': 1, 'chunks_size': 1000,
             'data_path': 'data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet',
             'video_path': 'videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4',
-            'features': {'observation.images.front': {'dtype': 'image', 'shape': [size[1], size[0], 3],
+            'features': {camera: {'dtype': 'image', 'shape': [size[1], size[0], 3],
                                                       'names': ['height', 'width', 'channel']},
                          'action': {'dtype': 'float32', 'shape': [D], 'names': None},
                          **{k: {'dtype': 'int64', 'shape': [1], 'names': None}
@@ -669,11 +670,11 @@ def write_toy_lerobot(root: str|os.PathLike, # directory to create
     for e, acts in enumerate(episodes):
         for t, a in enumerate(acts):
             png = toy_png_bytes(e * 1000 + t, size)
-            rows.append({'observation.images.front': {'bytes': png, 'path': None}, 'action': list(map(float, a)),
+            rows.append({camera: {'bytes': png, 'path': None}, 'action': list(map(float, a)),
                          'episode_index': e, 'frame_index': t, 'index': n, 'task_index': 0, 'timestamp': t / 10})
             n += 1
     img_t = pa.struct([('bytes', pa.binary()), ('path', pa.string())])
-    schema = pa.schema([('observation.images.front', img_t), ('action', pa.list_(pa.float32())),
+    schema = pa.schema([(camera, img_t), ('action', pa.list_(pa.float32())),
                         *[(k, pa.int64()) for k in ('episode_index', 'frame_index', 'index', 'task_index')],
                         ('timestamp', pa.float32())])
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), root/'data'/'chunk-000'/'file-000.parquet')

@@ -18,7 +18,7 @@ from .data import load_dataset_dir, load_source, save_dataset
 from .params import Params, Source, load_params, override
 
 # %% auto #0
-__all__ = ['SKIP_COLUMNS', 'source_summary', 'examples_figure', 'heldout_subset', 'run_data']
+__all__ = ['SKIP_COLUMNS', 'source_summary', 'examples_figure', 'heldout_rows', 'heldout_subset', 'run_data']
 
 # %% ../nbs/02b_ingest.ipynb #572f0b7c
 def _list_lengths(ds, col: str) -> np.ndarray:
@@ -69,21 +69,25 @@ def examples_figure(datasets: dict, # source name -> dataset
     return fig
 
 # %% ../nbs/02b_ingest.ipynb #958fdff3
-def _subset_rows(n: int, spec: Source, seed: int) -> np.ndarray:
-    "The rows the seeded `spec.max_samples` subset keeps, in their original order."
-    if not spec.max_samples or n <= spec.max_samples: return np.arange(n)
-    return np.sort(rng(seed, 'subset', spec.name).choice(n, spec.max_samples, replace=False))
+def heldout_rows(n: int, spec: Source, seed: int, heldout: int) -> np.ndarray:
+    "The seeded `heldout` rows of a VLM source (at most n - 1) kept out of the stored source, for the ability check."
+    k = min(heldout, max(n - 1, 0)) if spec.group != 'vla' else 0
+    return np.sort(rng(seed, 'ability-heldout', spec.name).choice(n, k, replace=False)) if k else np.zeros(0, int)
 
-def _subset(ds, spec: Source, seed: int):
-    "A seeded random subset of `spec.max_samples` rows, in their original order."
-    keep = _subset_rows(len(ds), spec, seed)
+def _subset_rows(n: int, spec: Source, seed: int, heldout: int = 0) -> np.ndarray:
+    "The rows the data stage stores: all but the held-out ones, then a seeded `spec.max_samples` subset, in order."
+    rest = np.setdiff1d(np.arange(n), heldout_rows(n, spec, seed, heldout))
+    if not spec.max_samples or len(rest) <= spec.max_samples: return rest
+    return np.sort(rng(seed, 'subset', spec.name).choice(rest, spec.max_samples, replace=False))
+
+def _subset(ds, spec: Source, seed: int, heldout: int = 0):
+    "The stored rows of `ds`: the held-out rows removed, then at most `spec.max_samples`, in their original order."
+    keep = _subset_rows(len(ds), spec, seed, heldout)
     return ds if len(keep) == len(ds) else ds.select(keep.tolist())
 
-def heldout_subset(ds, spec: Source, seed: int, n: int):
-    "Up to `n` rows (a seeded draw, in order) of those the stored subset left out: data no stage trains or scores on."
-    rest = np.setdiff1d(np.arange(len(ds)), _subset_rows(len(ds), spec, seed))
-    if len(rest) > n: rest = np.sort(rng(seed, 'heldout', spec.name).choice(rest, n, replace=False))
-    return ds.select(rest.tolist())
+def heldout_subset(ds, spec: Source, seed: int, heldout: int):
+    "The held-out rows of a VLM source (`ability.per_source` of them): data no stage trains or scores on."
+    return ds.select(heldout_rows(len(ds), spec, seed, heldout).tolist())
 
 SKIP_COLUMNS = ['source', 'file', 'row', 'field', 'reason', 'detail']
 
@@ -105,7 +109,7 @@ def run_data(params: Params, # validated params
             kind = 'vla' if spec.group == 'vla' else 'vlm'
             ds, report = load_source(spec.model_dump() | {'kind': kind}, on_error=d.on_error, chunk=d.chunk,
                                      cache_dir=scratch)
-            save_dataset(_subset(ds, spec, params.seed), rpath(out)/spec.name)
+            save_dataset(_subset(ds, spec, params.seed, params.ability.per_source), rpath(out)/spec.name)
             stored[spec.name] = ds = load_dataset_dir(rpath(out)/spec.name, kind)
             skipped += [{'source': spec.name, **r} for r in report.rows]
             rows.append(source_summary(ds, spec, len(report)))

@@ -92,7 +92,7 @@ class Source(Section):
     max_samples: int | None = Field(default=None, gt=0) # cap, taken as a seeded random subset
     benchmark: Literal['metaworld', 'libero', 'simpler_bridge', 'calvin'] | None = None # a VLA source: the benchmark it trains for
     gripper: Literal['close_positive', 'open_positive', 'bridge'] | None = None # a VLA source: its gripper convention (None: its benchmark's)
-    chunk: int | None = Field(default=None, gt=0) # a VLA source: its VLA's action chunk (None: vla.chunk; CALVIN: 10)
+    vla_chunk: int | None = Field(default=None, gt=0) # a VLA source: the chunk its VLA predicts (None: vla.chunk; CALVIN: 10)
 
     def gripper_convention(self) -> str:
         "The name of this source's gripper convention (a key of `GRIPPERS`)."

@@ -249,7 +249,7 @@ def findings(P: Params, # the params
     if gap.get('mmd2') and gap.get('groups'):
         names, mm = gap['sources'], np.asarray(gap['mmd2'], np.float64)
         mm = mm / max(mm.max(), 1e-12)
-        kind = {n: ('vla' if gap['groups'][n] == 'vla' else 'vlm') for n in names}
+        kind = {n: ('vla' if g == 'vla' else 'vlm') for n, g in zip(names, gap['groups'])}  # groups: one per source
         pv = lambda a, b: [mm[i, j] for i in range(len(names)) for j in range(i + 1, len(names))
                            if {kind[names[i]], kind[names[j]]} == ({a} | {b})]
         within_vlm, across, within_vla = pv('vlm', 'vlm'), pv('vlm', 'vla'), pv('vla', 'vla')
@@ -370,7 +370,8 @@ def diversity_vs_paper_figure(rows: list[dict], label: str):
     x = np.arange(len(sets))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(sets)), 3.4))
     for off, key, c, name in ((-0.2, 'paper', '#9e9e9e', 'paper'), (0.2, 'this run', '#d6604d', label)):
-        v = [r[key] if r[key] is not None else np.nan for r in rows]
+        if not any(key in r for r in rows): continue  # report.compare_paper: false
+        v = [r[key] if r.get(key) is not None else np.nan for r in rows]
         ax.bar(x + off, v, 0.4, color=c, label=name)
     ax.set_xticks(x, sets, rotation=25, ha='right', fontsize=8)
     ax.set(ylabel='diversity (higher = more diverse)', title='Appendix A.5: diversity of each set')
@@ -414,9 +415,12 @@ def run_report(P: Params, # validated params
                      {r['benchmark'] for r in data['frames']})
     comps = comparisons(P, data, benches)
     t1, t2, div, fnd = table1(P, m), table2(P, m), diversity_table(m), findings(P, m, data, comps)
+    if not P.report.compare_paper:  # this run's rows only
+        t1, t2 = [r for r in t1 if r['source'] != 'paper'], [r for r in t2 if r['source'] != 'paper']
+        div = [{k: v for k, v in r.items() if k != 'paper'} for r in div]
     save_table(comps, 'comparisons', columns=COMPARISON_COLUMNS)
     save_table(t1, 'table1_main', columns=_cols(t1)); save_table(t2, 'table2_ablation', columns=_cols(t2))
-    save_table(div, 'table_a5_diversity_vs_paper', columns=['set', 'paper', 'this run'])
+    save_table(div, 'table_a5_diversity_vs_paper', columns=[c for c in ['set', 'paper', 'this run'] if any(c in x for x in div)])
     save_table(fnd, 'report_findings', columns=['claim', 'paper', 'this run (effect [95% interval])', 'verdict'])
     for name, fig in (('fig6_vs_paper', composition_vs_paper_figure(P, m, label) if 'select' in m else None),
                       ('diversity_vs_paper', diversity_vs_paper_figure(div, label) if 'select' in m else None),

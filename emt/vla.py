@@ -47,8 +47,8 @@ def vla_config(P: Params, # validated params (`vla` section)
                      v.gripper_weight, v.freeze, v.lora_rank, lora_alpha, v.recipe.max_seq_len)
 
 def vla_chunk(sources: Sequence[Source], default: int) -> int:
-    "The action chunk of one VLA's sources (their `chunk`, else `default`); they must agree."
-    found = {s.name: s.chunk or default for s in sources}
+    "The action chunk of one VLA's sources (their `vla_chunk`, else `default`); they must agree."
+    found = {s.name: s.vla_chunk or default for s in sources}
     if len(set(found.values())) > 1:
         raise EmtError(f'the VLA sources of one benchmark ask for different chunks {found}: give them one chunk.')
     return next(iter(found.values()), default)

@@ -1,0 +1,231 @@
+"""The paper profile's code paths, end to end, on tiny inputs.
+
+`profiles/paper.yaml` is run stage by stage (data, base_vlm, features, gap, estimator, ppl_baselines, select, midtrain,
+ability, vla, eval, report) in a throwaway project:
+
+- its eleven sources are written, a few rows each, at the paths the profile names and in the formats it names
+  (LLaVA JSON and JSONL with image folders, Hugging Face datasets, LeRobot v3, LIBERO HDF5);
+- tiny random-weight InternVL3.5 (`internvl`) and Qwen3-VL checkpoints are stored in bf16, as the hub's are; the
+  selection runs in the InternVL feature space (`features.model`) and the Qwen3-VL is the base VLM that is
+  mid-trained and fine-tuned (the paper's cross-backbone rows);
+- one VLA per benchmark (LIBERO, SimplerEnv-Bridge, CALVIN), with each benchmark's chunk and gripper convention;
+- LIBERO is evaluated for a few steps; SimplerEnv and CALVIN stop with the error that says what to install;
+- every key the profile sets is read by the run.
+
+Only sizes are overridden (steps, batches, K, trials): the keys, formats, models' architectures and dtypes are the
+profile's. About two minutes on the 2-core CPU machine."""
+import json, os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+N_VLM, N_EP, T = 14, 4, 6 # rows per VLM source; VLA episodes per source, frames per episode
+
+
+def _png(path: Path, seed: int, size: int = 32) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+def _qa(name: str, i: int) -> tuple[str, str]:
+    "A question and answer in the style of each source."
+    if name in ('refspatial', 'robopoint'): return 'Point to the handle.', f'({0.1 * (i % 9):.2f}, 0.50)'
+    if name in ('embspatial', 'vcr'): return 'Is the cup left or right?\nA. left\nB. right', 'AB'[i % 2] + '. ' + ['left', 'right'][i % 2]
+    if name == 'robo2vlm': return 'Is the gripper open?', ['yes', 'no'][i % 2]
+    return 'Describe the image.', f'a photo of a {["red", "blue", "green"][i % 3]} {["cube", "ball"][i % 2]} on a table'
+
+
+def write_llava(spec: dict, root: Path) -> None:
+    rows = []
+    for i in range(N_VLM):
+        q, a = _qa(spec['name'], i)
+        _png(root/spec['image_root']/f'{i:03d}.png', hash(spec['name']) % 1000 + i)
+        rows.append({'id': f'{spec["name"]}-{i}', 'image': f'{i:03d}.png',
+                     'conversations': [{'from': 'human', 'value': f'<image>\n{q}'}, {'from': 'gpt', 'value': a}]})
+    p = root/spec['path']; p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text('\n'.join(json.dumps(r) for r in rows) + '\n' if p.suffix == '.jsonl' else json.dumps(rows))
+
+
+def write_hf(spec: dict, root: Path) -> None:
+    from datasets import Dataset, Features, Image as HFImage, Sequence, Value
+    rows = []
+    for i in range(N_VLM):
+        q, a = _qa(spec['name'], i)
+        _png(root/'tmp'/f'{i}.png', 7 * i)
+        rows.append({'id': f'{spec["name"]}-{i}', 'images': [{'bytes': (root/'tmp'/f'{i}.png').read_bytes(), 'path': None}],
+                     'messages': [{'role': 'user', 'content': f'<image>\n{q}'}, {'role': 'assistant', 'content': a}]})
+    feats = Features({'id': Value('string'), 'images': Sequence(HFImage()),
+                      'messages': [{'role': Value('string'), 'content': Value('string')}]})
+    Dataset.from_list(rows, features=feats).save_to_disk(str(root/spec['path']))
+
+
+def write_lerobot(spec: dict, root: Path) -> None:
+    from emt.data import write_toy_lerobot
+    g = np.random.default_rng(1)
+    eps = [np.concatenate([g.normal(0, 0.3, (T, 6)), (g.random((T, 1)) > 0.5).astype(float)], 1) for _ in range(N_EP)]
+    write_toy_lerobot(root/spec['path'], eps, task='put the spoon on the towel', camera=spec['camera'])
+
+
+def write_libero(spec: dict, root: Path, task: str) -> None:
+    folder = root/spec['path']; folder.mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(2)
+    with h5py.File(folder/f'{task}_demo.hdf5', 'w') as h:
+        data = h.create_group('data')
+        for e in range(N_EP):
+            data[f'demo_{e}/obs/agentview_rgb'] = g.integers(0, 255, (T, 32, 32, 3), dtype=np.uint8)
+            acts = np.concatenate([g.normal(0, 0.3, (T, 6)), np.sign(g.normal(size=(T, 1)))], 1)
+            data[f'demo_{e}/actions'] = acts
+
+
+def tiny_checkpoints(root: Path) -> dict[str, Path]:
+    "Random-weight InternVL and Qwen3-VL VLMs stored in bf16 under <root>/hub/."
+    from emt.backbones import save_vlm, tiny_vlm, train_tokenizer
+    texts = [_qa(n, i)[0] + ' ' + _qa(n, i)[1] for n in ('a', 'refspatial', 'vcr', 'robo2vlm') for i in range(20)]
+    out = {}
+    for arch, name in (('internvl', 'InternVL3_5-tiny'), ('qwen3_vl', 'Qwen3-VL-tiny')):
+        tok = train_tokenizer(texts * 5, 400, arch=arch)
+        model, proc = tiny_vlm(arch, tok, hidden_size=32, layers=1, heads=2, vision_hidden_size=32, vision_layers=1,
+                               image_size=32, patch_size=8)
+        out[arch] = root/'hub'/name
+        save_vlm(model.to(torch.bfloat16), proc, out[arch])
+    return out
+
+
+def profile_keys(raw: dict, model=None, prefix=()) -> set[tuple[str, str]]:
+    "(section class, field) of every key `raw` sets, walking the params schema."
+    from typing import get_args, get_origin
+    from emt.params import Params, Section
+    model = model or Params
+    out = set()
+    for k, v in raw.items():
+        out.add((model.__name__, k))
+        ann = model.model_fields[k].annotation
+        cands = [a for a in (ann, *get_args(ann)) if isinstance(a, type) and issubclass(a, Section)]
+        if isinstance(v, dict) and cands: out |= profile_keys(v, cands[0], prefix + (k,))
+        if isinstance(v, list) and get_origin(ann) is list:
+            inner = [a for a in get_args(ann) if isinstance(a, type) and issubclass(a, Section)]
+            for item in v:
+                if isinstance(item, dict) and inner: out |= profile_keys(item, inner[0], prefix + (k,))
+    return out
+
+
+@pytest.fixture()
+def read_keys(monkeypatch):
+    "(section class, field) of every params field the code reads, by attribute or by dumping a source or benchmark."
+    from emt import params as pm
+    seen = set()
+    get = pm.Section.__getattribute__
+    def getattribute(self, name):
+        if not name.startswith('_') and name in type(self).model_fields: seen.add((type(self).__name__, name))
+        return get(self, name)
+    monkeypatch.setattr(pm.Section, '__getattribute__', getattribute)
+    for cls in (pm.Source, pm.Benchmark):
+        for meth in ('model_dump', 'model_dump_json'):
+            orig = getattr(cls, meth)
+            def dump(self, *a, _orig=orig, **k):
+                seen.update((type(self).__name__, f) for f in type(self).model_fields)
+                return _orig(self, *a, **k)
+            monkeypatch.setattr(cls, meth, dump)
+    return seen
+
+
+def paper_project(d: Path) -> tuple[Path, dict]:
+    "The paper profile with tiny sizes, its sources written where it names them, and tiny bf16 checkpoints."
+    from emt.libero import libero_tasks
+    raw = yaml.safe_load((REPO/'profiles/paper.yaml').read_text())
+    task = libero_tasks('libero_10')[0]
+    for s in raw['data']['vlm_sources']:
+        (write_llava if s['format'] == 'llava' else write_hf)(s, d)
+    for s in raw['data']['vla_sources']:
+        if s['format'] == 'libero_hdf5': write_libero(s, d, task)
+        else: write_lerobot(s, d)
+    ck = tiny_checkpoints(d)
+    recipe = lambda r, **k: {**r, 'steps': 2, 'global_batch': 4, 'micro_batch': 2, 'max_seq_len': 128,
+                             'save_every': 1, **({'warmup_steps': 1} if 'warmup_steps' in r else {}), **k}
+    raw['offline'] = True
+    raw['base_vlm'].update(model=str(ck['qwen3_vl']), arch='qwen3_vl', image_size=32)  # mid-trained, fine-tuned: Qwen3-VL ...
+    raw['features']['model'] = str(ck['internvl'])   # ... on the mixture selected in InternVL's feature space
+    raw['features'].update(batch_size=8, shard_size=8, max_seq_len=128, num_workers=0)
+    raw['gap'].update(per_source=6, permutations=5, tsne_perplexity=3.0)
+    raw['estimator'].update(max_steps=10, batch_size=8, eval_every=2, seeds=2, distance_vla_samples=20)
+    raw['ppl']['steps'] = 1
+    raw['select']['k'] = 20
+    raw['midtrain']['recipe'] = recipe(raw['midtrain']['recipe'])
+    raw['ability'].update(per_source=2, max_new_tokens=4)
+    raw['vla'].update(head_hidden=16, heldout_max=8, recipe=recipe(raw['vla']['recipe'], max_seq_len=96))
+    raw['eval'].update(workers=1, videos_per_task=1)
+    for b in raw['eval']['benchmarks']:
+        b.update(trials=1, max_steps=3, image_size=32, **({'tasks': [task]} if b['name'] == 'libero' else {}))
+    (d/'params.yaml').write_text(yaml.safe_dump(raw, sort_keys=False))
+    return d/'params.yaml', raw
+
+
+@pytest.mark.skipif(os.environ.get('EMT_SKIP_PAPER_SMOKE') == '1', reason='EMT_SKIP_PAPER_SMOKE=1')
+def test_paper_profile_runs_every_stage_on_tiny_inputs(tmp_path, read_keys, monkeypatch):
+    from emt.core import EmtError, project_at
+    from emt.params import load_params
+    path, raw = paper_project(tmp_path)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    with project_at(tmp_path):
+        read_keys.clear()  # from here on: what loading and the stages read
+        P = load_params(path)
+        from emt.ingest import run_data
+        from emt.base_vlm import run_base_vlm
+        from emt.features import run_features
+        from emt.gap import run_gap
+        from emt.estimator import run_estimator
+        from emt.ppl import run_ppl
+        from emt.select import run_select
+        from emt.midtrain import run_midtrain
+        from emt.ability import run_ability
+        from emt.vla import run_vla
+        from emt.eval import run_eval
+        from emt.report import run_report
+        data = run_data(P)
+        assert set(data['sources']) == {s['name'] for s in raw['data']['vlm_sources'] + raw['data']['vla_sources']}
+        base = run_base_vlm(P, num_workers=0)
+        assert base['arch'] == 'qwen3_vl'
+        feats = run_features(P)
+        assert json.loads((tmp_path/'artifacts/features/laion400m/manifest.json').read_text())['model'].endswith('InternVL3_5-tiny')
+        run_gap(P)
+        est = run_estimator(P)
+        assert est['topk_jaccard']['seeds'] == 2
+        run_ppl(P, num_workers=0)
+        sel = run_select(P)
+        assert set(sel['methods']) == set(raw['select']['methods'])
+        assert (tmp_path/'artifacts/select/estimator/sharegpt').is_dir()
+        mid = run_midtrain(P, num_workers=0)
+        assert set(mid['methods']) == set(raw['midtrain']['methods'])
+        cfg = json.loads((tmp_path/'artifacts/midtrain/estimator/config.json').read_text())
+        assert cfg['model_type'] == 'qwen3_vl'
+        ab = run_ability(P)
+        assert [r['vlm'] for r in ab['table']] == ['base', *raw['midtrain']['methods']]
+        vla = run_vla(P, inits=['base', 'estimator'], num_workers=0)
+        runs = {(r['benchmark'], r['init']): r for r in vla['runs'].values()}
+        assert {b for b, _ in runs} == {'libero', 'simpler_bridge', 'calvin'}
+        assert vla['configs']['calvin']['chunk'] == 10 and vla['configs']['libero']['chunk'] == 4
+        assert {b: runs[(b, 'base')]['gripper'] for b in ('libero', 'simpler_bridge', 'calvin')} == \
+            {'libero': 'close_positive', 'simpler_bridge': 'bridge', 'calvin': 'open_positive'}
+        by_bench = lambda bench: override_eval(P, bench)
+        ev = run_eval(by_bench('libero'))
+        libero = [k for k in ev['results'] if '/libero/' in k]
+        assert libero and all(ev['results'][k]['libero_libero_10']['episodes'] == 1 for k in libero)
+        assert not any('/calvin/' in k or '/simpler_bridge/' in k for k in ev['results'])  # each VLA on its own benchmark
+        for bench, hint in (('simpler_bridge', 'simpler'), ('calvin', 'calvin')):
+            with pytest.raises(EmtError, match=f'(?i)install.*{hint}|{hint}.*install'): run_eval(by_bench(bench))
+        rep = run_report(P)
+        assert rep['verdicts'] and (tmp_path/'tables/report_findings.md').is_file()
+    missing = sorted(profile_keys(raw) - read_keys)
+    assert not missing, f'keys of profiles/paper.yaml that no stage read: {missing}'
+
+
+def override_eval(P, bench: str):
+    "P with only `bench` among eval.benchmarks (each VLA is evaluated on its own benchmark)."
+    from emt.params import override
+    return override(P, 'eval', benchmarks=[b.model_dump() for b in P.eval.benchmarks if b.name == bench])
