@@ -387,7 +387,10 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
     if path.is_file():
         rows = list(csv.DictReader(path.open()))
         for init in sorted({r['init'] for r in rows}):
-            pts = sorted((int(r['step']), float(r['loss'])) for r in rows if r['init'] == init and r.get('split', 'heldout') == 'heldout')
+            by_step: dict[int, list[float]] = {}
+            for r in rows:
+                if r['init'] == init and r.get('split', 'heldout') == 'heldout': by_step.setdefault(int(r['step']), []).append(float(r['loss']))
+            pts = sorted((s, float(np.mean(v))) for s, v in by_step.items())  # the mean over seeds
             if pts: a.plot(*zip(*pts), marker='o', label=init_label(init))
     a.set(xlabel='fine-tuning step', ylabel='held-out action loss', title='loss'); a.legend(fontsize=7)
     results = m.get('eval', {}).get('results', {})
