@@ -196,7 +196,9 @@ def test_base_vlm_pretrained_copies_a_local_checkpoint_and_names_a_missing_one(s
     from emt.core import EmtError
     from emt.params import load_params, override
     base = load_params(Path(__file__).parents[1]/'params.yaml')
-    m = run_base_vlm(override(base, 'base_vlm', init='pretrained', model=str(setup/'vlm')))
+    with pytest.raises(EmtError, match='set image_size'):  # the checkpoint's processor resizes to 16 px
+        run_base_vlm(override(base, 'base_vlm', init='pretrained', model=str(setup/'vlm'), image_size=64))
+    m = run_base_vlm(override(base, 'base_vlm', init='pretrained', model=str(setup/'vlm'), image_size=16))
     assert m['init'] == 'pretrained' and m['arch'] == 'internvl'
     a, b = load_file(str(setup/'vlm/model.safetensors')), load_file(str(tmp_project/'artifacts/base_vlm/model.safetensors'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
