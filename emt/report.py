@@ -393,7 +393,7 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
             pts = sorted((s, float(np.mean(v))) for s, v in by_step.items())  # the mean over seeds
             if pts: a.plot(*zip(*pts), marker='o', label=init_label(init))
     a.set(xlabel='fine-tuning step', ylabel='held-out action loss', title='loss'); a.legend(fontsize=7)
-    results = m.get('eval', {}).get('results', {})
+    results = m.get('eval', {}).get('pooled') or m.get('eval', {}).get('results', {})  # pooled over seeds
     if results:
         plot_success(b, results, sorted({bn for r in results.values() for bn in r}), scale=100)
     b.set(xlabel='fine-tuning step', ylabel='success rate (%)', title='success', ylim=(-2, 102)); b.legend(fontsize=7)
