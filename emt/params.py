@@ -257,6 +257,8 @@ class VLA(Section):
     heldout_max: int = Field(default=512, gt=0) # held-out frames evaluated at most (a fixed seeded subset)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1) # a VLA per seed (head init, data order);
                                                                         # the held-out split stays the project seed's
+    jobs: int = Field(default=1, gt=0) # VLA runs trained at once in one CPU process each, on cores/jobs threads
+                                       # (a grid of small runs on a many-core CPU; 1 under `accelerate launch`)
     recipe: Recipe
 
     @field_validator('seeds')

@@ -29,10 +29,10 @@ from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_sched
                      save_checkpoint, step_loader, weights_digest)
 
 # %% auto #0
-__all__ = ['ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'vla_config', 'vla_chunk', 'frame_table', 'toy_frames', 'split_episodes',
-           'action_loss_sums', 'BalancedFrames', 'FrameBatches', 'heldout_loss', 'train_vla', 'model_qid', 'main',
-           'vla_inits', 'vla_benchmarks', 'vla_datasets', 'vla_gripper', 'data_action_dim', 'loss_rows', 'fig3_loss',
-           'run_vla']
+__all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'vla_config', 'vla_chunk', 'frame_table', 'toy_frames',
+           'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches', 'heldout_loss', 'train_vla',
+           'finished_run', 'model_qid', 'main', 'vla_inits', 'vla_benchmarks', 'vla_datasets', 'vla_gripper',
+           'data_action_dim', 'loss_rows', 'fig3_loss', 'train_vlas', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
@@ -284,12 +284,14 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     model = build_vla(net, processor, cfg, seed)
     seed_everything(seed + acc.process_index)
     fp = _fingerprint(net, cfg, recipe, seed, P, data, [heldout_fraction, heldout_max, gripper, ss])
+    if resume is True and (done := finished_run(out_dir, fp)) is not None: return done  # this very run is complete
     model.train()
     opt, sched = optimizer_and_schedule(model, recipe)
     model, opt, sched = acc.prepare(model, opt, sched)
     st = resume_training(acc, out_dir, resume, fp)
     if st is None and acc.is_main_process:  # a fresh run: checkpoints of an earlier run must not pass for this one's
         for old in out_dir.glob('step_*'): shutil.rmtree(old, ignore_errors=True)
+        (out_dir/REPORT_FILE).unlink(missing_ok=True)
     st = st or {'step': 0, 'history': [], 'heldout': []}
     start, history, heldout = st['step'], st['history'], st['heldout']
     names = list(data)
@@ -346,7 +348,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
                                                         'loss': frame_losses})
     acc.wait_for_everyone()
     trained = recipe.steps - start
-    return {'steps': recipe.steps, 'resumed_from': start, 'first_loss': history[0]['loss'] if history else None,
+    rep = {'steps': recipe.steps, 'resumed_from': start, 'first_loss': history[0]['loss'] if history else None,
             'final_loss': history[-1]['loss'] if history else None, 'heldout': heldout,
             'seconds': round(seconds, 2), 'samples_per_s': round(trained * recipe.global_batch / max(seconds, 1e-9), 2),
             'seconds_per_step': round(seconds / max(trained, 1), 4),
@@ -355,6 +357,21 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
             'train_frames': len(frames), 'heldout_frames': len(held), 'action_stats': asdict(stats),
             'config': cfg.to_dict(), 'history': history, 'fingerprint': fp,
             'checkpoints': sorted(str(p) for p in out_dir.glob('step_*') if (p/'config.json').exists())}
+    if acc.is_main_process: write_json(out_dir/REPORT_FILE, rep)  # written last: its presence marks the run complete
+    acc.wait_for_everyone()
+    return rep
+
+REPORT_FILE = 'report.json' # a finished VLA run's report, beside its checkpoints
+
+def finished_run(out_dir: str | os.PathLike, # a VLA run's folder
+                 fingerprint: str, # the run that is asked for
+                 ) -> dict | None:
+    "The report of the finished run in `out_dir` when it is the run `fingerprint` names (its final checkpoint present), else None."
+    f = Path(out_dir)/REPORT_FILE
+    if not f.is_file(): return None
+    rep = json.loads(f.read_text())
+    if rep.get('fingerprint') != fingerprint or not (Path(out_dir)/f"step_{rep['steps']:06d}"/'config.json').is_file(): return None
+    return {**rep, 'resumed_from': rep['steps'], 'reused': True}
 
 def model_qid(model) -> int:
     "The query token id of a (possibly wrapped) VLA."
@@ -482,6 +499,30 @@ def fig3_loss(rows: list[dict], # from `loss_rows`
     return fig
 
 # %% ../nbs/12_vla.ipynb #d1f0964c
+def _train_in_child(threads: int, kwargs: dict) -> dict:
+    torch.set_num_threads(threads)
+    return train_vla(**kwargs)
+
+def train_vlas(calls: dict[str, dict], # run name -> `train_vla` keyword arguments
+               jobs: int = 1, # runs at once, each in a process of its own on cores/jobs threads (1: in this process)
+               ) -> dict[str, dict]:
+    "Train VLA runs, `jobs` at a time; their reports by run name, in the order of `calls`. A failed run stops the others."
+    if jobs <= 1 or len(calls) <= 1:
+        return {name: train_vla(**kw) for name, kw in progress(list(calls.items()), 'vla runs')}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from emt.vla import _train_in_child  # the package's, which a spawned process can import (not a notebook's)
+    threads = max(1, torch.get_num_threads() // jobs)
+    out = {}
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn')) as ex:
+        futs = {ex.submit(_train_in_child, threads, kw): name for name, kw in calls.items()}
+        try:
+            for f in progress(as_completed(futs), 'vla runs', total=len(futs)): out[futs[f]] = f.result()
+        except BaseException:
+            for f in futs: f.cancel()
+            raise
+    return {name: out[name] for name in calls}
+
 def run_vla(P: Params, # validated params
             inits: Sequence[str] | None = None, # initialisations to train (None: 'base' and every midtrain method, and
                                                 # the VLAs no longer in the grid are removed from `out`)
@@ -489,7 +530,7 @@ def run_vla(P: Params, # validated params
             out: str = ARTIFACTS['vla'], # <out>/<init>/<benchmark>/seed<k>/step_<NNNNNN>/
             base: str = ARTIFACTS['base_vlm'], # the base VLM
             midtrain: str = ARTIFACTS['midtrain'], # the mid-trained VLMs
-            num_workers: int = 1, # DataLoader workers encoding batches
+            num_workers: int | None = None, # DataLoader workers encoding batches per run (None: 1, or 0 with `vla.jobs` > 1)
             ) -> dict:
     "The vla stage: a VLA per (initialisation, benchmark, seed); metrics/vla.json, metrics/vla_loss.csv, Fig. 3 (loss half)."
     import matplotlib.pyplot as plt
@@ -507,20 +548,26 @@ def run_vla(P: Params, # validated params
         plan.append((bench, ds, cfg, vla_gripper(sources)))
     runs = [(init, path, bench, ds, cfg, grip, seed) for bench, ds, cfg, grip in plan for init, path in paths.items()
             for seed in P.vla.seeds]
-    reports, summary = {}, {}
-    for init, path, bench, ds, cfg, grip, seed in progress(runs, 'vla runs'):
+    jobs = P.vla.jobs if PartialState().num_processes == 1 else 1  # under `accelerate launch` the runs take turns
+    workers = num_workers if num_workers is not None else (0 if jobs > 1 else 1)
+    calls = {run_name(init, bench, seed): dict(vlm=path, datasets=ds, cfg=VLAConfig(**asdict(cfg)), recipe=P.vla.recipe,
+                                                out_dir=rpath(out)/run_name(init, bench, seed), seed=seed, split_seed=P.seed,
+                                                heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max,
+                                                num_workers=workers, gripper=grip)
+             for init, path, bench, ds, cfg, grip, seed in runs}
+    reports = train_vlas(calls, jobs)
+    summary = {}
+    for init, path, bench, ds, cfg, grip, seed in runs:
         name = run_name(init, bench, seed)
-        rep = train_vla(path, ds, VLAConfig(**asdict(cfg)), P.vla.recipe, rpath(out)/name, seed=seed, split_seed=P.seed,
-                        heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max, num_workers=num_workers,
-                        gripper=grip)
-        reports[name] = rep
+        rep = reports[name]
         summary[name] = {'init': init, 'benchmark': bench, 'seed': seed, 'vlm': project_relative(path),
                          'sources': list(ds), 'gripper': grip,
                          'heldout': {f"step_{h['step']:06d}": h['loss'] for h in rep['heldout']},
                          'final_heldout_loss': rep['heldout'][-1]['loss'] if rep['heldout'] else None,
                          **{k: rep[k] for k in ('steps', 'first_loss', 'final_loss', 'seconds', 'samples_per_s',
                                                 'seconds_per_step', 'params', 'trainable', 'train_frames',
-                                                'heldout_frames', 'processes', 'mixed_precision', 'resumed_from')}}
+                                                'heldout_frames', 'processes', 'mixed_precision', 'resumed_from')},
+                         'reused': bool(rep.get('reused'))}
     if inits is None:  # a VLA no longer in the grid must not reach the eval stage
         keep = {rpath(out)/run_name(i, b, s) for i in paths for b in groups for s in P.vla.seeds}
         for stale in [p for p in rpath(out).glob('*/*/*') if p.is_dir() and p not in keep]: shutil.rmtree(stale)

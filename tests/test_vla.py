@@ -44,7 +44,7 @@ def test_loss_falls_and_checkpoints_have_heldout_loss(setup, tmp_path):
     held = [h['loss'] for h in rep['heldout']]
     assert [h['step'] for h in rep['heldout']] == [20, 40, 60, 80] and held[-1] < 0.7 * held[0], held
     assert rep['heldout_frames'] == 8 and rep['train_frames'] == 40  # one episode of 8 frames held out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['heldout_frames.json', 'log.json', 'step_000020', 'step_000040',
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['heldout_frames.json', 'log.json', 'report.json', 'step_000020', 'step_000040',
                                                           'step_000060', 'step_000080']
     info = json.loads((tmp_path/'step_000040/training.json').read_text())
     assert info['step'] == 40 and info['heldout']['loss'] == held[1]
