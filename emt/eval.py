@@ -22,7 +22,7 @@ __all__ = ['REFERENCE', 'EPISODE_COLUMNS', 'Policy', 'TaskEnv', 'RandomPolicy', 
            'ConstantPolicy', 'wilson', 'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job',
            'plan_jobs', 'job_units', 'evaluate', 'LineBench', 'push_right', 'make_adapter', 'VLACheckpoint',
            'check_gripper', 'vla_policies', 'success_rows', 'plot_success', 'success_curve_figure',
-           'reference_policies', 'pooled_results', 'run_eval']
+           'reference_policies', 'result_key', 'pooled_results', 'run_eval']
 
 # %% ../nbs/13_eval.ipynb #d893e5a3
 class Policy(Protocol):
@@ -517,6 +517,10 @@ def reference_policies(names: Sequence[str], # `eval.references`: 'random' and/o
 # %% ../nbs/13_eval.ipynb #24a19853
 EPISODE_COLUMNS = ['policy', 'init', 'benchmark', 'seed', 'step', 'task', 'trial', 'success', 'steps']
 
+def result_key(spec) -> str:
+    "The key of an `eval.benchmarks` entry's results: its name, and its suite when it has one ('libero_libero_10')."
+    return spec.name if spec.suite is None else f'{spec.name}_{spec.suite}'
+
 def _grid_key(name: str) -> dict | None:
     "init, benchmark, seed, step of a VLA policy name; None for other policies."
     try: return parse_run(name)
@@ -542,8 +546,16 @@ def run_eval(P, # the params
     "The eval stage: every VLA on its benchmark, paired initial states; metrics/eval.json, episodes CSV, table, Fig. 3."
     E, t0 = P.eval, time.time()
     policies = vla_policies(checkpoints=E.checkpoints) if policies is None else policies
-    seeds = sorted({k['seed'] for n in policies if (k := _grid_key(n))}) or [0]
-    slot = {s: i for i, s in enumerate(seeds)}  # seed k runs block slot[k] of initial states
+    found = {k['seed'] for n in policies if (k := _grid_key(n))}
+    order = [*P.vla.seeds, *sorted(found - set(P.vla.seeds))]  # seed k runs block slot[k] of initial states: its place
+    slot = {s: order.index(s) for s in found} or {0: 0}      # in vla.seeds, so adding a seed moves no other seed's block
+    seeds, blocks = sorted(slot, key=slot.get), max(slot.values()) + 1
+    for spec in E.benchmarks:
+        need = blocks * spec.trials
+        cap = getattr(make_adapter(spec, P), 'initial_states', lambda: None)()
+        if cap is not None and need > cap:
+            raise EmtError(f'eval.benchmarks {spec.name}: {len(slot)} VLA seeds x {spec.trials} trials need {need} initial '
+                           f'states per task, and it has {cap}: lower trials to {cap // blocks} or fewer.')
     results: dict[str, dict[str, dict]] = {}
     runs = []
     for name, factory in policies.items():
@@ -556,13 +568,13 @@ def run_eval(P, # the params
     if policies and not runs:
         raise EmtError(f"no VLA is fine-tuned for a benchmark of eval.benchmarks ({[b.name for b in E.benchmarks]}); "
                        f"the VLAs are for {sorted({k['benchmark'] for n in policies if (k := _grid_key(n))})}")
-    runs += [(name, factory, spec, 0, spec.trials * len(seeds), 0) for spec in E.benchmarks
+    runs += [(name, factory, spec, 0, spec.trials * blocks, 0) for spec in E.benchmarks
              for name, factory in reference_policies(E.references, spec.name).items()]
     episodes = []
     for name, factory, spec, videos, trials, first in runs:
         check_gripper(name, factory, spec.name)
         adapter = make_adapter(spec, P)
-        bench = spec.name if spec.suite is None else f'{spec.name}_{spec.suite}'
+        bench = result_key(spec)
         pid = factory.fingerprint() if hasattr(factory, 'fingerprint') else name
         folder = rpath(out)/name/bench
         if _stale(folder, pid): shutil.rmtree(folder)  # results of an older checkpoint of the same name

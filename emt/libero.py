@@ -129,6 +129,10 @@ class Libero:
     shadows: bool = True # the demos were rendered with shadows: keep them
     name: str = 'libero'
     def tasks(self) -> list[str]: return libero_tasks(self.suite)
+    def initial_states(self) -> int:
+        "The fixed initial states per task (trials 0..n-1): the fewest of any task of the suite."
+        s = libero_suite(self.suite)
+        return min(len(s.get_task_init_states(i)) for i in range(s.n_tasks))
     def protocol(self) -> dict:
         return {'benchmark': self.name, 'suite': self.suite, 'image_size': self.size, 'camera': 'agentview',
                 'orientation': f'flip_image({self.flip!r})', 'max_steps': self.max_steps or SUITE_MAX_STEPS[self.suite],

@@ -8,20 +8,20 @@ Docs: https://emt-org.github.io/emt/report.html.md"""
 from __future__ import annotations
 import csv, json, os, re, time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .core import EmtError, rng, rpath, save_figure, save_table, write_json
-from .eval import REFERENCE, plot_success
+from .eval import REFERENCE, plot_success, result_key
 from .params import Params, init_label, load_params
 
 # %% auto #0
 __all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'Z_POWER', 'COMPARISON_COLUMNS', 'load_metrics', 'run_label',
            'bench_key', 'final_success', 'paired_bootstrap', 'verdict', 'bootstrap_mean_diff', 'table1', 'table2',
            'diversity_table', 'read_rows', 'run_data', 'success_by_pair', 'loss_by_pair', 'train_loss_by_pair',
-           'comparisons', 'findings', 'ability_findings', 'composition_vs_paper_figure', 'diversity_vs_paper_figure',
-           'fig3_figure', 'run_report']
+           'vla_benchmark', 'comparisons', 'findings', 'ability_findings', 'composition_vs_paper_figure',
+           'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
 
 # %% ../nbs/14_report.ipynb #ea3ab2cc
 PAPER = {
@@ -73,10 +73,10 @@ def bench_key(b: str) -> str:
 def final_success(eval_metrics: dict) -> dict[str, dict[str, float]]:
     "init -> benchmark -> mean success (%, or avg. length for CALVIN) of each initialisation's last checkpoint."
     out = {}
-    for pol, benches in eval_metrics.get('pooled', eval_metrics.get('results', {})).items():  # pooled over seeds
+    for pol, benches in eval_metrics.get('pooled', {}).items():  # '<init>/step_<N>', pooled over seeds
         init, _, ck = pol.partition('/')
         if init == 'reference': continue  # random actions / scripted expert: not a VLA
-        step = int(re.sub(r'\D', '', ck) or -1)
+        step = int(ck.removeprefix('step_'))
         for b, r in benches.items():
             key = bench_key(b)
             v = r.get('avg_len', r['mean']) if key == 'calvin' else 100 * r['mean']
@@ -91,21 +91,45 @@ def paired_bootstrap(a: dict[tuple, float], # (seed, unit) -> value, one arm
                      b: dict[tuple, float], # the same keys for the other arm (only common keys are used)
                      n_boot: int = 2000, # bootstrap draws
                      seed: int = 0,
+                     cluster: Callable | None = None, # unit -> its cluster, resampled as a whole (None: each unit alone)
+                     crossed: bool = False, # every seed measured the same clusters (False: each seed its own)
                      ) -> dict:
-    "Mean of a - b over the pairs, its 95% interval (seeds, then pairs within seeds, resampled), SE and detectable difference."
+    """Mean of a - b over the pairs, its 95% interval, SE and detectable difference.
+
+    Seeds are resampled, and clusters of units: within each drawn seed (nested: seed k's own initial states), or
+    independently of the seeds (crossed: the held-out episodes every seed is scored on). With G seeds the
+    bootstrap's spread is widened by sqrt(G / (G - 1)), since resampling few seeds understates their variance."""
     keys = sorted(set(a) & set(b), key=str)
     if not keys: raise EmtError('no pairs in common: the two arms were not run on the same seeds and units')
-    by_seed: dict = {}
-    for k in keys: by_seed.setdefault(k[0], []).append(a[k] - b[k])
-    d = [np.asarray(v, np.float64) for v in by_seed.values()]
+    cl = cluster or (lambda u: u)
+    seeds = sorted({k[0] for k in keys}, key=str)
+    clusters = sorted({(None if crossed else k[0], cl(k[1])) for k in keys}, key=str)
+    si, ci = {s: i for i, s in enumerate(seeds)}, {c: i for i, c in enumerate(clusters)}
+    S, N = np.zeros((len(seeds), len(clusters))), np.zeros((len(seeds), len(clusters)))
+    for k in keys:
+        i, j = si[k[0]], ci[(None if crossed else k[0], cl(k[1]))]
+        S[i, j] += a[k] - b[k]; N[i, j] += 1
+    own = [np.flatnonzero(N[i]) for i in range(len(seeds))]  # the clusters each seed measured
     g = rng(seed, 'paired-bootstrap', len(keys))
     draws = np.empty(n_boot)
-    for i in range(n_boot):
-        parts = [d[s][g.integers(0, len(d[s]), len(d[s]))] for s in g.integers(0, len(d), len(d))]
-        draws[i] = np.concatenate(parts).mean()
-    mean = float(np.concatenate(d).mean()); se = float(draws.std(ddof=1)) if n_boot > 1 else float('nan')
+    for t in range(n_boot):
+        ws = np.bincount(g.integers(0, len(seeds), len(seeds)), minlength=len(seeds)).astype(np.float64)
+        if crossed:
+            wc = np.bincount(g.integers(0, len(clusters), len(clusters)), minlength=len(clusters)).astype(np.float64)
+            draws[t] = (ws @ S @ wc) / max(ws @ N @ wc, 1e-12)
+        else:
+            tot = cnt = 0.0
+            for i in np.flatnonzero(ws):
+                for _ in range(int(ws[i])):
+                    pick = own[i][g.integers(0, len(own[i]), len(own[i]))]
+                    tot += S[i, pick].sum(); cnt += N[i, pick].sum()
+            draws[t] = tot / cnt
+    mean = float(S.sum() / N.sum())
+    if len(seeds) > 1: draws = mean + (draws - mean) * np.sqrt(len(seeds) / (len(seeds) - 1))
+    se = float(draws.std(ddof=1)) if n_boot > 1 else float('nan')
     lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {'mean': mean, 'ci95': [float(lo), float(hi)], 'se': se, 'mde': Z_POWER * se, 'seeds': len(d), 'pairs': len(keys)}
+    return {'mean': mean, 'ci95': [float(lo), float(hi)], 'se': se, 'mde': Z_POWER * se, 'seeds': len(seeds),
+            'clusters': len(clusters), 'pairs': len(keys)}
 
 def verdict(ci: Sequence[float], # the 95% interval of the effect
             better: int = 1, # +1: the claim is effect > 0; -1: effect < 0
@@ -130,8 +154,10 @@ def bootstrap_mean_diff(x: Sequence[float], y: Sequence[float], n_boot: int = 20
     return {'mean': float(x.mean() - y.mean()), 'ci95': [float(lo), float(hi)], 'se': float(draws.std(ddof=1))}
 
 # %% ../nbs/14_report.ipynb #dee779be
-def _cols(rows): return [c for c in ['source', 'model', 'selection', *BENCH_NAMES.values(), 'held-out action loss',
-                                     'embodied share of mixture (%)'] if any(c in r for r in rows)]
+def _cols(rows):
+    loss = sorted({c for r in rows for c in r if c.startswith('held-out action loss')})
+    return [c for c in ['source', 'model', 'selection', *BENCH_NAMES.values(), *loss, 'embodied share of mixture (%)']
+            if any(c in r for r in rows)]
 
 def table1(P: Params, m: dict) -> list[dict]:
     "Table 1 rows: the paper's, then this run's backbone without and with mid-training."
@@ -144,16 +170,18 @@ def table1(P: Params, m: dict) -> list[dict]:
     refs = (('reference/random', 'reference: uniform random actions (floor)'),
             ('reference/expert', 'reference: scripted expert, privileged state (ceiling)'))
     for pol, title in refs:
-        r = m.get('eval', {}).get('results', {}).get(pol)
+        r = m.get('eval', {}).get('pooled', {}).get(pol)
         if r: rows.append({'source': label, 'model': title,
                            **{BENCH_NAMES.get(bench_key(b), b): round(100 * v['mean'], 1) for b, v in r.items()}})
     return rows
 
-def _vla_loss(m: dict, init: str) -> float | None:
-    "The final held-out action loss of `init`'s VLAs, the mean over its seeds (None if none)."
-    v = [r['final_heldout_loss'] for r in m.get('vla', {}).get('runs', {}).values()
-         if r.get('init') == init and isinstance(r.get('final_heldout_loss'), (int, float))]
-    return round(float(np.mean(v)), 4) if v else None
+def _vla_loss(m: dict, init: str) -> dict[str, float]:
+    "Benchmark -> the final held-out action loss of `init`'s VLAs for it, the mean over its seeds."
+    v: dict[str, list[float]] = {}
+    for r in m.get('vla', {}).get('runs', {}).values():
+        if r.get('init') == init and isinstance(r.get('final_heldout_loss'), (int, float)):
+            v.setdefault(r['benchmark'], []).append(r['final_heldout_loss'])
+    return {b: round(float(np.mean(x)), 4) for b, x in v.items()}
 
 def table2(P: Params, m: dict) -> list[dict]:
     "Table 2 rows: the selection ablation, paper and this run."
@@ -164,7 +192,8 @@ def table2(P: Params, m: dict) -> list[dict]:
         if meth not in succ and meth not in sel: continue
         r = {'source': label, 'selection': METHOD_NAMES.get(meth, meth),
              **{BENCH_NAMES.get(b, b): round(v, 1) for b, v in succ.get(meth, {}).items()}}
-        if (l := _vla_loss(m, meth)) is not None: r['held-out action loss'] = l
+        losses = _vla_loss(m, meth)
+        r.update({'held-out action loss' if len(losses) == 1 else f'held-out action loss ({b})': l for b, l in losses.items()})
         if meth in sel: r['embodied share of mixture (%)'] = round(100 * sel[meth]['embodied_share'], 1)
         rows.append(r)
     return rows
@@ -179,7 +208,8 @@ def diversity_table(m: dict) -> list[dict]:
 def read_rows(path: str | os.PathLike) -> list[dict]:
     "A metrics CSV as dicts ([] when the file is missing)."
     p = rpath(path)
-    return list(csv.DictReader(p.open())) if p.is_file() else []
+    if not p.is_file(): return []
+    with p.open(newline='') as f: return list(csv.DictReader(f))
 
 def _ci(r: dict, scale: float = 1.0, digits: int = 3) -> str:
     lo, hi = r['ci95']
@@ -204,8 +234,8 @@ def success_by_pair(episodes: list[dict], init: str, bench: str) -> dict[tuple, 
             if r['init'] == init and r['benchmark'] == bench and int(r['step']) == last.get(r['seed'])}
 
 def loss_by_pair(frames: list[dict], init: str, bench: str) -> dict[tuple, float]:
-    "(seed, frame id) -> the final held-out loss of `init`'s VLA of each seed."
-    return {(r['seed'], r['frame']): float(r['loss']) for r in frames
+    "(seed, (episode, frame id)) -> the final held-out loss of `init`'s VLA of each seed."
+    return {(r['seed'], (r.get('episode') or r['frame'], r['frame'])): float(r['loss']) for r in frames
             if r['init'] == init and r['benchmark'] == bench and r['loss'] not in ('', None)}
 
 def train_loss_by_pair(train: list[dict], init: str, bench: str, tail: float = 0.2) -> dict[tuple, float]:
@@ -214,6 +244,10 @@ def train_loss_by_pair(train: list[dict], init: str, bench: str, tail: float = 0
     if not rows: return {}
     top = max(int(r['step']) for r in rows)
     return {(r['seed'], int(r['step'])): float(r['loss']) for r in rows if int(r['step']) > (1 - tail) * top}
+
+def vla_benchmark(P: Params, bench: str) -> str:
+    "The VLA benchmark (`vla` stage key) of an eval result key: 'libero_libero_10' -> 'libero'."
+    return next((s.name for s in P.eval.benchmarks if result_key(s) == bench), bench)
 
 def comparisons(P: Params, data: dict[str, list[dict]], benches: Sequence[str]) -> list[dict]:
     "Paired effects: every mid-trained init vs base, and the estimator vs every other method; success and held-out loss."
@@ -225,13 +259,15 @@ def comparisons(P: Params, data: dict[str, list[dict]], benches: Sequence[str]) 
             for metric, get, scale, better, source in (
                     ('success (points)', success_by_pair, 100.0, 1, 'episodes'),
                     ('held-out action loss', loss_by_pair, 1.0, -1, 'frames')):
-                a, c = get(data[source], x, b), get(data[source], y, b)
+                key = b if source == 'episodes' else vla_benchmark(P, b)  # one VLA's success and loss under one row key
+                a, c = get(data[source], x, key), get(data[source], y, key)
                 if not a or not c or not (set(a) & set(c)): continue
-                r = paired_bootstrap(a, c, seed=P.seed)
+                r = (paired_bootstrap(a, c, seed=P.seed) if source == 'episodes' else  # seed k: its own initial states
+                     paired_bootstrap(a, c, seed=P.seed, cluster=lambda u: u[0], crossed=True))  # shared held-out episodes
                 out.append({'comparison': f'{x} - {y}', 'benchmark': b, 'metric': metric,
                             'effect': round(scale * r['mean'], 4), 'ci95_low': round(scale * r['ci95'][0], 4),
                             'ci95_high': round(scale * r['ci95'][1], 4), 'detectable': round(scale * r['mde'], 4),
-                            'seeds': r['seeds'], 'pairs': r['pairs'],
+                            'seeds': r['seeds'], 'clusters': r['clusters'], 'pairs': r['pairs'],
                             'verdict': verdict(r['ci95'], better), 'better': 'higher' if better > 0 else 'lower'})
     return out
 
@@ -310,7 +346,7 @@ def findings(P: Params, # the params
         for b in sorted({r['benchmark'] for r in data['train']}):
             a, c = train_loss_by_pair(data['train'], 'estimator', b), train_loss_by_pair(data['train'], 'base', b)
             if a and c and set(a) & set(c):
-                r = paired_bootstrap(a, c, seed=P.seed)
+                r = paired_bootstrap(a, c, seed=P.seed, cluster=lambda step: step // 10)  # blocks of 10 autocorrelated steps
                 margin = 0.1 * float(np.mean(list(c.values())))
                 out.append(_row(f'Fig. 3: VLA training loss nearly identical with and without mid-training ({b}; last 20% of '
                                 f'steps, estimator - base, within +-10% of base = {margin:.3f})', 'yes', _ci(r),
@@ -383,17 +419,17 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
     "Fig. 3 of this run: held-out action loss and success over fine-tuning steps, with and without mid-training."
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    path = rpath(loss_csv)
-    if path.is_file():
-        rows = list(csv.DictReader(path.open()))
-        for init in sorted({r['init'] for r in rows}):
-            by_step: dict[int, list[float]] = {}
-            for r in rows:
-                if r['init'] == init and r.get('split', 'heldout') == 'heldout': by_step.setdefault(int(r['step']), []).append(float(r['loss']))
-            pts = sorted((s, float(np.mean(v))) for s, v in by_step.items())  # the mean over seeds
-            if pts: a.plot(*zip(*pts), marker='o', label=init_label(init))
+    rows = [r for r in read_rows(loss_csv) if r['split'] == 'heldout']
+    lines = sorted({(r['init'], r['benchmark']) for r in rows})
+    several = len({b for _, b in lines}) > 1
+    for init, bench in lines:
+        by_step: dict[int, list[float]] = {}
+        for r in rows:
+            if (r['init'], r['benchmark']) == (init, bench): by_step.setdefault(int(r['step']), []).append(float(r['loss']))
+        pts = sorted((s, float(np.mean(v))) for s, v in by_step.items())  # the mean over seeds
+        a.plot(*zip(*pts), marker='o', label=f'{init_label(init)}, {bench}' if several else init_label(init))
     a.set(xlabel='fine-tuning step', ylabel='held-out action loss', title='loss'); a.legend(fontsize=7)
-    results = m.get('eval', {}).get('pooled') or m.get('eval', {}).get('results', {})  # pooled over seeds
+    results = m.get('eval', {}).get('pooled', {})  # pooled over seeds
     if results:
         plot_success(b, results, sorted({bn for r in results.values() for bn in r}), scale=100)
     b.set(xlabel='fine-tuning step', ylabel='success rate (%)', title='success', ylim=(-2, 102)); b.legend(fontsize=7)
@@ -404,7 +440,7 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
 
 # %% ../nbs/14_report.ipynb #c7268140
 COMPARISON_COLUMNS = ['comparison', 'benchmark', 'metric', 'effect', 'ci95_low', 'ci95_high', 'detectable',
-                      'seeds', 'pairs', 'better', 'verdict']
+                      'seeds', 'clusters', 'pairs', 'better', 'verdict']
 
 def run_report(P: Params, # validated params
                metrics: str | os.PathLike = 'metrics') -> dict:
@@ -414,8 +450,8 @@ def run_report(P: Params, # validated params
     if not m: raise EmtError(f'no stage metrics under {rpath(metrics)}: run the pipeline first (dvc repro)')
     label = run_label(P, m)
     data = run_data(metrics)
-    benches = sorted({r['benchmark'] for r in data['episodes'] if r['init'] != REFERENCE} |
-                     {r['benchmark'] for r in data['frames']})
+    evaluated = {r['benchmark'] for r in data['episodes'] if r['init'] != REFERENCE}
+    benches = sorted(evaluated | ({r['benchmark'] for r in data['frames']} - {vla_benchmark(P, b) for b in evaluated}))
     comps = comparisons(P, data, benches)
     t1, t2, div, fnd = table1(P, m), table2(P, m), diversity_table(m), findings(P, m, data, comps)
     if not P.report.compare_paper:  # this run's rows only

@@ -29,10 +29,10 @@ from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_sched
                      save_checkpoint, step_loader, weights_digest)
 
 # %% auto #0
-__all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'vla_config', 'vla_chunk', 'frame_table', 'toy_frames',
-           'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches', 'heldout_loss', 'train_vla',
-           'finished_run', 'model_qid', 'main', 'vla_inits', 'vla_benchmarks', 'vla_datasets', 'vla_gripper',
-           'data_action_dim', 'loss_rows', 'fig3_loss', 'train_vlas', 'run_vla']
+__all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'vla_config', 'vla_chunk', 'frame_table',
+           'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches', 'heldout_loss',
+           'train_vla', 'finished_run', 'model_qid', 'main', 'vla_inits', 'vla_benchmarks', 'vla_datasets',
+           'vla_gripper', 'data_action_dim', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
@@ -291,7 +291,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     st = resume_training(acc, out_dir, resume, fp)
     if st is None and acc.is_main_process:  # a fresh run: checkpoints of an earlier run must not pass for this one's
         for old in out_dir.glob('step_*'): shutil.rmtree(old, ignore_errors=True)
-        (out_dir/REPORT_FILE).unlink(missing_ok=True)
+        for f in (REPORT_FILE, 'heldout_frames.json'): (out_dir/f).unlink(missing_ok=True)
     st = st or {'step': 0, 'history': [], 'heldout': []}
     start, history, heldout = st['step'], st['history'], st['heldout']
     names = list(data)
@@ -344,8 +344,8 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
         write_json(out_dir/'log.json', {'history': history, 'heldout': heldout})
         ids = {n: data[n]['id'] for n in names}
         if P == 1 and frame_losses is not None:  # the paired comparisons of the report bootstrap over these frames
-            write_json(out_dir/'heldout_frames.json', {'step': recipe.steps, 'ids': [ids[names[s]][r] for s, r in held],
-                                                        'loss': frame_losses})
+            write_json(out_dir/'heldout_frames.json', {'step': recipe.steps, 'fingerprint': fp,
+                                                        'ids': [ids[names[s]][r] for s, r in held], 'loss': frame_losses})
     acc.wait_for_everyone()
     trained = recipe.steps - start
     rep = {'steps': recipe.steps, 'resumed_from': start, 'first_loss': history[0]['loss'] if history else None,
@@ -499,6 +499,17 @@ def fig3_loss(rows: list[dict], # from `loss_rows`
     return fig
 
 # %% ../nbs/12_vla.ipynb #d1f0964c
+HELDOUT_FRAME_COLUMNS = ['init', 'benchmark', 'seed', 'episode', 'frame', 'loss'] # metrics/vla_heldout_frames.csv
+
+def frame_episodes(datasets: dict[str, Dataset], # VLA sources by name
+                   ) -> dict[str, str]:
+    "Frame id -> '<source>/<episode index>' of every frame of `datasets`."
+    out = {}
+    for name, ds in datasets.items():
+        cols = ds.select_columns(['id', 'episode_index']).to_dict()
+        out.update({i: f'{name}/{e}' for i, e in zip(cols['id'], cols['episode_index'])})
+    return out
+
 def _train_in_child(threads: int, kwargs: dict) -> dict:
     torch.set_num_threads(threads)
     return train_vla(**kwargs)
@@ -518,8 +529,9 @@ def train_vlas(calls: dict[str, dict], # run name -> `train_vla` keyword argumen
         futs = {ex.submit(_train_in_child, threads, kw): name for name, kw in calls.items()}
         try:
             for f in progress(as_completed(futs), 'vla runs', total=len(futs)): out[futs[f]] = f.result()
-        except BaseException:
-            for f in futs: f.cancel()
+        except BaseException:  # a failed run (or Ctrl-C) stops the others now, not when they finish
+            for p in list(getattr(ex, '_processes', {}).values()): p.terminate()
+            ex.shutdown(wait=False, cancel_futures=True)
             raise
     return {name: out[name] for name in calls}
 
@@ -577,13 +589,17 @@ def run_vla(P: Params, # validated params
     rows = loss_rows(reports)
     save_table(rows, 'vla_loss', folder='metrics', columns=LOSS_CSV_COLUMNS)
     frames = []  # each VLA's final loss on every held-out frame: the report's paired comparisons resample them
+    episode_of = {b: frame_episodes(ds) for b, ds, _, _ in plan}  # frames of one episode are resampled together
     for name in reports:
         f = rpath(out)/name/'heldout_frames.json'
-        if f.is_file():
-            hf, key = json.loads(f.read_text()), parse_run(name)
-            frames += [{'init': key['init'], 'benchmark': key['benchmark'], 'seed': key['seed'], 'frame': i, 'loss': l}
-                       for i, l in zip(hf['ids'], hf['loss'])]
-    save_table(frames, 'vla_heldout_frames', folder='metrics', columns=['init', 'benchmark', 'seed', 'frame', 'loss'])
+        if not f.is_file(): continue
+        hf, key = json.loads(f.read_text()), parse_run(name)
+        if hf.get('fingerprint', reports[name]['fingerprint']) != reports[name]['fingerprint']:
+            raise EmtError(f'{f} holds the held-out losses of another run than {name}: delete it and rerun the vla stage.')
+        eps = episode_of[key['benchmark']]
+        frames += [{'init': key['init'], 'benchmark': key['benchmark'], 'seed': key['seed'], 'episode': eps[i], 'frame': i,
+                    'loss': l} for i, l in zip(hf['ids'], hf['loss'])]
+    save_table(frames, 'vla_heldout_frames', folder='metrics', columns=HELDOUT_FRAME_COLUMNS)
     (rpath('metrics')/'vla_heldout_frames.md').unlink(missing_ok=True)
     (rpath('metrics')/'vla_loss.md').unlink(missing_ok=True)  # the CSV is for dvc plots
     fig = fig3_loss(rows); save_figure(fig, 'fig3_loss'); plt.close(fig)

@@ -37,6 +37,16 @@ def test_shipped_files_validate(project):
     assert paper.estimator.batch_size == 128 and paper.estimator.target_val_acc == 0.9
 
 
+def test_embedded_full_differs_from_the_default_only_in_the_methods_it_mid_trains(project):
+    "So that after a default run it reuses every stage up to select and the default's VLAs."
+    full, default = load_params('profiles/embedded-full.yaml').model_dump(), load_params().model_dump()
+    assert full['midtrain']['methods'] == default['select']['methods'] == [
+        'estimator', 'random', 'feature_distance', 'vla_ppl', 'delta_ppl']
+    assert set(default['midtrain']['methods']) < set(full['midtrain']['methods'])
+    for d in (full, default): d.pop('profile'); d['midtrain'].pop('methods')
+    assert full == default
+
+
 def test_unknown_key_named():
     raw = _raw(); raw['gap']['perplexity'] = 5
     assert 'gap.perplexity: unknown key' in _message(raw)

@@ -200,6 +200,6 @@ def test_vla_stage_on_a_toy_project(tmp_project):
     rows = (tmp_project/'metrics/vla_loss.csv').read_text().splitlines()
     assert rows[0] == 'init,benchmark,seed,step,split,loss' and len(rows) == 1 + 2 * (8 + 2)
     frames = (tmp_project/'metrics/vla_heldout_frames.csv').read_text().splitlines()
-    assert frames[0] == 'init,benchmark,seed,frame,loss' and len(frames) == 1 + 2 * b['heldout_frames']
+    assert frames[0] == 'init,benchmark,seed,episode,frame,loss' and len(frames) == 1 + 2 * b['heldout_frames']
     assert {p.name for p in (tmp_project/'figures').iterdir()} == {'fig3_loss.png', 'fig3_loss.svg'}
     with pytest.raises(EmtError, match='unknown initialisations'): run_vla(P, inits=['nope'])
