@@ -122,6 +122,7 @@ def test_run_eval_pairs_seeds_on_disjoint_blocks_of_the_same_initial_states(tmp_
     import emt.eval as ev
     P = override(load_params(REPO/'params.yaml'), 'eval', workers=1, videos_per_task=0, references=['random'],
                  benchmarks=[{'name': 'metaworld', 'tasks': ['reach-v3'], 'trials': 2, 'max_steps': 5, 'image_size': 64}])
+    P = override(P, 'vla', seeds=[3, 7])  # seed k's block is its place in vla.seeds
     pols = {f'{i}/{b}/seed{s}/step_000010': partial(RandomPolicy, 4, 1) for i in ('base', 'estimator') for s in (3, 7)
             for b in ('metaworld', 'calvin')}
     m = run_eval(P, policies=pols)
@@ -134,6 +135,21 @@ def test_run_eval_pairs_seeds_on_disjoint_blocks_of_the_same_initial_states(tmp_
     assert pooled['base/step_000010']['metaworld']['episodes'] == 4 and pooled['base/step_000010']['metaworld']['seeds'] == 2
     with pytest.raises(EmtError, match='no VLA is fine-tuned for a benchmark'):
         run_eval(P, policies={'base/calvin/seed0/step_000001': partial(RandomPolicy, 7, 1)})
+
+
+def test_run_eval_keeps_a_seeds_block_when_seeds_are_added_and_refuses_more_trials_than_initial_states(tmp_project):
+    from emt.params import load_params, override
+    P = override(load_params(REPO/'params.yaml'), 'eval', workers=1, videos_per_task=0, references=[],
+                 benchmarks=[{'name': 'metaworld', 'tasks': ['reach-v3'], 'trials': 1, 'max_steps': 3, 'image_size': 64}])
+    P = override(P, 'vla', seeds=[0, 1, 2])
+    m = run_eval(P, policies={'base/metaworld/seed2/step_000001': partial(RandomPolicy, 4, 1)})  # seeds 0, 1 not run
+    done = ResultsLog(tmp_project/'artifacts/eval/base/metaworld/seed2/step_000001/metaworld/results.jsonl').done()
+    assert done == {'reach-v3/0002'} and m['seeds'] == [2]
+    L = override(P, 'eval', benchmarks=[{'name': 'libero', 'suite': 'libero_10', 'trials': 20, 'max_steps': 3}])
+    pols = {f'base/libero/seed{s}/step_000001': partial(RandomPolicy, 7, 1) for s in (0, 1, 2)}
+    with pytest.raises(EmtError, match='3 VLA seeds x 20 trials need 60 initial states per task, and it has 50'):
+        run_eval(L, policies=pols)  # before any episode runs
+    assert not (tmp_project/'artifacts/eval/base/libero').exists()
 
 
 def test_reference_policies_random_binds_the_action_size_expert_only_where_one_exists():
