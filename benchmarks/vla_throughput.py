@@ -11,7 +11,12 @@ of each is reported, to damp the noise of a shared machine.
 Inference: `load_policy(...).predict` on one 64x64 frame (one action chunk), median and p90 over --predict runs after a
 warm-up, on the CPU, or on CUDA with --gpu (when a GPU is visible); and `predict_batch` per frame for a batch of 16.
 
+--grid times the vla stage's ways of training a grid of runs on this CPU: one run at a time on 1 thread (1 DataLoader
+worker), one at a time on all cores, and `vla.jobs` = 2 runs at once in processes of their own (cores/2 threads each,
+encoding in-process); each as seconds per optimiser step of the whole grid (wall time / runs / steps).
+
 Usage: python benchmarks/vla_throughput.py [--steps 6] [--repeats 2] [--workers 1] [--threads 1] [--small] [--gpu]
+       python benchmarks/vla_throughput.py --grid --vlm artifacts/base_vlm --data artifacts/data/metaworld_mt10 --steps 20
 """
 import argparse, os, shutil, statistics, sys, tempfile, time
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -98,6 +103,28 @@ def latency(a, ds, cfg, device: str) -> dict:
     return {'median_ms': statistics.median(times), 'p90_ms': times[int(0.9 * (len(times) - 1))], 'batch16_ms_per_frame': batch_ms}
 
 
+def grid(a, ds, cfg, recipe) -> None:
+    "Seconds per step of a grid of runs: sequential on 1 thread, sequential on all cores, 2 at once."
+    from emt.vla import train_vlas
+    d = tempfile.mkdtemp(prefix='bench-vla-grid-')
+    try:
+        vlm, proc = backbone(a)
+        save_vlm(vlm, proc, f'{d}/vlm')
+        kw = lambda name, workers: dict(vlm=f'{d}/vlm', datasets=ds, cfg=VLAConfig(**vars(cfg)), recipe=recipe,
+                                        out_dir=f'{d}/{name}', heldout_fraction=0.0, resume=False, num_workers=workers)
+        cores = os.cpu_count() or 1
+        for label, threads, workers, jobs in (('one at a time, 1 thread + 1 worker', 1, 1, 1),
+                                              (f'one at a time, {cores} threads + 1 worker', cores, 1, 1),
+                                              (f'2 at once, {max(1, cores // 2)} thread(s) each, in-process encoding', cores, 0, 2)):
+            torch.set_num_threads(threads)
+            t = time.time()
+            train_vlas({f'{label[:3]}{i}': kw(f'run{i}-{jobs}-{threads}', workers) for i in range(2)}, jobs)
+            wall = time.time() - t
+            print(f'  {label:55s} {wall / (2 * recipe.steps):6.3f} s/step (2 runs x {recipe.steps} steps in {wall:.1f} s)',
+                  flush=True)
+    finally: shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--steps', type=int, default=6)
@@ -111,6 +138,7 @@ def main():
     ap.add_argument('--data', help='a VLA dataset directory (default: toy frames)')
     ap.add_argument('--gpu', action='store_true', help='time inference on CUDA (when a GPU is visible)')
     ap.add_argument('--no-train', action='store_true', help='inference latency only')
+    ap.add_argument('--grid', action='store_true', help="seconds per step of a grid of runs: the vla stage's `jobs`")
     ap.add_argument('--threads', type=int, default=1,
                     help='torch threads (default 1: on a shared, oversubscribed CPU more threads spin and run slower)')
     a = ap.parse_args()
@@ -128,6 +156,9 @@ def main():
     print(f'machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average '
           f'{" ".join(f"{x:.2f}" for x in os.getloadavg())}, cuda {torch.cuda.is_available()}')
     print(f'VLM: {n_params(vlm):,} parameters ({vlm.config.model_type}); {len(ds)} frames, {action_dim}-dim actions')
+    if a.grid:
+        print(f'grid of 2 runs, {recipe.steps} steps x {recipe.global_batch} frames each (model building and saving included):')
+        return grid(a, ds, cfg, recipe)
     if not a.no_train:
         samples = recipe.steps * recipe.global_batch
         print(f'training: {recipe.steps} steps x {recipe.global_batch} frames (micro-batch {recipe.micro_batch}), '

@@ -57,7 +57,7 @@ def jpeg_images(samples: Iterable[dict], # samples whose `images` are PIL images
 
 def build_corpus(p: Corpus, # the `corpus` section of params
                  out: str|Path|None = None, # output folder (default: `p.out`, under the project root)
-                 vla: bool = True, # also generate the VLA demonstrations
+                 vla: bool = True, # also generate the VLA demonstrations (and `libero`'s, when set)
                  ) -> dict:
     "Generate the embedded corpus into `out`; return (and write) its manifest."
     out = rpath(out or p.out)
@@ -80,6 +80,10 @@ def build_corpus(p: Corpus, # the `corpus` section of params
                                  frame_stride=v.frame_stride)
             manifest['sources'][VLA_SOURCE] = _store(jpeg_images(demos, p.jpeg_quality), 'vla', out/'vla'/VLA_SOURCE,
                                                      scratch, t0) | {'group': 'vla'}
+        if vla and p.libero:
+            from emt.corpus_libero import libero_demos
+            L = p.libero
+            manifest['libero'] = libero_demos(L.tasks, L.episodes_per_task, out/'libero', L.image_size, L.max_steps)
     manifest['total'] = {k: sum(s[k] for s in manifest['sources'].values()) for k in ('samples', 'seconds', 'bytes')}
     write_json(out/'corpus.json', manifest)
     return manifest

@@ -79,7 +79,7 @@ class LiberoEnv:
     "One LIBERO task as a harness task env: upright agentview frames, 7-dim OSC_POSE delta actions."
     action_dim = 7
     def __init__(self, suite: str, task: str, size: int, max_steps: int|None = None, flip: str = 'vertical',
-                 shadows: bool = True):
+                 shadows: bool = True, cameras: tuple[str, ...] = ('agentview',)): # rendered each step (obs '<camera>_image')
         s = libero_suite(suite)
         names = [s.get_task(i).name for i in range(s.get_num_tasks())]
         if task not in names: raise EmtError(f'{suite} has no task {task!r}; its tasks are {names}')
@@ -88,10 +88,11 @@ class LiberoEnv:
         from libero.libero import get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
         bddl = Path(get_libero_path('bddl_files'))/t.problem_folder/t.bddl_file
-        self.suite, self.task, self.instruction, self.flip = suite, task, t.language, flip
+        self.suite, self.task, self.instruction, self.flip, self.size, self.cameras = suite, task, t.language, flip, size, cameras
+        self.bddl_file = bddl
         self.max_steps = max_steps or SUITE_MAX_STEPS[suite]
         self.env = OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=size, camera_widths=size,
-                                      camera_names=['agentview'])
+                                      camera_names=list(cameras))
         self.env.seed(0)
         if not shadows: self._shadows_off()
         self.obs: dict|None = None
