@@ -356,7 +356,8 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
             'params': n_params(unwrapped), 'trainable': sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
             'train_frames': len(frames), 'heldout_frames': len(held), 'action_stats': asdict(stats),
             'config': cfg.to_dict(), 'history': history, 'fingerprint': fp,
-            'checkpoints': sorted(str(p) for p in out_dir.glob('step_*') if (p/'config.json').exists())}
+            'checkpoints': sorted(p.name for p in out_dir.glob('step_*') if (p/'config.json').exists())}  # under out_dir:
+                                                                  # a reused report stays true when the project moves
     if acc.is_main_process: write_json(out_dir/REPORT_FILE, rep)  # written last: its presence marks the run complete
     acc.wait_for_everyone()
     return rep
