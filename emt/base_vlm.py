@@ -19,7 +19,7 @@ from .params import Params, load_params, override
 from .sft import train_sft
 
 # %% auto #0
-__all__ = ['LOSS_COLUMNS', 'pretrain_sources', 'pretrain_datasets', 'chat_texts', 'scratch_vlm', 'loss_figure',
+__all__ = ['LOSS_COLUMNS', 'SELECTOR', 'pretrain_sources', 'pretrain_datasets', 'chat_texts', 'scratch_vlm', 'loss_figure',
            'check_pretrained', 'run_base_vlm']
 
 # %% ../nbs/06_base_vlm.ipynb #a4ade774
@@ -111,20 +111,22 @@ def check_pretrained(b, # the `base_vlm` params section
         raise EmtError(f'base_vlm.model={b.model!r} resizes images to {side} px, but base_vlm.image_size={b.image_size}: '
                        'set image_size to the processor\'s size (the VLA frames are resized to it).')
 
-def _pretrain_scratch(params: Params, out: Path, work: Path, num_workers: int) -> dict:
+def _pretrain_scratch(params: Params, out: Path, work: Path, num_workers: int, curve: bool = True) -> dict:
     "Build the scratch VLM, pretrain it on the pretraining sources, store it; the run's numbers."
     data = pretrain_datasets(params)
     model, processor = scratch_vlm(params, chat_texts(data.values()))
     rep = train_sft((model, processor), data, params.base_vlm.recipe, work, seed=params.seed,
                     on_error=params.data.on_error, num_workers=num_workers, save_model=False)
     save_vlm(model, processor, out)
-    _save_curve(rep['history'], f'{params.base_vlm.arch} pretraining on {"+".join(params.base_vlm.pretrain_groups)}')
+    if curve: _save_curve(rep['history'], f'{params.base_vlm.arch} pretraining on {"+".join(params.base_vlm.pretrain_groups)}')
     shutil.rmtree(work, ignore_errors=True)  # done: the checkpoints are no longer needed to resume
     return {'arch': params.base_vlm.arch, 'params': rep['params'], 'sources': list(data),
             'samples': sum(len(d) for d in data.values()), 'vocab_size': len(processor.tokenizer),
             **{k: rep[k] for k in ('steps', 'first_loss', 'final_loss', 'tokens_per_s', 'processes', 'accumulation',
                                    'mixed_precision', 'skipped', 'resumed_from')},
             'train_seconds': rep['seconds']}
+
+SELECTOR = 'selector' # <base_vlm>/selector: the VLM of `base_vlm.selector`, pretrained the same way
 
 def run_base_vlm(params: Params, # validated params
                  out: str = ARTIFACTS['base_vlm'], # the checkpoint directory to produce
@@ -135,6 +137,10 @@ def run_base_vlm(params: Params, # validated params
     t0, b = time.time(), params.base_vlm
     if b.init == 'pretrained': m = _copy_pretrained(params, rpath(out))
     else: m = _pretrain_scratch(params, rpath(out), rpath(work), num_workers)
+    if b.selector is not None:  # the same pretraining, another architecture: the pool is scored in its feature space
+        sel = params.model_copy(update={'base_vlm': b.model_copy(update={'arch': b.selector, 'selector': None})})
+        m['selector'] = {'path': f'{out}/{SELECTOR}',
+                         **_pretrain_scratch(sel, rpath(out)/SELECTOR, rpath(work)/SELECTOR, num_workers, curve=False)}
     metrics = {'profile': params.profile, 'init': b.init, **m, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/base_vlm.json'), metrics)
     return metrics

@@ -67,7 +67,7 @@ def _corpus(a) -> int:
     p = load_params(a.params).corpus
     if a.sources: p = p.model_copy(update={'sources': a.sources.split(',')})
     if a.per_source: p = p.model_copy(update={'per_source': a.per_source})
-    build_corpus(p, out=a.out)
+    build_corpus(p, out=a.out, parts=a.only.split(',') if a.only else None)
     return 0
 
 def _readme(a) -> int:
@@ -96,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument('--out', default=None, help='output folder (default: corpus.out)')
     cp.add_argument('--sources', default=None, help='comma-separated VLM sources (default: corpus.sources)')
     cp.add_argument('--per-source', type=int, default=None, help='samples per VLM source')
+    cp.add_argument('--only', default=None, help='comma-separated parts to regenerate: vlm, vla, libero (default: all)')
     cp.set_defaults(fn=_corpus)
     sub.add_parser('readme', help='render nbs/index.ipynb into README.md').set_defaults(fn=_readme)
     dp = sub.add_parser('docs', help='build the offline docs site')

@@ -6,9 +6,9 @@ Docs: https://emt-org.github.io/emt/corpus.html.md"""
 
 # %% ../nbs/03_corpus.ipynb #5160d65a
 from __future__ import annotations
-import importlib.metadata as md, io, shutil, tempfile, time
+import importlib.metadata as md, io, json, shutil, tempfile, time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import PIL.Image
@@ -18,7 +18,7 @@ from .data import samples_to_dataset, save_dataset
 from .params import Corpus, load_params
 
 # %% auto #0
-__all__ = ['VLA_SOURCE', 'vlm_sources', 'jpeg_images', 'build_corpus']
+__all__ = ['VLA_SOURCE', 'CORPUS_PARTS', 'vlm_sources', 'jpeg_images', 'build_corpus']
 
 # %% ../nbs/03_corpus.ipynb #e6b4f006
 def vlm_sources() -> dict[str, tuple[str, Callable]]:
@@ -55,24 +55,38 @@ def jpeg_images(samples: Iterable[dict], # samples whose `images` are PIL images
             s = {**s, 'images': imgs}
         yield s
 
+CORPUS_PARTS = ('vlm', 'vla', 'libero') # the VLM sources, the Meta-World demonstrations, the LIBERO demonstrations
+
 def build_corpus(p: Corpus, # the `corpus` section of params
                  out: str|Path|None = None, # output folder (default: `p.out`, under the project root)
-                 vla: bool = True, # also generate the VLA demonstrations (and `libero`'s, when set)
+                 parts: Sequence[str]|None = None, # what to (re)generate, of `CORPUS_PARTS` (None: all; libero when set)
                  ) -> dict:
-    "Generate the embedded corpus into `out`; return (and write) its manifest."
+    """Generate the embedded corpus into `out`; return (and write) its manifest. With `parts`, only those are
+    regenerated and the manifest keeps the other parts' entries."""
     out = rpath(out or p.out)
+    parts = list(CORPUS_PARTS if parts is None else parts)
+    if bad := sorted(set(parts) - set(CORPUS_PARTS)): raise EmtError(f'corpus parts {bad}: known parts are {list(CORPUS_PARTS)}')
+    if 'libero' in parts and p.libero is None:
+        if parts == ['libero']: raise EmtError('corpus.libero is not set: give its tasks to generate LIBERO demonstrations')
+        parts.remove('libero')
     reg = vlm_sources()
     names = p.sources or list(reg)
     if unknown := [n for n in names if n not in reg]: raise EmtError(f'corpus.sources: unknown {unknown}; known: {list(reg)}')
-    manifest = {'params': p.model_dump(mode='json'), 'versions': _versions(), 'sources': {}}
-    from emt.corpus_embodied import TaskScenes
-    with tempfile.TemporaryDirectory(prefix='emt-corpus-') as scratch, TaskScenes(p.image_size, p.seed) as scenes:
-        for name in progress(names, 'VLM sources'):
-            t0, (group, gen) = time.time(), reg[name]
-            kw = {'scenes': scenes} if group == 'embodied' else {}  # the embodied sources share one env per task
-            samples = jpeg_images(gen(p.per_source, p.image_size, p.seed, **kw), p.jpeg_quality)
-            manifest['sources'][name] = _store(samples, 'vlm', out/'vlm'/name, scratch, t0) | {'group': group}
-        if vla:
+    old = json.loads((out/'corpus.json').read_text()) if set(parts) != set(CORPUS_PARTS) and (out/'corpus.json').exists() else {}
+    manifest = {'params': p.model_dump(mode='json'), 'versions': _versions(),
+                'sources': {k: v for k, v in old.get('sources', {}).items()
+                            if ('vla' if v.get('group') == 'vla' else 'vlm') not in parts}}
+    if 'libero' not in parts and 'libero' in old: manifest['libero'] = old['libero']
+    with tempfile.TemporaryDirectory(prefix='emt-corpus-') as scratch:
+        if 'vlm' in parts:
+            from emt.corpus_embodied import TaskScenes
+            with TaskScenes(p.image_size, p.seed) as scenes:
+                for name in progress(names, 'VLM sources'):
+                    t0, (group, gen) = time.time(), reg[name]
+                    kw = {'scenes': scenes} if group == 'embodied' else {}  # the embodied sources share one env per task
+                    samples = jpeg_images(gen(p.per_source, p.image_size, p.seed, **kw), p.jpeg_quality)
+                    manifest['sources'][name] = _store(samples, 'vlm', out/'vlm'/name, scratch, t0) | {'group': group}
+        if 'vla' in parts:
             from emt.corpus_vla import generate_vla
             t0, v = time.time(), p.vla
             demos = generate_vla(tasks=v.tasks, episodes_per_task=v.episodes_per_task, size=v.image_size,
@@ -80,10 +94,11 @@ def build_corpus(p: Corpus, # the `corpus` section of params
                                  frame_stride=v.frame_stride)
             manifest['sources'][VLA_SOURCE] = _store(jpeg_images(demos, p.jpeg_quality), 'vla', out/'vla'/VLA_SOURCE,
                                                      scratch, t0) | {'group': 'vla'}
-        if vla and p.libero:
-            from emt.corpus_libero import libero_demos
-            L = p.libero
-            manifest['libero'] = libero_demos(L.tasks, L.episodes_per_task, out/'libero', L.image_size, L.max_steps)
+    if 'libero' in parts:
+        from emt.corpus_libero import libero_demos
+        L = p.libero
+        manifest['libero'] = libero_demos(L.tasks, L.episodes_per_task, out/'libero', L.image_size, L.max_steps,
+                                          L.first_state, L.eye_in_hand)
     manifest['total'] = {k: sum(s[k] for s in manifest['sources'].values()) for k in ('samples', 'seconds', 'bytes')}
     write_json(out/'corpus.json', manifest)
     return manifest

@@ -27,7 +27,7 @@ def _axis_angle(q: np.ndarray) -> np.ndarray:
     s = np.sqrt(max(1.0 - w * w, 0.0))
     return np.zeros(3) if s < 1e-8 else q[:3] * (2.0 * np.arccos(w) / s)
 
-def record_demo(env: LiberoEnv, # a task env made with the eye-in-hand camera (`cameras`)
+def record_demo(env: LiberoEnv, # a task env (with the eye-in-hand camera in `cameras` to record it too)
                 trial: int, # the initial state
                 policy=None, # the scripted expert (None: a new `LiberoPickPlace`)
                 ) -> dict | None:
@@ -35,14 +35,14 @@ def record_demo(env: LiberoEnv, # a task env made with the eye-in-hand camera (`
     policy = policy or LiberoPickPlace()
     env.reset(trial)
     policy.bind(env)
-    if not policy.plan: raise EmtError(f'{env.task}: not a pick-and-place task; the scripted expert cannot solve it')
-    keys = ('agentview_rgb', 'eye_in_hand_rgb', 'joint_states', 'gripper_states', 'ee_pos', 'ee_ori', 'ee_quat', 'states',
-            'actions')
+    cams = {'agentview_rgb': 'agentview_image'} | ({'eye_in_hand_rgb': 'robot0_eye_in_hand_image'}
+                                                  if 'robot0_eye_in_hand' in env.cameras else {})
+    keys = (*cams, 'joint_states', 'gripper_states', 'ee_pos', 'ee_ori', 'ee_quat', 'states', 'actions')
     rec = {k: [] for k in keys}
     success = False
     for _ in range(env.max_steps):
         o = env.obs
-        rec['agentview_rgb'].append(o['agentview_image']); rec['eye_in_hand_rgb'].append(o['robot0_eye_in_hand_image'])
+        for k, name in cams.items(): rec[k].append(o[name])
         rec['joint_states'].append(o['robot0_joint_pos']); rec['gripper_states'].append(o['robot0_gripper_qpos'])
         rec['ee_pos'].append(o['robot0_eef_pos']); rec['ee_ori'].append(_axis_angle(o['robot0_eef_quat']))
         rec['ee_quat'].append(o['robot0_eef_quat'])
@@ -53,7 +53,7 @@ def record_demo(env: LiberoEnv, # a task env made with the eye-in-hand camera (`
         if success: break
     if not success: return None
     out = {k: np.stack(v) for k, v in rec.items()}
-    out['agentview_rgb'], out['eye_in_hand_rgb'] = (out[k].astype(np.uint8) for k in ('agentview_rgb', 'eye_in_hand_rgb'))
+    for k in cams: out[k] = out[k].astype(np.uint8)
     out['init_state'] = np.asarray(env.states[trial])
     out['model_file'] = env.env.sim.model.get_xml()
     return out
@@ -81,7 +81,7 @@ def write_libero_demos(path: str | os.PathLike, # the <task>_demo.hdf5 file to w
             g = data.create_group(f'demo_{i}')
             T = len(d['actions'])
             g.attrs.update(num_samples=T, model_file=d['model_file'], init_state=d['init_state'])
-            for cam in ('agentview_rgb', 'eye_in_hand_rgb'):
+            for cam in [c for c in ('agentview_rgb', 'eye_in_hand_rgb') if c in d]:
                 g.create_dataset(f'obs/{cam}', data=d[cam], compression='gzip', compression_opts=4,
                                  chunks=d[cam].shape)  # one chunk per episode: consecutive frames compress 8x better
             for k in ('joint_states', 'gripper_states', 'ee_pos', 'ee_ori'): g[f'obs/{k}'] = d[k]
@@ -97,24 +97,28 @@ def libero_demos(tasks: Sequence[str], # '<suite>/<task name>' entries
                  out: str | os.PathLike, # <out>/<suite>/<task>_demo.hdf5
                  size: int = 128, # agentview and eye-in-hand resolution
                  max_steps: int | None = None, # per episode (None: the suite's limit)
+                 first_state: int = 0, # the first initial state tried (keep the states evaluation uses out)
+                 eye_in_hand: bool = True, # also record the eye-in-hand camera (most of a file's size at 64 px)
                  ) -> dict:
-    "Scripted demonstrations of every task, from its initial states 0, 1, ... until `episodes_per_task` succeed."
+    "Scripted demonstrations of every task, from its initial states first_state, first_state+1, ... until `episodes_per_task` succeed."
     out, summary = rpath(out), {}
     for entry in progress(list(tasks), 'LIBERO tasks'):
         suite, _, task = entry.partition('/')
         if not task: raise EmtError(f"corpus.libero.tasks: {entry!r} is not '<suite>/<task name>'")
-        env, t0, demos, tried = LiberoEnv(suite, task, size, max_steps, cameras=('agentview', 'robot0_eye_in_hand')), time.time(), [], 0
+        env, t0, demos, states, tried = LiberoEnv(suite, task, size, max_steps, cameras=('agentview', 'robot0_eye_in_hand')[:1 + eye_in_hand]), time.time(), [], [], 0
         try:
-            for trial in progress(range(len(env.states)), task[:40], leave=False):
+            if first_state >= len(env.states):
+                raise EmtError(f'{entry}: first_state={first_state}, but the task has {len(env.states)} initial states')
+            for trial in progress(range(first_state, len(env.states)), task[:40], leave=False):
                 if len(demos) == episodes_per_task: break
                 tried += 1
-                if (d := record_demo(env, trial)) is not None: demos.append(d)
+                if (d := record_demo(env, trial)) is not None: demos.append(d); states.append(trial)
             if len(demos) < episodes_per_task:
                 raise EmtError(f'{entry}: the scripted expert succeeded from {len(demos)} of the {tried} initial states, '
                                f'fewer than the {episodes_per_task} demonstrations asked for')
             f = write_libero_demos(out/suite/f'{task}_demo.hdf5', env, demos)
         finally: env.close()
-        summary[entry] = {'file': str(f.relative_to(out)), 'demos': len(demos), 'tried': tried,
+        summary[entry] = {'file': str(f.relative_to(out)), 'demos': len(demos), 'tried': tried, 'initial_states': states,
                           'frames': int(sum(len(d['actions']) for d in demos)), 'seconds': round(time.time() - t0, 1)}
-    write_json(out/'libero.json', {'size': size, 'tasks': summary})
+    write_json(out/'libero.json', {'size': size, 'eye_in_hand': eye_in_hand, 'tasks': summary})
     return summary

@@ -506,7 +506,9 @@ def reference_policies(names: Sequence[str], # `eval.references`: 'random' and/o
                        ) -> dict[str, Callable[[], Policy]]:
     "Factories of the reference policies run on `benchmark`: random actions, and the scripted expert where it has one."
     from emt.metaworld import MetaWorldExpert
-    experts = {'metaworld': MetaWorldExpert}  # LIBERO's scripted policy solves only pick-and-place tasks: not a ceiling
+    from emt.libero import LiberoPickPlace
+    experts = {'metaworld': MetaWorldExpert, 'libero': LiberoPickPlace}  # LIBERO's: pick-and-place tasks only (it
+                                                                          # refuses others when it binds to their env)
     out = {}
     for n in names:
         if n == 'random': out[f'{REFERENCE}/random'] = RandomPolicy

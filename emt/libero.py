@@ -146,6 +146,7 @@ class Libero:
 # %% ../nbs/13a_libero.ipynb #c37b92e6
 class LiberoPickPlace:
     "A scripted policy that reads object poses from LIBERO's simulator and puts each goal object in its container."
+    needs_frames = False # it reads the simulator, not the frames
     def __init__(self, gain: float = 1.5): self.gain = gain # proportional gain on the position error
 
     def bind(self, env: LiberoEnv) -> None:
@@ -153,6 +154,9 @@ class LiberoPickPlace:
         self.env, self.sim, self.ids, self.objects = env, e.sim, e.obj_body_id, e.objects_dict
         self.plan = [(g[1], g[2].removesuffix('_contain_region')) for g in e.parsed_problem['goal_state']
                      if g[0].lower() == 'in' and g[2].endswith('_contain_region')]
+        if not self.plan or len(self.plan) != len(e.parsed_problem['goal_state']):
+            raise EmtError(f'{env.task}: not a pick-and-place task (its goal is not only "put X in Y"); the scripted '
+                           'expert cannot solve it')
         self.k, self.phase, self.t = 0, 'above', 0
 
     def _pos(self, name: str) -> np.ndarray: return np.array(self.sim.data.body_xpos[self.ids[name]])

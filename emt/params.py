@@ -93,6 +93,7 @@ class Source(Section):
     benchmark: Literal['metaworld', 'libero', 'simpler_bridge', 'calvin'] | None = None # a VLA source: the benchmark it trains for
     gripper: Literal['close_positive', 'open_positive', 'bridge'] | None = None # a VLA source: its gripper convention (None: its benchmark's)
     vla_chunk: int | None = Field(default=None, gt=0) # a VLA source: the chunk its VLA predicts (None: vla.chunk; CALVIN: 10)
+    vla_steps: int | None = Field(default=None, gt=0) # a VLA source: its VLA's training steps (None: vla.recipe.steps)
 
     def gripper_convention(self) -> str:
         "The name of this source's gripper convention (a key of `GRIPPERS`)."
@@ -119,6 +120,8 @@ class CorpusLibero(Section):
     episodes_per_task: int = Field(default=20, gt=0) # successful demonstrations per task
     image_size: int = Field(default=128, ge=16, le=512) # agentview and eye-in-hand, as the evaluation renders
     max_steps: int | None = Field(default=None, gt=0) # per episode (None: the suite's limit)
+    first_state: int = Field(default=0, ge=0) # demonstrations from initial states first_state, ... (evaluation: 0, ...)
+    eye_in_hand: bool = True # also record the eye-in-hand camera (the VLAs read agentview; it is most of the size)
 
 # %% ../nbs/01_params.ipynb #baa038bf
 class Corpus(Section):
@@ -161,11 +164,16 @@ class BaseVLM(Section):
     vocab_size: int = Field(default=4096, gt=0) # the tokenizer trained on the corpus text
     pretrain_groups: list[Literal['general', 'embodied']] = Field(default_factory=lambda: ['general'])
     recipe: Recipe | None = None # scratch pretraining recipe
+    selector: Literal['internvl', 'qwen2_5_vl', 'qwen3_vl', 'smolvlm'] | None = None # scratch: also pretrain a VLM of
+        # this architecture the same way, into <base_vlm>/selector; with features.model: artifacts/base_vlm/selector the
+        # pool is scored in its feature space and the base VLM mid-trained on that mixture (the cross-backbone rows)
 
     @model_validator(mode='after')
     def _needs(self):
         if self.init == 'pretrained' and not self.model: raise ValueError("init: pretrained needs `model` (a hub id or path)")
         if self.init == 'scratch' and self.recipe is None: raise ValueError("init: scratch needs a `recipe`")
+        if self.selector is not None and self.init != 'scratch':
+            raise ValueError("selector: a second VLM is pretrained only with init: scratch (at paper scale give features.model)")
         return self
 
 # %% ../nbs/01_params.ipynb #53399351
@@ -322,6 +330,21 @@ class Params(Section):
     vla: VLA
     eval: Eval
     report: Report = Report()
+
+    @model_validator(mode='after')
+    def _demos_held_out(self):
+        "A LIBERO VLA trained on `emt corpus` demonstrations is evaluated from initial states none of them started from."
+        L, out = self.corpus.libero, self.corpus.out.rstrip('/')
+        if L is None or not any(s.format == 'libero_hdf5' and s.path.rstrip('/').startswith(f'{out}/libero')
+                                for s in self.data.vla_sources): return self
+        for b in self.eval.benchmarks:
+            suite = b.suite or 'libero_10'
+            shared = [t for t in L.tasks if t.startswith(f'{suite}/') and (b.tasks is None or t.split('/', 1)[1] in b.tasks)]
+            if b.name == 'libero' and shared and (need := b.trials * len(self.vla.seeds)) > L.first_state:
+                raise ValueError(f'eval.benchmarks libero {suite}: {len(self.vla.seeds)} VLA seeds x {b.trials} trials '
+                                 f'start from initial states 0-{need - 1}, but corpus.libero\'s demonstrations start from '
+                                 f'state {L.first_state} on: raise corpus.libero.first_state to {need}, or lower the trials')
+        return self
 
 # %% ../nbs/01_params.ipynb #1d3e8cd6
 class ParamsError(EmtError):

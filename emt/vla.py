@@ -29,10 +29,11 @@ from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_sched
                      save_checkpoint, step_loader, weights_digest)
 
 # %% auto #0
-__all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'vla_config', 'vla_chunk', 'frame_table',
-           'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches', 'heldout_loss',
-           'train_vla', 'finished_run', 'model_qid', 'main', 'vla_inits', 'vla_benchmarks', 'vla_datasets',
-           'vla_gripper', 'data_action_dim', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'run_vla']
+__all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'vla_config', 'vla_chunk', 'vla_recipe',
+           'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches',
+           'heldout_loss', 'train_vla', 'finished_run', 'model_qid', 'main', 'vla_inits', 'vla_benchmarks',
+           'vla_datasets', 'vla_gripper', 'data_action_dim', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas',
+           'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
@@ -46,12 +47,20 @@ def vla_config(P: Params, # validated params (`vla` section)
     return VLAConfig(action_dim, chunk or v.chunk, list(gripper_dims), v.head_hidden, v.action_queries, v.huber_delta,
                      v.gripper_weight, v.freeze, v.lora_rank, lora_alpha, v.recipe.max_seq_len)
 
+def _agreed(sources: Sequence[Source], field: str, default: int, what: str) -> int:
+    found = {s.name: getattr(s, field) or default for s in sources}
+    if len(set(found.values())) > 1:
+        raise EmtError(f'the VLA sources of one benchmark ask for different {what} {found}: give them one ({field}).')
+    return next(iter(found.values()), default)
+
 def vla_chunk(sources: Sequence[Source], default: int) -> int:
     "The action chunk of one VLA's sources (their `vla_chunk`, else `default`); they must agree."
-    found = {s.name: s.vla_chunk or default for s in sources}
-    if len(set(found.values())) > 1:
-        raise EmtError(f'the VLA sources of one benchmark ask for different chunks {found}: give them one chunk.')
-    return next(iter(found.values()), default)
+    return _agreed(sources, 'vla_chunk', default, 'chunks')
+
+def vla_recipe(sources: Sequence[Source], recipe: Recipe) -> Recipe:
+    "The training recipe of one VLA's sources: `recipe` with their `vla_steps` (they must agree), else as it is."
+    steps = _agreed(sources, 'vla_steps', recipe.steps, 'step counts')
+    return recipe if steps == recipe.steps else recipe.model_copy(update={'steps': steps})
 
 # %% ../nbs/12_vla.ipynb #7f8b2d78
 def _file_of(ds: Dataset) -> str | None:
@@ -558,19 +567,19 @@ def run_vla(P: Params, # validated params
     for bench, sources in groups.items():
         ds = vla_datasets(sources, data)
         cfg = vla_config(P, data_action_dim(ds), P.vla.gripper_dims, chunk=vla_chunk(sources, P.vla.chunk))
-        plan.append((bench, ds, cfg, vla_gripper(sources)))
-    runs = [(init, path, bench, ds, cfg, grip, seed) for bench, ds, cfg, grip in plan for init, path in paths.items()
-            for seed in P.vla.seeds]
+        plan.append((bench, ds, cfg, vla_gripper(sources), vla_recipe(sources, P.vla.recipe)))
+    runs = [(init, path, bench, ds, cfg, grip, rec, seed) for bench, ds, cfg, grip, rec in plan
+            for init, path in paths.items() for seed in P.vla.seeds]
     jobs = P.vla.jobs if PartialState().num_processes == 1 else 1  # under `accelerate launch` the runs take turns
     workers = num_workers if num_workers is not None else (0 if jobs > 1 else 1)
-    calls = {run_name(init, bench, seed): dict(vlm=path, datasets=ds, cfg=VLAConfig(**asdict(cfg)), recipe=P.vla.recipe,
+    calls = {run_name(init, bench, seed): dict(vlm=path, datasets=ds, cfg=VLAConfig(**asdict(cfg)), recipe=rec,
                                                 out_dir=rpath(out)/run_name(init, bench, seed), seed=seed, split_seed=P.seed,
                                                 heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max,
                                                 num_workers=workers, gripper=grip)
-             for init, path, bench, ds, cfg, grip, seed in runs}
+             for init, path, bench, ds, cfg, grip, rec, seed in runs}
     reports = train_vlas(calls, jobs)
     summary = {}
-    for init, path, bench, ds, cfg, grip, seed in runs:
+    for init, path, bench, ds, cfg, grip, _, seed in runs:
         name = run_name(init, bench, seed)
         rep = reports[name]
         summary[name] = {'init': init, 'benchmark': bench, 'seed': seed, 'vlm': project_relative(path),
@@ -590,7 +599,7 @@ def run_vla(P: Params, # validated params
     rows = loss_rows(reports)
     save_table(rows, 'vla_loss', folder='metrics', columns=LOSS_CSV_COLUMNS)
     frames = []  # each VLA's final loss on every held-out frame: the report's paired comparisons resample them
-    episode_of = {b: frame_episodes(ds) for b, ds, _, _ in plan}  # frames of one episode are resampled together
+    episode_of = {b: frame_episodes(ds) for b, ds, *_ in plan}  # frames of one episode are resampled together
     for name in reports:
         f = rpath(out)/name/'heldout_frames.json'
         if not f.is_file(): continue
@@ -605,7 +614,7 @@ def run_vla(P: Params, # validated params
     (rpath('metrics')/'vla_loss.md').unlink(missing_ok=True)  # the CSV is for dvc plots
     fig = fig3_loss(rows); save_figure(fig, 'fig3_loss'); plt.close(fig)
     metrics = {'profile': P.profile, 'benchmarks': {b: [s.name for s in groups[b]] for b in groups},
-               'configs': {b: cfg.to_dict() for b, _, cfg, _ in plan}, 'seeds': list(P.vla.seeds),
+               'configs': {b: cfg.to_dict() for b, _, cfg, *_ in plan}, 'seeds': list(P.vla.seeds),
                'split_seed': P.seed, 'runs': summary, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/vla.json'), metrics)
     return metrics

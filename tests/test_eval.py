@@ -154,9 +154,11 @@ def test_run_eval_keeps_a_seeds_block_when_seeds_are_added_and_refuses_more_tria
 
 def test_reference_policies_random_binds_the_action_size_expert_only_where_one_exists():
     from emt.eval import LineEnv, reference_policies, run_episode
+    from emt.libero import LiberoPickPlace
     refs = reference_policies(['random', 'expert'], 'metaworld')
     assert set(refs) == {'reference/random', 'reference/expert'}
-    assert set(reference_policies(['random', 'expert'], 'libero')) == {'reference/random'}
+    assert reference_policies(['random', 'expert'], 'libero')['reference/expert'] is LiberoPickPlace
+    assert set(reference_policies(['random', 'expert'], 'calvin')) == {'reference/random'}
     pol = refs['reference/random']()
     ep = run_episode(LineEnv(max_steps=5), pol, trial=0, seed=3)
     assert pol.action_dim == LineEnv.action_dim and ep['steps'] >= 1
@@ -186,6 +188,16 @@ def test_libero_scripted_policy_solves_a_libero_object_task_random_does_not():
         assert run_episode(env, LiberoPickPlace(), trial=0)['success']
         env.max_steps = 60  # random actions: a short episode is enough to show no spurious success
         assert not run_episode(env, RandomPolicy(7), trial=1, seed=1)['success']
+    finally: env.close()
+
+
+def test_libero_scripted_expert_refuses_a_task_that_is_not_pick_and_place():
+    from emt.libero import Libero, LiberoPickPlace, libero_tasks
+    task = next(t for t in libero_tasks('libero_goal') if t.startswith('open_'))  # an articulated-object goal
+    env = Libero('libero_goal', size=32).make_env(task)
+    try:
+        env.reset(0)
+        with pytest.raises(EmtError, match='not a pick-and-place task'): LiberoPickPlace().bind(env)
     finally: env.close()
 
 

@@ -47,6 +47,50 @@ def test_embedded_full_differs_from_the_default_only_in_the_methods_it_mid_train
     assert full == default
 
 
+def test_embedded_libero_adds_libero_to_the_default_and_nothing_else(project):
+    """The corpus, the VLM side and the recipes are the default's: only LIBERO's sources and benchmarks, one mid-trained
+    VLM and one VLA seed differ."""
+    lib, default = load_params('profiles/embedded-libero.yaml').model_dump(), load_params().model_dump()
+    added = lib['data']['vla_sources'][len(default['data']['vla_sources']):]
+    assert lib['data']['vla_sources'][:1] == default['data']['vla_sources']
+    assert {s['format'] for s in added} == {'libero_hdf5'} and {s['benchmark'] for s in added} == {'libero'}
+    assert {b['name'] for b in lib['eval']['benchmarks']} == {'metaworld', 'libero'}
+    assert lib['midtrain']['methods'] == ['estimator'] and lib['vla']['seeds'] == [0]
+    assert 'expert' in lib['eval']['references']
+    for d in (lib, default):
+        for k in ('profile',): d.pop(k)
+        d['data'].pop('vla_sources'); d['eval'].pop('benchmarks'); d['midtrain'].pop('methods'); d['vla'].pop('seeds')
+    assert lib == default
+
+
+def test_embedded_qwen_changes_only_the_backbone_and_the_feature_space(project):
+    "The Qwen3-VL base VLM is pretrained as the default's, and the pool scored in the default's InternVL space."
+    qwen, default = load_params('profiles/embedded-qwen.yaml').model_dump(), load_params().model_dump()
+    assert (qwen['base_vlm']['arch'], qwen['base_vlm']['selector']) == ('qwen3_vl', default['base_vlm']['arch'])
+    assert qwen['features']['model'] == 'artifacts/base_vlm/selector'
+    for d in (qwen, default):
+        d.pop('profile'); d['base_vlm'].pop('arch'); d['base_vlm'].pop('selector'); d['features'].pop('model')
+    assert qwen == default
+
+
+def test_a_selector_vlm_needs_a_scratch_base(project):
+    raw = _raw(); raw['base_vlm'].update(init='pretrained', model='some/vlm', selector='internvl')
+    assert 'a second VLM is pretrained only with init: scratch' in _message(raw)
+
+
+def test_libero_evaluation_states_must_not_be_the_demonstrations(project):
+    raw = yaml.safe_load((project/'profiles/embedded-libero.yaml').read_text())
+    parse_params(raw)  # as shipped: states 0-9 evaluated, demonstrations from 20 on
+    raw['vla']['seeds'] = [0, 1, 2]  # 3 seeds x 10 trials: states 0-29 reach the demonstrations' 20-49
+    msg = _message(raw)
+    assert 'start from initial states 0-29' in msg and 'corpus.libero.first_state to 30' in msg
+    raw['corpus']['libero']['first_state'] = 30
+    parse_params(raw)
+    raw['data']['vla_sources'] = raw['data']['vla_sources'][:1]  # no VLA trained on the demonstrations: no conflict
+    raw['corpus']['libero']['first_state'] = 0
+    parse_params(raw)
+
+
 def test_unknown_key_named():
     raw = _raw(); raw['gap']['perplexity'] = 5
     assert 'gap.perplexity: unknown key' in _message(raw)
