@@ -67,9 +67,10 @@ def test_embedded_qwen_changes_only_the_backbone_and_the_feature_space(project):
     "The Qwen3-VL base VLM is pretrained as the default's, and the pool scored in the default's InternVL space."
     qwen, default = load_params('profiles/embedded-qwen.yaml').model_dump(), load_params().model_dump()
     assert (qwen['base_vlm']['arch'], qwen['base_vlm']['selector']) == ('qwen3_vl', default['base_vlm']['arch'])
-    assert qwen['features']['model'] == 'artifacts/base_vlm/selector'
+    assert qwen['features']['model'] == 'artifacts/base_vlm/selector' and qwen['midtrain']['methods'] == ['estimator']
     for d in (qwen, default):
         d.pop('profile'); d['base_vlm'].pop('arch'); d['base_vlm'].pop('selector'); d['features'].pop('model')
+        d['midtrain'].pop('methods')
     assert qwen == default
 
 
