@@ -38,10 +38,13 @@ def sync(device: torch.device) -> None:
 
 
 def build(device: torch.device, smoke: bool):
-    "The model, its processor and the image side: InternVL3.5-1B's shape, or the embedded default's for --smoke."
-    if smoke:
-        model, proc = ft.cpu_model()
-        return model.to(device), proc, 96
+    "The model, its processor and the image side: InternVL3.5-1B's shape, or tiny weights with its image side for --smoke."
+    if smoke:  # InternVL3.5's processor at 448 px (256 image tokens a frame), so the sequence lengths are the real ones
+        from emt.backbones import tiny_vlm, train_tokenizer
+        tok = train_tokenizer(['put the bowl on the plate', 'What is in the image?'] * 20, 400, 'internvl')
+        model, proc = tiny_vlm('internvl', tok, hidden_size=64, layers=2, heads=2, vision_hidden_size=32, vision_layers=1,
+                               image_size=448, patch_size=14)
+        return model.to(device), proc, 448
     model, proc = ft.internvl35_1b(str(device))
     return model, proc, 448
 
@@ -99,7 +102,7 @@ def bench_features(model, proc, size, device, batch_size, batches) -> dict:
 
 def bench_policy(model, proc, device, size, calls) -> dict:
     "VLAPolicy.predict latency on one frame (bf16 autocast on a GPU), and predict_batch per frame for 16 frames."
-    vla = build_vla(model.float(), proc, VLAConfig(action_dim=7, chunk=4, head_hidden=1024, max_seq_len=64)).to(device).eval()
+    vla = build_vla(model.float(), proc, VLAConfig(action_dim=7, chunk=4, head_hidden=1024, max_seq_len=384)).to(device).eval()
     g = np.random.default_rng(0)
     acts = g.normal(size=(64, 4, 7)).astype(np.float32); acts[..., -1] = np.sign(acts[..., -1])
     policy = VLAPolicy(vla, proc, action_stats(acts, np.zeros((64, 4), bool), vla.cfg.gripper_dims))
@@ -121,7 +124,7 @@ def bench_policy(model, proc, device, size, calls) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--device', default=None, help='default: cuda if visible, else cpu')
-    ap.add_argument('--smoke', action='store_true', help="the embedded default's model size (a CPU check of the script)")
+    ap.add_argument('--smoke', action='store_true', help="tiny weights with InternVL3.5's 448-px image side (a CPU check of the script)")
     ap.add_argument('--train-batch', type=int, default=None)
     ap.add_argument('--steps', type=int, default=None)
     ap.add_argument('--feature-batch', type=int, default=None)
@@ -143,7 +146,7 @@ def main():
     fe['mfu'] = fe['samples_per_s'] * fe['gflop_per_sample'] * 1e9 / (peak * 1e12) if peak else None
     print(f"featurization (bf16 forward): {fe['samples_per_s']:.1f} samples/s" +
           (f", MFU {100 * fe['mfu']:.1f}%" if peak else ''))
-    po = bench_policy(model, proc, device, 224 if not a.smoke else 64, 5 if small else 30)
+    po = bench_policy(model, proc, device, 224, 5 if small else 30)
     print(f"VLA predict: median {po['predict_ms_median']:.1f} ms, p90 {po['predict_ms_p90']:.1f} ms; "
           f"batch of 16: {po['predict_batch16_ms_per_frame']:.1f} ms per frame")
     report.update(training=tr, features=fe, policy=po, seconds=time.time() - t0)

@@ -22,9 +22,10 @@ from .core import DataError, EmtError, atomic_path, rpath
 
 # %% auto #0
 __all__ = ['ARCHS', 'CHAT_TOKENS', 'BUILDERS', 'Arch', 'VIDEO_CONFIG', 'VIDEO_PROCESSORS', 'IMAGE',
-           'allow_missing_video_processor', 'ArchSpec', 'chat_template', 'train_tokenizer', 'arch_spec', 'TinySize',
-           'tiny_vlm', 'n_params', 'save_vlm', 'save_processor', 'video_processor_config', 'load_vlm', 'to_chat',
-           'encode', 'encode_prompt', 'forward_ms']
+           'allow_missing_video_processor', 'ArchSpec', 'chat_template', 'hub_chat_template', 'train_tokenizer',
+           'arch_spec', 'TinySize', 'tiny_vlm', 'n_params', 'save_vlm', 'save_processor', 'video_processor_config',
+           'load_vlm', 'to_chat', 'reply_spans', 'assistant_mask', 'encode', 'encode_prompt', 'load_processor',
+           'check_prompt_fits', 'forward_ms']
 
 # %% ../nbs/04_backbones.ipynb #2dd00de2
 def allow_missing_video_processor() -> bool:
@@ -88,6 +89,23 @@ def chat_template(image_placeholder: str, # what to write for each image part
         "{%- elif p['type'] == 'text' -%}{{- p['text'] -}}{%- endif -%}{%- endfor -%}{{- '<|im_end|>\\n' -}}"
         "{%- endif -%}{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+
+# %% ../nbs/04_backbones.ipynb #dc6f4c2b
+def hub_chat_template(image_placeholder: str, # what to write for each image part
+                      default_system: str | None = None, # a system turn put first when the conversation has none
+                      ) -> str:
+    "A ChatML Jinja template as hub checkpoints ship them: no `{% generation %}` markers, an optional default system turn."
+    ph = image_placeholder.replace('\n', '\\n')
+    system = ('' if default_system is None else
+              "{%- if messages[0]['role'] != 'system' -%}{{- '<|im_start|>system\\n" + default_system +
+              "<|im_end|>\\n' -}}{%- endif -%}")
+    return (system + "{%- for message in messages -%}"
+            "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+            "{%- if message['content'] is string -%}{{- message['content'] -}}{%- else -%}"
+            "{%- for p in message['content'] -%}{%- if p['type'] == 'image' -%}{{- '" + ph + "' -}}"
+            "{%- elif p['type'] == 'text' -%}{{- p['text'] -}}{%- endif -%}{%- endfor -%}{%- endif -%}"
+            "{{- '<|im_end|>\\n' -}}{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
 
 # %% ../nbs/04_backbones.ipynb #f37485c0
 def train_tokenizer(texts: Iterable[str], # the corpus to learn merges from
@@ -331,6 +349,60 @@ def to_chat(messages: list[dict], # [{"role", "content": str}] with "<image>" pl
         out.append({'role': m['role'], 'content': parts})
     return out
 
+# %% ../nbs/04_backbones.ipynb #9b92bf56
+def _render(processor: ProcessorMixin, conv: list, add_generation_prompt: bool = False) -> str:
+    "`conv` rendered by the processor's chat template, as text (image parts as the template writes them)."
+    return ProcessorMixin.apply_chat_template(processor, conv, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+def reply_spans(processor: ProcessorMixin, # its chat template renders the conversation
+                conv: list[dict], # chat turns in the HF content-list form
+                sample_id: str | None = None, # named in errors
+                ) -> tuple[str, list[tuple[int, int]]]:
+    "The rendered `conv` and the character span of each assistant reply in it, for any chat template."
+    text, spans = _render(processor, conv), []
+    for k, m in enumerate(conv):
+        if m['role'] != 'assistant': continue
+        head, through = _render(processor, conv[:k], True), _render(processor, conv[:k + 1])
+        reply = through[len(head):].rstrip()
+        if not through.startswith(head) or not text.startswith(head) or text[len(head):len(head) + len(reply)] != reply:
+            raise DataError(f'the chat template does not render assistant turn {k} as a continuation of the turns '
+                            'before it, so its reply cannot be told apart from the prompt.', row=sample_id,
+                            field='messages')
+        spans.append((len(head), len(head) + len(reply)))
+    return text, spans
+
+# %% ../nbs/04_backbones.ipynb #5a821844
+def _text_mask(processor: ProcessorMixin, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+    "The tokenizer's ids of `text` (no image expansion) and whether each token starts inside a span."
+    enc = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return enc['input_ids'], [any(a <= s < b for a, b in spans) for s, _ in enc['offset_mapping']]
+
+def _expand_mask(row: list[int], text_ids: list[int], text_mask: list[bool], sample_id) -> list[bool]:
+    "`text_mask` carried onto `row`, the processor's ids: `text_ids` with image tokens (and markers) inserted."
+    out, j = [False] * len(row), 0
+    for i, t in enumerate(row):
+        if j < len(text_ids) and t == text_ids[j]: out[i], j = text_mask[j], j + 1
+    if j != len(text_ids):
+        raise DataError(f'the processor\'s tokens do not contain the rendered text\'s ({j} of {len(text_ids)} found), '
+                        'so the assistant tokens cannot be located.', row=sample_id, field='messages')
+    return out
+
+def assistant_mask(processor: ProcessorMixin, # the processor that made `input_ids`
+                   convs: list[list[dict]], # one conversation per row
+                   input_ids: torch.Tensor, # [rows, length], left-padded
+                   attention_mask: torch.Tensor, # [rows, length]
+                   ids: list | None = None, # sample ids, named in errors
+                   ) -> torch.Tensor:
+    "1 at the tokens of each assistant reply (its end-of-turn marker included), 0 elsewhere; any chat template."
+    out = torch.zeros_like(input_ids)
+    for r, conv in enumerate(convs):
+        sid = ids[r] if ids else None
+        text_ids, text_mask = _text_mask(processor, *reply_spans(processor, conv, sid))
+        keep = attention_mask[r].bool()
+        out[r, keep] = torch.tensor(_expand_mask(input_ids[r, keep].tolist(), text_ids, text_mask, sid),
+                                    dtype=out.dtype)
+    return out
+
 # %% ../nbs/04_backbones.ipynb #91f66d59
 def _images(sample: dict) -> list[Image.Image]:
     out = []
@@ -392,15 +464,17 @@ def encode(processor: ProcessorMixin, # from `tiny_vlm` or `load_vlm`
            ) -> dict[str, torch.Tensor]:
     "A padded batch for `model(**batch)`: input_ids, attention_mask, pixel values and extras, and labels if `train`."
     convs, images = _conversations(samples)
+    ids = [s.get('id') for s in samples]
     try:
-        batch = _chat_batch(processor, convs, return_assistant_tokens_mask=True)
+        batch = _chat_batch(processor, convs)
     except (OSError, ValueError) as e:
-        raise DataError(f'the processor rejected the batch ({e}).', row=','.join(str(s.get('id')) for s in samples),
+        raise DataError(f'the processor rejected the batch ({e}).', row=','.join(str(i) for i in ids),
                         field='images') from e
-    batch = _truncate(dict(batch), processor.image_token_id, processor.tokenizer.pad_token_id, max_seq_len,
-                      [s.get('id') for s in samples])
-    mask = batch.pop('assistant_masks').bool()
-    if train: batch['labels'] = torch.where(mask & batch['attention_mask'].bool(), batch['input_ids'], -100)
+    if train: batch['assistant_masks'] = assistant_mask(processor, convs, batch['input_ids'], batch['attention_mask'], ids)
+    batch = _truncate(dict(batch), processor.image_token_id, processor.tokenizer.pad_token_id, max_seq_len, ids)
+    if train:
+        mask = batch.pop('assistant_masks').bool()
+        batch['labels'] = torch.where(mask & batch['attention_mask'].bool(), batch['input_ids'], -100)
     return batch
 
 # %% ../nbs/04_backbones.ipynb #0989f214
@@ -415,6 +489,28 @@ def encode_prompt(processor: ProcessorMixin, # from `tiny_vlm` or `load_vlm`
     convs = [[{'role': 'user', 'content': [{'type': 'image', 'image': im} for im in ims] +
                [{'type': 'text', 'text': t}]}] for ims, t in zip(rows, texts)]
     return _chat_batch(processor, convs, add_generation_prompt=True)
+
+# %% ../nbs/04_backbones.ipynb #f9d6bda7
+def load_processor(path_or_hub_id: str | os.PathLike, # a checkpoint directory or a (cached) hub id
+                   ) -> ProcessorMixin:
+    "A VLM checkpoint's processor alone (no weights), after the checks `load_vlm` makes."
+    return AutoProcessor.from_pretrained(_checked_source(path_or_hub_id))
+
+def check_prompt_fits(processor: ProcessorMixin, # the VLM's processor
+                      sample: dict, # a sample (VLM or VLA frame) whose `images` are measured
+                      max_seq_len: int, # the limit
+                      key: str, # the params key that sets the limit, named in the error
+                      ) -> int:
+    "The tokens a chat turn of `sample`'s images takes; an error naming `key` when that exceeds `max_seq_len`."
+    ims = _images(sample)
+    if not ims: return 0  # text alone is cut where it must be; only an image cannot be
+    n = int(encode_prompt(processor, ims, '')['attention_mask'].sum())
+    if n > max_seq_len:
+        size = ', '.join(f'{im.width}x{im.height}' for im in ims)
+        raise EmtError(f'{key}={max_seq_len} is too short: the chat turn of sample {sample.get("id")!r} (images {size} '
+                       f'px) takes {n} tokens with this processor before any text. Raise {key} to at least {n} plus '
+                       'the text you want kept.')
+    return n
 
 # %% ../nbs/04_backbones.ipynb #cf03a843
 def forward_ms(model: torch.nn.Module, # the model to time

@@ -16,7 +16,7 @@ import torch
 from datasets import Dataset
 from safetensors.numpy import save_file
 
-from .backbones import encode, encode_prompt, load_vlm
+from .backbones import check_prompt_fits, encode, encode_prompt, load_vlm
 from .core import ARTIFACTS, DataError, EmtError, atomic_path, progress, rpath, write_json
 from .data import load_dataset_dir, open_image, samples_to_dataset, save_dataset, toy_png_bytes
 from .params import Params, load_params, override
@@ -74,6 +74,7 @@ def truncate_rows(batch: dict, # a left-padded batch from a processor
                   image_token_id: int, # the token that stands for image features
                   pad_id: int, # the tokenizer's pad id
                   ids: list[str], # the samples' ids, for errors
+                  key: str = 'features.max_seq_len', # the params key of the limit, named in errors
                   ) -> dict:
     "`batch` with each row cut to its first `max_seq_len` valid tokens; a DataError if that would cut an image."
     mask = batch['attention_mask'].bool()
@@ -85,7 +86,7 @@ def truncate_rows(batch: dict, # a left-padded batch from a processor
         img = (x == image_token_id).nonzero()
         if len(img) and int(img[-1]) >= max_seq_len:
             raise DataError(f'{len(x)} tokens, of which the image tokens end at {int(img[-1]) + 1}: max_seq_len='
-                            f'{max_seq_len} would cut an image. Raise features.max_seq_len.', row=ids[r], field='images')
+                            f'{max_seq_len} would cut an image. Raise {key}.', row=ids[r], field='images')
         for k in keys: rows[k].append(batch[k][r][mask[r]][:max_seq_len])
     n = max(len(x) for x in rows['input_ids'])
     fill = lambda k: pad_id if k == 'input_ids' else 0
@@ -96,11 +97,12 @@ def truncate_rows(batch: dict, # a left-padded batch from a processor
 def vla_inputs(processor, # the VLM's processor
                samples: list[dict], # VLA frames (id, images, instruction)
                max_seq_len: int, # tokens per row at most; the instruction is cut, image tokens never
+               key: str = 'features.max_seq_len', # the params key of the limit, named in errors
                ) -> dict[str, torch.Tensor]:
     "A padded model batch of VLA frames: the camera image and the instruction, as the VLA's prompt."
     batch = encode_prompt(processor, [_decoded_images(s) for s in samples], [s['instruction'] for s in samples])
     return truncate_rows(dict(batch), max_seq_len, processor.image_token_id, processor.tokenizer.pad_token_id,
-                         [s['id'] for s in samples])
+                         [s['id'] for s in samples], key)
 
 # %% ../nbs/07_features.ipynb #f52e152a
 def model_inputs(model: torch.nn.Module, # the VLM
@@ -479,6 +481,8 @@ def run_features(params: Params, # validated params
     out = rpath(out)
     vlm, processor = _load_model(model_path, state.device)
     sources = _sources(params, rpath(data))
+    for name, (kind, ds) in sources.items():  # a limit too short for an image stops here, not on a batch hours in
+        if len(ds): check_prompt_fits(processor, ds[0], f.max_seq_len, 'features.max_seq_len')
     mfp = model_fingerprint(model_path)
     info = {name: {'kind': kind, 'layer': f.layer, 'pooling': f.pooling, 'dtype': f.dtype, 'answers': answers,
                    'max_seq_len': f.max_seq_len, 'model': str(model), 'model_fingerprint': mfp,

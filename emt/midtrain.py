@@ -11,7 +11,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .backbones import load_vlm, save_vlm
+from .backbones import check_prompt_fits, load_processor, load_vlm, save_vlm
 from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_json
 from .data import load_dataset_dir
 from .params import Params, load_params, override
@@ -90,6 +90,8 @@ def run_midtrain(P: Params, # validated params
     if not (rpath(base)/'config.json').is_file():
         raise EmtError(f'no base VLM at {rpath(base)}: run `dvc repro base_vlm` first.')
     mixtures = {m: load_mixture(m, select) for m in P.midtrain.methods}  # every mixture checked before any training
+    proc = load_processor(rpath(base))
+    for ds in mixtures.values(): check_prompt_fits(proc, ds[0], P.midtrain.recipe.max_seq_len, 'midtrain.recipe.max_seq_len')
     per_method, histories = {}, {}
     for m, ds in mixtures.items():
         rep = midtrain_one(P, m, ds, rpath(base), rpath(out)/m, rpath(work)/m, num_workers)

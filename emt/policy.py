@@ -287,7 +287,7 @@ def frame_batch(processor, # the VLA's processor
                 stats: ActionStats | None = None, # to add the targets (None: inputs only)
                 ) -> dict:
     "{'inputs': model inputs with the queries} and, with `stats`, 'arm', 'gripper' targets and the 'valid' step mask."
-    inputs = add_queries(vla_inputs(processor, samples, cfg.max_seq_len), query_id, cfg.action_queries)
+    inputs = add_queries(vla_inputs(processor, samples, cfg.max_seq_len, 'vla.recipe.max_seq_len'), query_id, cfg.action_queries)
     out = {'inputs': inputs}
     if stats is not None:
         acts = np.asarray([s['actions'] for s in samples], dtype=np.float32)[:, :cfg.chunk]

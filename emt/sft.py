@@ -26,10 +26,10 @@ from .params import Recipe
 
 # %% auto #0
 __all__ = ['accumulation_steps', 'Mixture', 'micro_batch_positions', 'MicroBatches', 'label_tokens', 'token_loss_sum',
-           'warmup_steps', 'optimizer_and_schedule', 'weights_digest', 'run_fingerprint', 'checkpoints',
-           'checkpoint_state', 'save_checkpoint', 'mixed_precision_mode', 'make_accelerator', 'fp32_master',
-           'resume_point', 'resume_training', 'step_loader', 'OptStep', 'optimizer_steps', 'train_sft', 'main',
-           'in_ipython']
+           'check_labelled', 'warmup_steps', 'optimizer_and_schedule', 'weights_digest', 'run_fingerprint',
+           'checkpoints', 'checkpoint_state', 'save_checkpoint', 'mixed_precision_mode', 'make_accelerator',
+           'fp32_master', 'resume_point', 'resume_training', 'step_loader', 'OptStep', 'optimizer_steps', 'train_sft',
+           'main', 'in_ipython']
 
 # %% ../nbs/05_sft.ipynb #9de7114a
 def accumulation_steps(global_batch: int, # samples per optimiser step, over all processes
@@ -136,6 +136,18 @@ def token_loss_sum(logits: torch.Tensor, # [batch, length, vocab]
     "Summed cross-entropy of next-token prediction over the labelled positions."
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
                            reduction='sum')
+
+# %% ../nbs/05_sft.ipynb #9f891c89
+def check_labelled(total: list[float], # [labelled tokens, tokens seen] over the global batch, all processes
+                   items: list[dict], # the step's micro-batches (their `step` is named in the error)
+                   ) -> list[float]:
+    "`total`, or an error when the global batch has tokens but none of them labelled."
+    if total[0] == 0 and total[1] > 0:
+        step = items[0].get('step') if items else None
+        raise EmtError(f'step {step}: the global batch has {int(total[1])} tokens and no labelled one, so training would '
+                       'be a zero loss. Either no assistant reply was found in the rendered chat (check the '
+                       "checkpoint's chat template) or max_seq_len cuts every reply off: raise the recipe's max_seq_len.")
+    return total
 
 # %% ../nbs/05_sft.ipynb #648a0ea7
 def warmup_steps(recipe: Recipe) -> int:
@@ -343,7 +355,7 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
         n = torch.tensor([sum(label_tokens(m['batch']) for m in items),
                           sum(int(m['batch']['attention_mask'].sum()) if m['batch'] else 0 for m in items)],
                          device=acc.device, dtype=torch.float64)
-        return acc.reduce(n, 'sum').tolist()
+        return check_labelled(acc.reduce(n, 'sum').tolist(), items)
 
     def micro_loss(m, total):
         n_tok = total[0]

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.state import PartialState
 from datasets import Dataset
 
-from .backbones import ARCHS, load_vlm, n_params
+from .backbones import ARCHS, check_prompt_fits, load_processor, load_vlm, n_params
 from .core import (ARTIFACTS, DataError, EmtError, progress, project_relative, rng, rpath, save_figure, save_table,
                       seed_everything, write_json)
 from .data import load_dataset_dir
@@ -568,6 +568,9 @@ def run_vla(P: Params, # validated params
         ds = vla_datasets(sources, data)
         cfg = vla_config(P, data_action_dim(ds), P.vla.gripper_dims, chunk=vla_chunk(sources, P.vla.chunk))
         plan.append((bench, ds, cfg, vla_gripper(sources), vla_recipe(sources, P.vla.recipe)))
+    for proc in [load_processor(p) for p in dict.fromkeys(map(str, paths.values()))]:  # a frame's image must fit
+        for _, ds, cfg, *_ in plan:
+            for d in ds.values(): check_prompt_fits(proc, d[0], cfg.max_seq_len, 'vla.recipe.max_seq_len')
     runs = [(init, path, bench, ds, cfg, grip, rec, seed) for bench, ds, cfg, grip, rec in plan
             for init, path in paths.items() for seed in P.vla.seeds]
     jobs = P.vla.jobs if PartialState().num_processes == 1 else 1  # under `accelerate launch` the runs take turns

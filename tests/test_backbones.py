@@ -7,7 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from emt.backbones import (ARCHS, encode, encode_prompt, load_vlm, save_vlm, tiny_vlm, to_chat, train_tokenizer)
+import copy
+
+from emt.backbones import (ARCHS, assistant_mask, encode, encode_prompt, hub_chat_template, load_vlm, save_vlm, tiny_vlm,
+                           to_chat, train_tokenizer)
 from emt.core import DataError, EmtError
 
 TEXTS = ['a red cube on the table', 'pick up the block and place it in the bin', 'What is in the image?',
@@ -70,6 +73,37 @@ def test_labels_are_assistant_tokens_only(built):
     assert kept == [ANSWERS[0] + '<|im_end|>', ANSWERS[1] + '<|im_end|>' + ANSWERS[2] + '<|im_end|>']
     assert (b['labels'][b['attention_mask'] == 0] == -100).all()
     assert 'labels' not in encode(processor, samples(), 512, train=False)
+
+
+def hub_styled(processor, arch: str, system: str | None = 'You are a helpful assistant.'):
+    "`processor` with a chat template written as the hub's are: no `{% generation %}` markers, a default system turn."
+    p = copy.copy(processor)
+    p.chat_template = hub_chat_template(ARCHS[arch].image_placeholder, system)
+    return p
+
+
+def test_labels_match_the_generation_markers_on_emts_templates(built):
+    "On emt's own templates the reply spans label exactly what transformers marks from `{% generation %}`."
+    from emt.backbones import _chat_batch, _conversations
+    arch, _, processor, *_ = built
+    convs, _ = _conversations(samples())
+    marked = _chat_batch(processor, convs, return_assistant_tokens_mask=True)
+    ours = assistant_mask(processor, convs, marked['input_ids'], marked['attention_mask'])
+    assert ours.sum() > 0 and torch.equal(ours.bool(), marked['assistant_masks'].bool())
+
+
+@pytest.mark.parametrize('system', [None, 'You are a helpful assistant.'])
+def test_labels_with_a_hub_template_without_markers(built, system):
+    "A hub-style template (no markers) labels the same replies; transformers' own mask labels nothing there."
+    from emt.backbones import _chat_batch, _conversations
+    arch, _, processor, *_ = built
+    hub = hub_styled(processor, arch, system)
+    b = encode(hub, samples(), 512)
+    kept = [hub.tokenizer.decode(row[row != -100]) for row in b['labels']]
+    assert kept == [ANSWERS[0] + '<|im_end|>', ANSWERS[1] + '<|im_end|>' + ANSWERS[2] + '<|im_end|>']
+    if system: assert system in hub.tokenizer.decode(b['input_ids'][0])
+    convs, _ = _conversations(samples())
+    assert int(_chat_batch(hub, convs, return_assistant_tokens_mask=True)['assistant_masks'].sum()) == 0
 
 
 def test_training_step_reduces_loss(built):
