@@ -84,18 +84,34 @@ def write_libero(spec: dict, root: Path, task: str) -> None:
             data[f'demo_{e}/actions'] = acts
 
 
+# The image side of the real checkpoints: InternVL3.5's 448-px tile of 14-px patches (256 image tokens), Qwen3-VL's
+# 16-px patches at native resolution; and chat templates as the hub's are, with no `{% generation %}` markers (Qwen's
+# with its default system turn).
+HUB_STYLE = {'internvl': ('InternVL3_5-tiny', dict(image_size=448, patch_size=14), None),
+             'qwen3_vl': ('Qwen3-VL-tiny', dict(image_size=448, patch_size=16), 'You are a helpful assistant.')}
+
+
 def tiny_checkpoints(root: Path) -> dict[str, Path]:
-    "Random-weight InternVL and Qwen3-VL VLMs stored in bf16 under <root>/hub/."
-    from emt.backbones import save_vlm, tiny_vlm, train_tokenizer
+    "Random-weight InternVL and Qwen3-VL VLMs stored in bf16 under <root>/hub/, with the hub's image sizes and templates."
+    from emt.backbones import ARCHS, hub_chat_template, save_vlm, tiny_vlm, train_tokenizer
     texts = [_qa(n, i)[0] + ' ' + _qa(n, i)[1] for n in ('a', 'refspatial', 'vcr', 'robo2vlm') for i in range(20)]
     out = {}
-    for arch, name in (('internvl', 'InternVL3_5-tiny'), ('qwen3_vl', 'Qwen3-VL-tiny')):
+    for arch, (name, image, system) in HUB_STYLE.items():
         tok = train_tokenizer(texts * 5, 400, arch=arch)
         model, proc = tiny_vlm(arch, tok, hidden_size=32, layers=1, heads=2, vision_hidden_size=32, vision_layers=1,
-                               image_size=32, patch_size=8)
+                               **image)
+        proc.chat_template = proc.tokenizer.chat_template = hub_chat_template(ARCHS[arch].image_placeholder, system)
         out[arch] = root/'hub'/name
         save_vlm(model.to(torch.bfloat16), proc, out[arch])
+        assert 'generation' not in (out[arch]/'chat_template.jinja').read_text().replace('add_generation_prompt', '')
     return out
+
+
+def weights_moved(a: Path, b: Path) -> bool:
+    "Whether two checkpoints' weights differ (read with safetensors alone)."
+    from safetensors.torch import load_file
+    wa, wb = load_file(a/'model.safetensors'), load_file(b/'model.safetensors')
+    return wa.keys() == wb.keys() and any(not torch.equal(wa[k].float(), wb[k].float()) for k in wa)
 
 
 def profile_keys(raw: dict, model=None, prefix=()) -> set[tuple[str, str]]:
@@ -147,19 +163,19 @@ def paper_project(d: Path) -> tuple[Path, dict]:
         if s['format'] == 'libero_hdf5': write_libero(s, d, task)
         else: write_lerobot(s, d)
     ck = tiny_checkpoints(d)
-    recipe = lambda r, **k: {**r, 'steps': 2, 'global_batch': 4, 'micro_batch': 2, 'max_seq_len': 128,
+    recipe = lambda r, **k: {**r, 'steps': 2, 'global_batch': 4, 'micro_batch': 2,  # the profile's max_seq_len
                              'save_every': 1, **({'warmup_steps': 1} if 'warmup_steps' in r else {}), **k}
     raw['offline'] = True
-    raw['base_vlm'].update(model=str(ck['qwen3_vl']), arch='qwen3_vl', image_size=32)  # mid-trained, fine-tuned: Qwen3-VL ...
+    raw['base_vlm'].update(model=str(ck['qwen3_vl']), arch='qwen3_vl')  # mid-trained, fine-tuned: Qwen3-VL ...
     raw['features']['model'] = str(ck['internvl'])   # ... on the mixture selected in InternVL's feature space
-    raw['features'].update(batch_size=8, shard_size=8, max_seq_len=128, num_workers=0)
+    raw['features'].update(batch_size=8, shard_size=8, num_workers=0)
     raw['gap'].update(per_source=6, permutations=5, tsne_perplexity=3.0)
     raw['estimator'].update(max_steps=10, batch_size=8, eval_every=2, seeds=2, distance_vla_samples=20)
     raw['ppl']['steps'] = 1
     raw['select']['k'] = 20
     raw['midtrain']['recipe'] = recipe(raw['midtrain']['recipe'])
     raw['ability'].update(per_source=2, max_new_tokens=4)
-    raw['vla'].update(head_hidden=16, heldout_max=8, recipe=recipe(raw['vla']['recipe'], max_seq_len=96))
+    raw['vla'].update(head_hidden=16, heldout_max=8, recipe=recipe(raw['vla']['recipe']))
     raw['eval'].update(workers=1, videos_per_task=1)
     for b in raw['eval']['benchmarks']:
         b.update(trials=1, max_steps=3, image_size=32, **({'tasks': [task]} if b['name'] == 'libero' else {}))
@@ -205,6 +221,9 @@ def test_paper_profile_runs_every_stage_on_tiny_inputs(tmp_path, read_keys, monk
         assert set(mid['methods']) == set(raw['midtrain']['methods'])
         cfg = json.loads((tmp_path/'artifacts/midtrain/estimator/config.json').read_text())
         assert cfg['model_type'] == 'qwen3_vl'
+        for m, r in mid['methods'].items():  # the hub-style template's replies were found and trained on
+            assert r['first_loss'] > 0 and r['final_loss'] > 0, (m, r)
+        assert weights_moved(Path(raw['base_vlm']['model']), tmp_path/'artifacts/midtrain/estimator')
         ab = run_ability(P)
         assert [r['vlm'] for r in ab['table']] == ['base', *raw['midtrain']['methods']]
         vla = run_vla(P, inits=['base', 'estimator'], num_workers=0)
