@@ -15,9 +15,9 @@ import torch
 
 from .backbones import encode_prompt, load_vlm
 from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_table, write_json
-from .data import load_source, open_image
-from .ingest import heldout_subset
-from .params import Params, Source, load_params
+from .data import load_dataset_dir, open_image
+from .ingest import HELDOUT
+from .params import Params, Source, check_gpu, load_params
 
 # %% auto #0
 __all__ = ['answer_kind', 'score_answer', 'first_turn', 'heldout_questions', 'answer_questions', 'run_ability']
@@ -75,15 +75,18 @@ def first_turn(sample: dict) -> tuple[str, str]:
         raise EmtError(f"{sample.get('id')}: no user turn followed by an answer")
     return ms[0]['content'].replace('<image>', '').strip(), ms[1]['content'].strip()
 
-def heldout_questions(P: Params, # the params (`data.vlm_sources`, `data.on_error`, `seed`)
+def heldout_questions(P: Params, # the params (`data.vlm_sources`)
                       per_source: int, # questions per source at most
+                      data: str = ARTIFACTS['data'], # the data stage's output, which keeps the held-out rows aside
                       ) -> tuple[dict[str, list[dict]], list[str]]:
-    "Per VLM source, up to `per_source` held-out rows (never stored by the data stage); and the sources that have none."
+    "Per VLM source, up to `per_source` of the held-out rows the data stage kept aside; and the sources that have none."
+    root = rpath(data)/HELDOUT
+    if not root.is_dir(): raise EmtError(f'no held-out rows at {root}: run `dvc repro data` first.')
     out, none = {}, []
     for spec in P.data.vlm_sources:
-        ds, _ = load_source(spec.model_dump() | {'kind': 'vlm'}, on_error=P.data.on_error, chunk=P.data.chunk)
-        held = heldout_subset(ds, spec, P.seed, per_source)
-        if len(held): out[spec.name] = [held[i] for i in range(len(held))]
+        p = root/spec.name
+        held = load_dataset_dir(p, 'vlm') if p.exists() else []
+        if len(held): out[spec.name] = [held[i] for i in range(min(per_source, len(held)))]
         else: none.append(spec.name)
     return out, none
 
@@ -113,6 +116,7 @@ def run_ability(P: Params, # validated params (`ability` section)
                 midtrain: str = ARTIFACTS['midtrain'], # the mid-trained VLMs, one folder per method
                 ) -> dict:
     "The ability stage: held-out questions of every VLM source, answered by every VLM and scored; table and metrics."
+    check_gpu(P, 'ability')
     t0, A = time.time(), P.ability
     vlms = {'base': rpath(base), **{m: rpath(midtrain)/m for m in P.midtrain.methods}}
     for n, p in vlms.items():
@@ -124,6 +128,7 @@ def run_ability(P: Params, # validated params (`ability` section)
     scores, answers = {}, {}
     for name, path in progress(vlms.items(), 'ability'):
         model, proc = load_vlm(path, dtype=torch.float32)
+        model.to('cuda' if torch.cuda.is_available() else 'cpu')
         scores[name], answers[name] = {}, {}
         for src, rows in qs.items():
             pred = answer_questions(model, proc, rows, A.max_new_tokens)
@@ -156,9 +161,10 @@ def _toy_project(d: Path, base: Params) -> Params:
     from emt.backbones import save_vlm
     from emt.base_vlm import _toy_project as base_toy, run_base_vlm
     from emt.params import override
-    import shutil
+    from emt.data import save_dataset
     P = base_toy(d, base)
-    for s in P.data.vlm_sources: shutil.copytree(d/ARTIFACTS['data']/s.name, d/s.path)  # the raw sources, 8 rows each
+    for s in P.data.vlm_sources:  # the stored rows stand for the held-out ones here, 8 a source
+        save_dataset(load_dataset_dir(d/ARTIFACTS['data']/s.name, 'vlm'), d/ARTIFACTS['data']/HELDOUT/s.name)
     run_base_vlm(P, num_workers=0)
     m, p = load_vlm(d/ARTIFACTS['base_vlm']); save_vlm(m, p, d/ARTIFACTS['midtrain']/'estimator')
     P = override(P, 'midtrain', methods=['estimator'])

@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .params import BENCHMARK_GRIPPER, init_label, parse_run
+from .params import BENCHMARK_GRIPPER, check_gpu, init_label, parse_run
 from .core import ARTIFACTS, EmtError, DataError, atomic_path, progress, rng, rpath, write_json, write_text, save_table, save_figure
 
 # %% auto #0
@@ -546,6 +546,7 @@ def run_eval(P, # the params
              out: str|os.PathLike = ARTIFACTS['eval'], # results, protocols and videos go under here
              ) -> dict:
     "The eval stage: every VLA on its benchmark, paired initial states; metrics/eval.json, episodes CSV, table, Fig. 3."
+    check_gpu(P, 'eval')
     E, t0 = P.eval, time.time()
     policies = vla_policies(checkpoints=E.checkpoints) if policies is None else policies
     found = {k['seed'] for n in policies if (k := _grid_key(n))}

@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 from .backbones import check_prompt_fits, encode, encode_prompt, load_vlm
 from .core import ARTIFACTS, DataError, EmtError, atomic_path, progress, rpath, write_json
 from .data import load_dataset_dir, open_image, samples_to_dataset, save_dataset, toy_png_bytes
-from .params import Params, load_params, override
+from .params import Params, check_gpu, load_params, override
 
 # %% auto #0
 __all__ = ['Pooling', 'SHARD', 'STORE_DTYPES', 'pool', 'vlm_inputs', 'truncate_rows', 'vla_inputs', 'model_inputs',
@@ -473,6 +473,7 @@ def run_features(params: Params, # validated params
                  num_workers: int | None = None, # DataLoader workers per process (None: `features.num_workers`)
                  ) -> dict:
     "Compute (or resume) the features of every source; write the manifests and metrics/features.json."
+    check_gpu(params, 'features')
     f, t0, state = params.features, time.time(), _distributed()
     answers = f.answers if answers is None else answers
     num_workers = f.num_workers if num_workers is None else num_workers

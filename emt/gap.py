@@ -14,7 +14,7 @@ import torch
 
 from .core import ARTIFACTS, DataError, EmtError, progress, rng, rpath, save_figure, save_table, write_json
 from .features import check_finite, load_features
-from .params import Params, load_params, override, source_groups
+from .params import Params, example_params, load_params, override, source_groups
 
 # %% auto #0
 __all__ = ['sq_dists', 'median_bandwidth', 'rbf', 'mmd2_unbiased', 'block_sums', 'mmd2_matrix', 'mmd2_permutation_test',
@@ -250,7 +250,7 @@ def toy_params(vlm: list[str], # VLM source names (a name starting 'emb' is embo
                **sections: dict, # section -> overrides
                ) -> Params:
     "The project's params with these sources (for examples and tests on synthetic features)."
-    P = base or load_params(rpath('params.yaml'))
+    P = base or example_params()
     src = lambda n, g: {'name': n, 'format': 'hf', 'path': f'data/{n}', 'group': g}
     P = override(P, 'data', vlm_sources=[src(n, 'embodied' if n.startswith('emb') else 'general') for n in vlm],
                  vla_sources=[src(n, 'vla') for n in vla])

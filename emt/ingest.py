@@ -18,7 +18,7 @@ from .data import load_dataset_dir, load_source, save_dataset
 from .params import Params, Source, load_params, override
 
 # %% auto #0
-__all__ = ['SKIP_COLUMNS', 'source_summary', 'examples_figure', 'heldout_rows', 'heldout_subset', 'run_data']
+__all__ = ['HELDOUT', 'SKIP_COLUMNS', 'source_summary', 'examples_figure', 'heldout_rows', 'heldout_subset', 'run_data']
 
 # %% ../nbs/02b_ingest.ipynb #572f0b7c
 def _list_lengths(ds, col: str) -> np.ndarray:
@@ -85,6 +85,8 @@ def _subset(ds, spec: Source, seed: int, heldout: int = 0):
     keep = _subset_rows(len(ds), spec, seed, heldout)
     return ds if len(keep) == len(ds) else ds.select(keep.tolist())
 
+HELDOUT = '_ability' # <data stage out>/_ability/<source>: the held-out rows of each VLM source, for the ability stage
+
 def heldout_subset(ds, spec: Source, seed: int, heldout: int):
     "The held-out rows of a VLM source (`ability.per_source` of them): data no stage trains or scores on."
     return ds.select(heldout_rows(len(ds), spec, seed, heldout).tolist())
@@ -110,6 +112,8 @@ def run_data(params: Params, # validated params
             ds, report = load_source(spec.model_dump() | {'kind': kind}, on_error=d.on_error, chunk=d.chunk,
                                      cache_dir=scratch)
             save_dataset(_subset(ds, spec, params.seed, params.ability.per_source), rpath(out)/spec.name)
+            held = heldout_subset(ds, spec, params.seed, params.ability.per_source) if kind == 'vlm' else []
+            if len(held): save_dataset(held, rpath(out)/HELDOUT/spec.name)  # the ability stage never re-reads a source
             stored[spec.name] = ds = load_dataset_dir(rpath(out)/spec.name, kind)
             skipped += [{'source': spec.name, **r} for r in report.rows]
             rows.append(source_summary(ds, spec, len(report)))

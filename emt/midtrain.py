@@ -14,7 +14,7 @@ from datasets import Dataset
 from .backbones import check_prompt_fits, load_processor, load_vlm, save_vlm
 from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_json
 from .data import load_dataset_dir
-from .params import Params, load_params, override
+from .params import Params, check_gpu, load_params, override
 from .sft import train_sft
 
 # %% auto #0
@@ -85,6 +85,7 @@ def run_midtrain(P: Params, # validated params
                  num_workers: int = 1, # DataLoader workers encoding batches
                  ) -> dict:
     "The midtrain stage: a mid-trained VLM per method; metrics/midtrain.json, the loss CSV and figure."
+    check_gpu(P, 'midtrain')
     import matplotlib.pyplot as plt
     t0 = time.time()
     if not (rpath(base)/'config.json').is_file():

@@ -22,7 +22,8 @@ __all__ = ['GRIPPERS', 'BENCHMARK_GRIPPER', 'VLA_TASKS_MT10', 'KCount', 'KFracti
            'GripperConvention', 'Source', 'CorpusVLA', 'CorpusLibero', 'Corpus', 'Data', 'BaseVLM', 'Features', 'Gap',
            'Estimator', 'Ppl', 'scores_file', 'Select', 'Midtrain', 'Ability', 'VLA', 'Benchmark', 'Eval', 'Report',
            'Params', 'ParamsError', 'parse_params', 'load_params', 'hub_offline', 'source_groups', 'init_label',
-           'pool_and_vla', 'run_name', 'parse_run', 'override', 'profiles', 'use_profile']
+           'pool_and_vla', 'run_name', 'parse_run', 'override', 'profiles', 'use_profile', 'example_params',
+           'check_gpu']
 
 # %% ../nbs/01_params.ipynb #e384ef69
 class Section(BaseModel):
@@ -317,6 +318,7 @@ class Params(Section):
     profile: str # a label written into every metrics file ("embedded", "paper", ...)
     seed: int = 0
     offline: bool = False # true: no model hub access at run time (HF_HUB_OFFLINE), set when params are loaded
+    require_gpu: bool = False # true: a stage that trains or runs a VLM stops at its start when no CUDA GPU is visible
     corpus: Corpus = Corpus()
     data: Data
     base_vlm: BaseVLM
@@ -441,3 +443,21 @@ def use_profile(name: str, # a name from `profiles()`
     if not src.exists(): raise ParamsError(f'no profile {name!r}; the profiles are {profiles()}')
     load_params(src)
     return write_text(rpath(dest), src.read_text())
+
+# %% ../nbs/01_params.ipynb #a5bbc0f0
+def example_params() -> Params:
+    "The embedded default profile (`profiles/embedded.yaml`), which the notebooks' examples run on."
+    return load_params(rpath('profiles')/'embedded.yaml')
+
+# %% ../nbs/01_params.ipynb #ada75589
+def check_gpu(P: Params, # validated params (`require_gpu`)
+              stage: str, # the stage, named in the error
+              cuda: bool | None = None, # whether a CUDA device is visible (None: ask torch)
+              ) -> None:
+    "Nothing, or an error when `P.require_gpu` is set and no CUDA device is visible."
+    if not P.require_gpu: return
+    import torch
+    if cuda if cuda is not None else torch.cuda.is_available(): return
+    raise EmtError(f'the {stage} stage needs a GPU: profile {P.profile!r} sets require_gpu: true and torch '
+                   f'{torch.__version__} sees no CUDA device (a CPU build of torch, or no GPU visible). Run it on a GPU '
+                   'machine with the GPU lock (make install GPU=1), or set require_gpu: false to run on the CPU anyway.')

@@ -19,7 +19,7 @@ from .backbones import IMAGE, encode, load_vlm, save_vlm
 from .core import ARTIFACTS, DataError, EmtError, atomic_path, progress, rpath, save_figure, write_json
 from .data import load_dataset_dir, raw_rows, samples_to_dataset
 from .features import model_inputs
-from .params import SCORERS, Params, Recipe, load_params, override, scores_file
+from .params import Params, Recipe, SCORERS, check_gpu, load_params, override, scores_file
 from .sft import train_sft
 
 # %% auto #0
@@ -241,6 +241,7 @@ def run_ppl(params: Params, # validated params
             num_workers: int = 1, # DataLoader workers encoding the fine-tuning batches
             ) -> dict:
     "Train the VLA LM, compute pool perplexities under it and the base VLM, write both baselines' score files."
+    check_gpu(params, 'ppl_baselines')
     t0 = time.time()
     if not {'vla_ppl', 'delta_ppl'} & set(params.select.methods): return _skip(params, rpath(scores).parent)
     import matplotlib.pyplot as plt

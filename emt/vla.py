@@ -22,7 +22,7 @@ from .backbones import ARCHS, check_prompt_fits, load_processor, load_vlm, n_par
 from .core import (ARTIFACTS, DataError, EmtError, progress, project_relative, rng, rpath, save_figure, save_table,
                       seed_everything, write_json)
 from .data import load_dataset_dir
-from .params import Params, Recipe, Source, init_label, load_params, override, parse_run, run_name
+from .params import Params, Recipe, Source, check_gpu, init_label, load_params, override, parse_run, run_name
 from .policy import (VLA, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla,
                         tiny_backbone)
 from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
@@ -555,6 +555,7 @@ def run_vla(P: Params, # validated params
             num_workers: int | None = None, # DataLoader workers encoding batches per run (None: 1, or 0 with `vla.jobs` > 1)
             ) -> dict:
     "The vla stage: a VLA per (initialisation, benchmark, seed); metrics/vla.json, metrics/vla_loss.csv, Fig. 3 (loss half)."
+    check_gpu(P, 'vla')
     import matplotlib.pyplot as plt
     t0 = time.time()
     paths = vla_inits(P, base, midtrain)

@@ -12,8 +12,8 @@ a read, cut where it leaves the schema (`P.data.vlm_sources[0].name` reads `data
 reads the whole of `eval`). What this does not see: params stored on an object or in a container and read from there,
 and params passed to anything but a top-level emt function, named plainly or as `module.name`. `profile` and `offline`
 are exempt: `profile` is the label written into metrics (the stages up to select leave it untracked on purpose, so that
-a profile that differs only in later sections reuses their outputs), and `offline` only says whether the model hub may
-be reached."""
+a profile that differs only in later sections reuses their outputs), `offline` only says whether the model hub may
+be reached, and `require_gpu` only whether a stage may start without a GPU."""
 import ast, json, re, typing
 from pathlib import Path
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT/'dvc.yaml').read_text())
 PROFILES = [*sorted(f'profiles/{p.name}' for p in (ROOT/'profiles').glob('*.yaml')), 'params.yaml']
 STAGES = list(DVC['stages'])
-UNTRACKED = {'profile', 'offline'}  # read by stages, never tracked (see the module's docstring)
+UNTRACKED = {'profile', 'offline', 'require_gpu'}  # read by stages, never tracked (see the module's docstring)
 PARAMS_NAMES = {'P', 'params'}      # what the stage cells call the loaded params
 
 
