@@ -15,7 +15,7 @@ from .core import EmtError, rpath, write_text
 from .params import load_params, profiles, use_profile
 
 # %% auto #0
-__all__ = ['render_readme', 'write_readme', 'parser', 'main']
+__all__ = ['render_readme', 'write_readme', 'params_warnings', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #f29a2133
 _directive = re.compile(r'^\s*#\|.*$\n?', re.MULTILINE)
@@ -51,11 +51,37 @@ def write_readme(nb_path: str|Path = 'nbs/index.ipynb', out: str|Path = 'README.
     return write_text(rpath(out), render_readme(nb_path))
 
 # %% ../nbs/90_cli.ipynb #9a9c0978
+def params_warnings(P) -> list[str]:
+    "What in valid params is probably not what was meant: source paths that do not exist, a `select.k` of one sample or the whole pool."
+    out = [f'data source {s.name!r}: {s.path} does not exist (the data stage will stop on it'
+           + ('; the embedded corpus: dvc pull data.dvc)' if s.path.startswith('data/') and not s.path.startswith('data/paper/')
+              else ')') for s in P.data.vlm_sources + P.data.vla_sources if not rpath(s.path).exists()]
+    k, n = P.select.k, len(P.data.vlm_sources)
+    if isinstance(k, int) and k < n:
+        out.append(f'select.k: {k} keeps {k} sample(s) of the pool, fewer than its {n} sources (a fraction is written with '
+                   'a dot: 0.1 keeps a tenth)')
+    if isinstance(k, float) and k >= 1.0:
+        out.append(f'select.k: {k} keeps the whole pool, so every method selects the same mixture')
+    return out
+
+def _edited(path: Path) -> bool:
+    "Whether `path` holds text that no shipped profile holds (a hand-edited params file)."
+    return path.exists() and all(path.read_text() != (rpath('profiles')/f'{n}.yaml').read_text() for n in profiles())
+
 def _params(a) -> int:
     if a.action == 'check':
         p = load_params(a.file)
         print(f'{rpath(a.file)}: valid (profile {p.profile!r})')
+        for w in (warns := params_warnings(p)): print(f'warning: {w}', file=sys.stderr)
+        return 2 if warns and a.strict else 0
     elif a.action == 'use':
+        dest = rpath('params.yaml')
+        if a.name in profiles() and _edited(dest):
+            if not a.force:
+                raise EmtError(f'{dest} has edits that no profile holds; `emt params use {a.name} --force` replaces it '
+                               '(keeping a copy as params.yaml.bak), or commit or copy it first.')
+            write_text(rpath('params.yaml.bak'), dest.read_text())
+            print(f'kept the edited params as {rpath("params.yaml.bak")}')
         print(f'params.yaml is now profile {a.name!r} ({use_profile(a.name)})')
     elif a.action == 'show':
         d = load_params(a.file).model_dump(mode='json')
@@ -86,8 +112,14 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest='cmd', required=True)
     pp = sub.add_parser('params', help='check, switch or show params profiles')
     ps = pp.add_subparsers(dest='action', required=True)
-    c = ps.add_parser('check', help='validate a params file'); c.add_argument('file', nargs='?', default='params.yaml')
-    u = ps.add_parser('use', help='switch params.yaml to a shipped profile'); u.add_argument('name')
+    c = ps.add_parser('check', help='validate a params file, and warn about what is probably not meant')
+    c.add_argument('file', nargs='?', default='params.yaml')
+    c.add_argument('--strict', action='store_true', help='exit 2 when there is a warning (a missing source, ...)')
+    try: names = ', '.join(profiles())
+    except EmtError: names = 'the names of profiles/*.yaml'  # outside a project
+    u = ps.add_parser('use', help=f'switch params.yaml to a shipped profile: {names}')
+    u.add_argument('name', help=f'one of: {names}')
+    u.add_argument('--force', action='store_true', help='replace a hand-edited params.yaml (kept as params.yaml.bak)')
     s = ps.add_parser('show', help='print validated params with defaults')
     s.add_argument('section', nargs='?'); s.add_argument('--file', default='params.yaml')
     pp.set_defaults(fn=_params)
