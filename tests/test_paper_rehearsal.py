@@ -43,6 +43,14 @@ def test_the_rehearsal_changes_only_sizes():
     assert [b['name'] for b in reh['eval']['benchmarks']] == ['libero']
 
 
+def test_real_sources_under_data_paper_stay_out_of_data_dvc():
+    "`data.dvc` tracks the embedded corpus only: DVC ignores data/paper/, where the run book puts the real sources."
+    dvc = Path(sys.executable).parent/'dvc'
+    r = subprocess.run([str(dvc) if dvc.exists() else 'dvc', 'check-ignore', 'data/paper/laion400m/images/000.png', 'data/metaworld_mt10/x'], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.stdout.split() == ['data/paper/laion400m/images/000.png'], (r.returncode, r.stdout, r.stderr)
+
+
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f'{" ".join(cmd)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}'
@@ -73,6 +81,7 @@ def rehearsed(tmp_path_factory):
 def test_every_stage_ran_through_dvc_and_papermill(rehearsed):
     d, _, _, repro, status = rehearsed
     for stage in STAGES: assert f"Running stage '{stage}'" in repro.stdout, stage
+    assert (d/'data.dvc').read_text() == (REPO/'data.dvc').read_text()  # the sources under data/paper/ were not swept in
     runs = {p.stem for p in (d/'_runs').glob('*.ipynb')}
     cmds = [s['cmd'] for s in yaml.safe_load((d/'dvc.yaml').read_text())['stages'].values()]
     assert all(any(Path(c.split()[c.split().index('papermill') + 2]).stem == r for r in runs) for c in cmds)
