@@ -55,3 +55,38 @@ def test_first_pretraining_steps_match_the_committed_curve(tmp_path, monkeypatch
     bad = drift(ours, committed_curve())
     assert not bad, (f'the first {STEPS} pretraining losses differ from metrics/base_vlm_loss.csv at (step, here, '
                      f'committed) {bad[:5]}: this environment is not the locked one (make install installs it).')
+
+
+def lock_digest(path: Path = REPO/'requirements.lock') -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def provenance_problems(run: dict, current_lock: str, default: bool) -> list[str]:
+    "What a results folder's run.json lacks: the commit and lock that made it (the default's: the current lock)."
+    out = [f'no {k}' for k in ('profile', 'commit', 'lock') if k not in run]
+    if 'commit' in run and not (isinstance(run['commit'], str) and len(run['commit']) >= 7):
+        out.append(f"commit {run['commit']!r} is not a git commit")
+    if default and run.get('lock') != current_lock:
+        out.append('the default outputs were not made with the committed requirements.lock')
+    if run.get('lock') is None and 'environment' not in run: out.append('no lock and no word on the environment')
+    return out
+
+
+def test_provenance_check_fails_on_missing_or_stale_lock():
+    assert provenance_problems({'profile': 'x', 'commit': 'abc1234', 'lock': 'f' * 64}, 'f' * 64, True) == []
+    assert provenance_problems({'profile': 'x', 'commit': 'abc1234', 'lock': 'e' * 64}, 'f' * 64, True) \
+        == ['the default outputs were not made with the committed requirements.lock']
+    assert provenance_problems({'profile': 'x', 'lock': None}, 'f' * 64, False) == \
+        ['no commit', 'no lock and no word on the environment']
+
+
+@pytest.mark.parametrize('run_json', sorted((REPO/'results').glob('*/run.json')), ids=lambda p: p.parent.name)
+def test_every_results_folder_names_its_commit_and_lock(run_json):
+    import json
+    run = json.loads(run_json.read_text())
+    assert provenance_problems(run, lock_digest(), run_json.parent.name == 'embedded') == []
+
+
+def test_the_default_outputs_name_their_commit_and_lock():
+    assert (REPO/'results/embedded/run.json').is_file(), 'results/embedded/run.json: the commit and lock of metrics/'
