@@ -204,10 +204,12 @@ def test_skip_counts_and_lists_bad_rows_and_truncates_long_text(broken_source):
     assert np.isfinite(np.asarray(x, np.float32)).all()
 
 
-def test_max_seq_len_below_the_image_tokens_is_a_data_error(in_project):
+def test_max_seq_len_below_the_image_tokens_stops_before_any_shard(in_project):
+    "A limit too short for an image stops the stage at its start, naming the key, before any shard is written."
     P = override(load_params(), 'features', max_seq_len=3)
-    with pytest.raises(DataError, match='would cut an image'):
+    with pytest.raises(EmtError, match=r'features.max_seq_len=3 is too short.*Raise features.max_seq_len'):
         run_features(P, out='artifacts/short', num_workers=0)
+    assert not (in_project/'artifacts/short').exists() or not shard_files(in_project/'artifacts/short')
 
 
 def test_params_change_recomputes_stale_shards(in_project):
