@@ -96,6 +96,11 @@ def _corpus(a) -> int:
     build_corpus(p, out=a.out, parts=a.only.split(',') if a.only else None)
     return 0
 
+def _stage(a) -> int:
+    from emt.stage import run_stage
+    print(f'emt stage {a.name}: the executed notebook is {run_stage(a.name, a.params, dict(a.p or []))}')
+    return 0
+
 def _readme(a) -> int:
     print(f'wrote {write_readme()}')
     return 0
@@ -130,6 +135,12 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument('--per-source', type=int, default=None, help='samples per VLM source')
     cp.add_argument('--only', default=None, help='comma-separated parts to regenerate: vlm, vla, libero (default: all)')
     cp.set_defaults(fn=_corpus)
+    st = sub.add_parser('stage', help='run one stage of dvc.yaml (what `dvc repro` runs): params checked first, '
+                        'previous outputs kept until it succeeds')
+    st.add_argument('name', help='a stage of dvc.yaml')
+    st.add_argument('--params', default='params.yaml')
+    st.add_argument('-p', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='a papermill parameter of the notebook')
+    st.set_defaults(fn=_stage)
     sub.add_parser('readme', help='render nbs/index.ipynb into README.md').set_defaults(fn=_readme)
     dp = sub.add_parser('docs', help='build the offline docs site')
     dp.add_argument('--out', default=None); dp.set_defaults(fn=_docs)

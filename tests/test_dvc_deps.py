@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from emt.stage import stage_spec
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,8 +47,7 @@ def closure(modules: set[str]) -> set[str]:
 
 def stages():
     for name, st in yaml.safe_load((ROOT/'dvc.yaml').read_text())['stages'].items():
-        nb = re.search(r'papermill (\S+\.ipynb)', st['cmd'])
-        if nb: yield name, ROOT/nb.group(1), {d for d in st.get('deps', []) if isinstance(d, str)}
+        yield name, ROOT/stage_spec(name).notebook, {d for d in st.get('deps', []) if isinstance(d, str)}
 
 
 def missing_deps(nb: Path, deps: set[str]) -> list[str]:

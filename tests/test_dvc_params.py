@@ -148,9 +148,11 @@ class Code:
         return out
 
 
-def _stage_notebook(stage: dict) -> Path | None:
-    nb = re.search(r'papermill (\S+\.ipynb)', stage['cmd'])
-    return ROOT/nb.group(1) if nb else None
+def _stage_notebook(stage: dict) -> Path:
+    "The notebook a stage executes: its one `nbs/*.ipynb` dependency, as `emt stage` finds it."
+    nbs = [d for d in stage.get('deps', []) if isinstance(d, str) and d.startswith('nbs/') and d.endswith('.ipynb')]
+    assert len(nbs) == 1, stage['cmd']
+    return ROOT/nbs[0]
 
 
 def stage_cells(nb: Path) -> str:

@@ -83,8 +83,9 @@ def test_every_stage_ran_through_dvc_and_papermill(rehearsed):
     for stage in STAGES: assert f"Running stage '{stage}'" in repro.stdout, stage
     assert (d/'data.dvc').read_text() == (REPO/'data.dvc').read_text()  # the sources under data/paper/ were not swept in
     runs = {p.stem for p in (d/'_runs').glob('*.ipynb')}
-    cmds = [s['cmd'] for s in yaml.safe_load((d/'dvc.yaml').read_text())['stages'].values()]
-    assert all(any(Path(c.split()[c.split().index('papermill') + 2]).stem == r for r in runs) for c in cmds)
+    stages = yaml.safe_load((d/'dvc.yaml').read_text())['stages']
+    assert all(s['cmd'].startswith(f'emt stage {n}') for n, s in stages.items())  # emt stage runs papermill
+    assert runs == {Path(d).stem for s in stages.values() for d in s['deps'] if str(d).startswith('nbs/')}, runs
     assert 'up to date' in status.stdout.lower() or not status.stdout.strip(), status.stdout
 
 
