@@ -28,6 +28,7 @@ def snapshot(d: Path) -> dict[str, str]:
     out = {}
     for o in stage_spec('data').outs:
         p = d/o
+        if not p.exists(): continue
         files = sorted(f for f in p.rglob('*') if f.is_file()) if p.is_dir() else [p]
         for f in files: out[f.relative_to(d).as_posix()] = hashlib.md5(f.read_bytes()).hexdigest()
     return out
@@ -68,7 +69,7 @@ def test_summary_metrics_are_small(ran):
                  'samples_vla': record['sources']['metaworld_mt10']['samples'], 'skipped': 0}, s
     shown = json.loads(sh('dvc metrics show --json', d).stdout)
     files = next(iter(shown.values()))['data']
-    assert set(files) == {'metrics/summary/data.json'}, set(files)  # the full record is a plain output
+    assert all(f.startswith('metrics/summary/') for f in files), set(files)  # full records are plain outputs
     assert len(leaves(files['metrics/summary/data.json']['data'])) == 3
 
 
@@ -107,11 +108,11 @@ def test_a_changed_corpus_is_refused_and_restorable(ran):
 def test_a_run_killed_midway_is_undone_by_the_next(ran):
     "Outputs a killed run left in .emt/backup are put back by the next run of the stage, before its checks."
     d, before = ran
-    from emt.core import project_at
-    from emt.stage import outputs_kept
-    with project_at(d):
-        outputs_kept(stage_spec('data')).__enter__()  # outputs moved aside, then the process dies: no exit
-    (d/'metrics'/'data.json').write_text('{"half": true}')
+    killed = ("import os, signal; from emt.stage import outputs_kept, stage_spec\n"
+              "cm = outputs_kept(stage_spec('data')); cm.__enter__()\n"  # outputs moved aside, a file half written, then kill -9
+              "open('metrics/data.json', 'w').write('{\"half\": true}'); os.kill(os.getpid(), signal.SIGKILL)")
+    assert sh(f'python -c "{killed}"', d, ok=False).returncode in (-9, 137)  # shell: 128 + SIGKILL
+    assert (d/'.emt'/'backup'/'data').is_dir()
     assert snapshot(d) != before
     old = edit_params(d, lambda p: p['gap'].update(permutatons=10))
     try: out = failed_untouched(d, before, sh('dvc repro -f data', d, ok=False))
