@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .core import EmtError, rng, rpath, save_figure, save_table, write_json
-from .eval import REFERENCE, plot_success, result_key
+from .eval import REFERENCE, plot_heldout_loss, plot_success, result_key
 from .params import Params, init_label, load_params
 
 # %% auto #0
@@ -416,23 +416,16 @@ def diversity_vs_paper_figure(rows: list[dict], label: str):
     return fig
 
 def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', label: str = 'this run'):
-    "Fig. 3 of this run: held-out action loss and success over fine-tuning steps, with and without mid-training."
+    """Fig. 3 of this run: held-out action loss (mean over seeds) and success (pooled over seeds), each with its 95%
+    interval, with and without mid-training: curves with bands over checkpoints, points when there is one checkpoint."""
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    rows = [r for r in read_rows(loss_csv) if r['split'] == 'heldout']
-    lines = sorted({(r['init'], r['benchmark']) for r in rows})
-    several = len({b for _, b in lines}) > 1
-    for init, bench in lines:
-        by_step: dict[int, list[float]] = {}
-        for r in rows:
-            if (r['init'], r['benchmark']) == (init, bench): by_step.setdefault(int(r['step']), []).append(float(r['loss']))
-        pts = sorted((s, float(np.mean(v))) for s, v in by_step.items())  # the mean over seeds
-        a.plot(*zip(*pts), marker='o', label=f'{init_label(init)}, {bench}' if several else init_label(init))
-    a.set(xlabel='fine-tuning step', ylabel='held-out action loss', title='loss'); a.legend(fontsize=7)
+    plot_heldout_loss(a, read_rows(loss_csv))
+    a.set(title='loss'); a.legend(fontsize=7)
     results = m.get('eval', {}).get('pooled', {})  # pooled over seeds
     if results:
         plot_success(b, results, sorted({bn for r in results.values() for bn in r}), scale=100)
-    b.set(xlabel='fine-tuning step', ylabel='success rate (%)', title='success', ylim=(-2, 102)); b.legend(fontsize=7)
+    b.set(ylabel='success rate (%, 95% interval)', title='success', ylim=(-2, 102)); b.legend(fontsize=7)
     fig.suptitle(f'Fig. 3, {label}. Paper: success gains from the first checkpoint on and widen; loss nearly identical.',
                  fontsize=8)
     fig.tight_layout()

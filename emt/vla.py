@@ -482,29 +482,21 @@ def _trailing_mean(y: np.ndarray, smooth: int) -> np.ndarray:
 def fig3_loss(rows: list[dict], # from `loss_rows`
               smooth: int = 20, # training-loss moving-average window, steps
               ):
-    "Fig. 3 (loss half): training (smoothed) and held-out action loss over fine-tuning steps, per initialisation (mean over seeds)."
+    "Fig. 3 (loss half): training (smoothed; band: seed range) and held-out action loss, per initialisation (mean over seeds)."
     import matplotlib.pyplot as plt
+    from emt.eval import plot_heldout_loss, seed_losses
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), sharey=False)
-    keys = list(dict.fromkeys((r['init'], r['benchmark']) for r in rows))
-    multi = len({b for _, b in keys}) > 1
-    for i, (init, bench) in enumerate(keys):
+    train = seed_losses(rows, 'train')
+    multi = len({b for _, b in train}) > 1
+    for i, ((init, bench), (steps, ys)) in enumerate(train.items()):
         label = init_label(init) + (f' - {bench}' if multi else '')
-        for ax, split in ((axes[0], 'train'), (axes[1], 'heldout')):
-            per_seed = {}
-            for r in rows:
-                if r['init'] == init and r['benchmark'] == bench and r['split'] == split:
-                    per_seed.setdefault(r['seed'], []).append((r['step'], r['loss']))
-            if not per_seed: continue
-            steps = sorted(set.intersection(*(set(s for s, _ in v) for v in per_seed.values())))
-            ys = np.array([[dict(v)[s] for s in steps] for v in per_seed.values()])
-            if split == 'train': ys = np.array([_trailing_mean(y, smooth) for y in ys])
-            ax.plot(steps, ys.mean(0), color=f'C{i}', marker=None if split == 'train' else 'o',
-                    label=f'{label} ({len(per_seed)} seeds)' if len(per_seed) > 1 else label)
-            if len(per_seed) > 1: ax.fill_between(steps, ys.min(0), ys.max(0), color=f'C{i}', alpha=0.15, lw=0)
+        ys = np.array([_trailing_mean(y, smooth) for y in ys])
+        axes[0].plot(steps, ys.mean(0), color=f'C{i}', label=f'{label} ({len(ys)} seeds)' if len(ys) > 1 else label)
+        if len(ys) > 1: axes[0].fill_between(steps, ys.min(0), ys.max(0), color=f'C{i}', alpha=0.15, lw=0)
     axes[0].set(title=f'training action loss (trailing mean, {smooth} steps)', xlabel='fine-tuning step', ylabel='loss')
-    axes[1].set(title='held-out action loss (band: seed range)', xlabel='fine-tuning step', ylabel='loss')
+    plot_heldout_loss(axes[1], rows)
     for ax in axes:
-        if ax.lines: ax.legend(fontsize=7, frameon=False)
+        if ax.has_data(): ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 
