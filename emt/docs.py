@@ -16,10 +16,10 @@ import yaml
 from .core import EmtError, atomic_path, root, write_json, write_text
 
 # %% auto #0
-__all__ = ['FAVICON', 'cell_options', 'option_tags', 'asis_markdown', 'quarto_to_myst', 'relative_doclinks', 'stage_images',
-           'front_matter', 'myst_cells', 'myst_notebook', 'page_name', 'nav_sections', 'toctree', 'sphinx_conf',
-           'site_url', 'notebooks', 'process_plain', 'known_failures', 'process_nbs', 'stage_sources', 'run_sphinx',
-           'build_docs', 'main']
+__all__ = ['CSS', 'FAVICON', 'cell_options', 'option_tags', 'asis_markdown', 'quarto_to_myst', 'relative_doclinks',
+           'stage_images', 'front_matter', 'myst_cells', 'myst_notebook', 'page_name', 'nav_sections', 'toctree',
+           'sphinx_conf', 'site_url', 'notebooks', 'process_plain', 'known_failures', 'process_nbs', 'with_run_outputs',
+           'results_first', 'stage_sources', 'run_sphinx', 'build_docs', 'main']
 
 # %% ../nbs/91_docs.ipynb #88a02ab3
 _re_option = re.compile(r'^#\|\s*([\w-]+)\s*:\s*(.*?)\s*$')
@@ -215,7 +215,8 @@ extensions = ["myst_nb", "sphinx.ext.githubpages"]
 root_doc = "index"
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "_assets"]
 html_theme = "furo"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["emt.css"]
 html_favicon = "favicon.svg"
 html_copy_source = False
 html_show_sourcelink = False
@@ -239,6 +240,14 @@ def _visit_math(self, node):
 def setup(app):
     app.add_html_math_renderer("emt_source", (_visit_math, None), (_visit_math, None))
 '''
+
+CSS = """\
+/* emt.docs: a table wider than the page scrolls sideways in its wrapper instead of being cut */
+.table-wrapper, div.cell_output div.output.text_html, div.cell_output div.output.text_markdown {
+  max-width: 100%; overflow-x: auto;
+}
+div.cell_output table { max-width: none; }
+"""
 
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" '
            'fill="#2f5d8a"/><text x="16" y="22" font-family="sans-serif" font-size="14" font-weight="bold" '
@@ -337,6 +346,37 @@ def process_nbs(project: Path, # the project root
         rel.as_posix(): {'mtime': (cfg.nbs_path/rel).stat().st_mtime, 'error': e} for rel, e in failed.items()}})
     return res, problems
 
+# %% ../nbs/91_docs.ipynb #c98e561f
+def with_run_outputs(nb: dict, # a processed notebook of `nbs/`
+                     run: dict, # its executed copy from `_runs/`, processed by `process_plain`
+                     ) -> dict:
+    "`nb` with the outputs of `run`'s code cells of the same source, where it has none, and the injected parameters."
+    pool, injected = {}, []
+    for c in run.get('cells', []):
+        if c['cell_type'] != 'code': continue
+        if 'injected-parameters' in c.get('metadata', {}).get('tags', []): injected.append(copy.deepcopy(c))
+        else: pool.setdefault(_join(c['source']).strip(), []).append(c)
+    out = []
+    for c in copy.deepcopy(nb.get('cells', [])):
+        out.append(c)
+        if c['cell_type'] != 'code': continue
+        if not c.get('outputs') and (found := pool.get(_join(c['source']).strip())):
+            r = found.pop(0)
+            c['outputs'], c['execution_count'] = copy.deepcopy(r.get('outputs', [])), r.get('execution_count')
+        if 'parameters' in c.get('metadata', {}).get('tags', []): out += injected; injected = []
+    return {**nb, 'cells': out}
+
+def results_first(nb: dict, # a processed notebook
+                  heading: str = '## Run the stage', # how its results section starts
+                  ) -> dict:
+    "`nb` with the section that starts with `heading` moved before its first `##` section (after the introduction)."
+    cells = nb.get('cells', [])
+    h2 = [i for i, c in enumerate(cells) if c['cell_type'] == 'markdown' and _join(c['source']).lstrip().startswith('## ')]
+    start = next((i for i in h2 if _join(cells[i]['source']).lstrip().startswith(heading)), None)
+    if start is None or start == h2[0]: return nb
+    end = next((i for i in h2 if i > start), len(cells))
+    return {**nb, 'cells': cells[:h2[0]] + cells[start:end] + cells[h2[0]:start] + cells[end:]}
+
 # %% ../nbs/91_docs.ipynb #d771e392
 def _stage_nb(nb: dict, page: str, src_dir: Path, project: Path, staged: Path, url: str, pages: set[str]) -> dict:
     "A processed notebook converted for myst-nb, as page `page`."
@@ -368,26 +408,33 @@ def _copy_assets(proc: Path, staged: Path) -> set[str]:
 def stage_sources(project: Path, # the project root
                   staged: Path, # where to write Sphinx's sources
                   ) -> tuple[dict[str, list[str]], list[str]]:
-    "Write Sphinx's sources into `staged`; return the pages of `nbs` and `runs` in order, and the problems met."
+    "Write Sphinx's sources into `staged`; return the pages of `nbs` and of `runs` without a notebook, and the problems met."
     cfg = _nbdev_config(project)
     procd, problems = process_nbs(project)
     names = {rel: page_name(rel, front_matter(nb)) for rel, nb in procd.items()}
     with contextlib.chdir(project):
-        runs = {f'runs/{p.stem}': (p, process_plain(p)) for p in sorted((project/'_runs').glob('*.ipynb'))}
+        runs = {p.name: (p, process_plain(p)) for p in sorted((project/'_runs').glob('*.ipynb'))}
+    staged_runs = {rel for rel in procd if rel.name in runs and names[rel] != 'index'}  # a notebook and its run: one page
+    for rel in staged_runs: procd[rel] = results_first(with_run_outputs(procd[rel], runs[rel.name][1]))
+    runs = {f'runs/{Path(n).stem}': v for n, v in runs.items() if n not in {rel.name for rel in staged_runs}}
     pages, url = {*names.values(), *runs}, site_url(project)
     index = next((nb for rel, nb in procd.items() if names[rel] == 'index'), None)
     todo = [(names[rel], nb, cfg.nbs_path/rel.parent) for rel, nb in procd.items() if names[rel] != 'index']
     nb_pages = [page for page, _, _ in todo]
-    sections = {**nav_sections([(page, front_matter(nb)) for page, nb, _ in todo]), 'Reproduction': list(runs)}
+    repro = sorted([(rel.stem, names[rel]) for rel in staged_runs] + [(Path(p).name, p) for p in runs])
+    sections = {**nav_sections([(names[rel], front_matter(nb)) for rel, nb in procd.items()
+                                if names[rel] != 'index' and rel not in staged_runs]),
+                'Reproduction': [page for _, page in repro]}
     todo += [(page, nb, p.parent) for page, (p, nb) in runs.items()]
     todo.append(('index', _index_nb(project, index, sections), cfg.nbs_path))
-    keep = {'conf.py', 'favicon.svg', *_copy_assets(project/'_proc', staged)}
+    keep = {'conf.py', 'favicon.svg', '_static/emt.css', *_copy_assets(project/'_proc', staged)}
     for page, nb, src_dir in todo:
         _write_if_changed(staged/f'{page}.ipynb', json.dumps(_stage_nb(nb, page, src_dir, project, staged, url, pages), indent=1))
         keep.add(f'{page}.ipynb')
     extra = (project/'docs'/'conf.py').read_text() if (project/'docs'/'conf.py').exists() else ''
     _write_if_changed(staged/'conf.py', sphinx_conf(cfg.get('title', cfg.get('lib_name', 'docs')), extra))
     _write_if_changed(staged/'favicon.svg', FAVICON)
+    _write_if_changed(staged/'_static'/'emt.css', CSS)
     for f in staged.rglob('*'):   # pages whose notebook is gone
         rel = f.relative_to(staged).as_posix()
         if f.is_file() and not rel.startswith('_assets/') and rel not in keep: f.unlink()

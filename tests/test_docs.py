@@ -43,7 +43,15 @@ TOY_NB = [
     _code('table', {'output_type': 'execute_result', 'metadata': {}, 'execution_count': 1,
                     'data': {'text/html': '<table><tr><td>toy-cell-value</td></tr></table>', 'text/plain': 't'}}),
     _code('#| echo: false\nHIDDEN_INPUT_CODE = 2', {'output_type': 'stream', 'name': 'stdout', 'text': 'shown-output\n'}),
+    _code('toy_example()'),   # cleaned: its output is in the run
+    _md('## Run the stage'),
+    _code('toy_results()'),
 ]
+def _out(text): return {'output_type': 'stream', 'name': 'stdout', 'text': text}
+WIDE = {'output_type': 'display_data', 'metadata': {}, 'data': {'text/markdown': '| ' + ' | '.join(
+    f'wide-column-{i}' for i in range(40)) + ' |\n|' + '---|' * 40 + '\n| ' + ' | '.join('x' * 40) + ' |\n', 'text/plain': 'md'}}
+TOY_NB_RUN = [*TOY_NB[:-3], _code('toy_example()', _out('example-output-from-run\n')), TOY_NB[-2],  # 99_toy, executed
+              _code('toy_results()', _out('toy-results-from-run\n'), WIDE)]
 BROKEN_NB = [  # nbdev runs import cells to render show_doc: this one fails there
     _md('# broken\n> A notebook whose API docs nbdev cannot render.'),
     _code('#| export\ndef broken_f():\n    "A documented function."\n    return 1'),
@@ -100,7 +108,8 @@ def sites(tmp_path_factory):
         with _offline():
             first = build_docs(proj/'_site_first')
             (proj/'nbs'/'98_gone.ipynb').unlink()
-            _write_nb(proj/'_runs'/'99_toy.ipynb', TOY_RUN, widgets=WIDGETS)   # tqdm bars leave widget state
+            _write_nb(proj/'_runs'/'96_stage_only.ipynb', TOY_RUN, widgets=WIDGETS)   # tqdm bars leave widget state
+            _write_nb(proj/'_runs'/'99_toy.ipynb', TOY_NB_RUN)   # the run of a notebook of nbs/: one page
             (proj/'figures').mkdir(); (proj/'figures'/'toy_fig.png').write_bytes(base64.b64decode(PNG))
             out = io.StringIO()
             err = io.StringIO()
@@ -150,10 +159,10 @@ def test_runs_pages_only_when_runs_exist(sites):
     first, site = sites['first'], sites['site']
     assert not (first/'runs').exists() and 'Reproduction' not in (first/'index.html').read_text()
     assert 'Reproduction' in (site/'index.html').read_text()
-    for nb in (sites['proj']/'_runs').glob('*.ipynb'): assert (site/'runs'/f'{nb.stem}.html').exists()
-    run = (site/'runs'/'99_toy.html').read_text()
+    assert (site/'runs'/'96_stage_only.html').exists() and not (site/'runs'/'99_toy.html').exists()
+    run = (site/'runs'/'96_stage_only.html').read_text()
     assert 'seed' in run and 'RUN_SECRET_CELL' not in run and 'widget-view' not in run
-    imgs = [r[2] for r in _refs(site/'runs'/'99_toy.html') if r[0] == 'img']
+    imgs = [r[2] for r in _refs(site/'runs'/'96_stage_only.html') if r[0] == 'img']
     assert any('toy_fig' in i for i in imgs) and len(imgs) >= 2, imgs
 
 
@@ -207,3 +216,47 @@ def test_a_notebook_nbdev_cannot_process_gets_a_page_and_a_warning(sites):
     assert 'toy-cell-value' in (sites['site']/'toy.html').read_text()
     core = (sites['site']/'core.html').read_text()   # the other notebooks keep their API docs
     assert 'id="atomic-path"' in core and 'id="root"' in core and 'href="core.html#root"' in core
+
+
+def _nav(page: Path):
+    "The sidebar's links, in order."
+    text = page.read_text()
+    tree = text[text.index('sidebar-tree'):]
+    return re.findall(r'<a class="reference internal" href="([^"#]+)"', tree[:tree.index('</div>')])
+
+
+def test_a_stage_notebook_and_its_run_are_one_page_results_first(sites):
+    site = sites['site']
+    nav = _nav(site/'index.html')
+    assert nav.count('toy.html') == 1 and 'runs/99_toy.html' not in nav and 'runs/96_stage_only.html' in nav, nav
+    assert nav.index('runs/96_stage_only.html') < nav.index('toy.html')   # Reproduction, in file order
+    page = (site/'toy.html').read_text()
+    assert 'example-output-from-run' in page and 'toy-results-from-run' in page and 'toy-cell-value' in page
+    assert page.index('id="run-the-stage"') < page.index('toy-results-from-run') < page.index('id="figures"')
+    assert 'example-output-from-run' not in (sites['first']/'toy.html').read_text()   # no run: no outputs
+    assert 'toy.html' in _nav(sites['first']/'index.html')   # listed as a module until it has a run
+
+
+def test_wide_tables_scroll_instead_of_being_cut(sites):
+    site = sites['site']
+    page = (site/'toy.html').read_text()
+    assert 'wide-column-39' in page and '_static/emt.css' in page
+    css = (site/'_static'/'emt.css').read_text()
+    assert re.search(r'\.table-wrapper[^{]*\{[^}]*overflow-x:\s*auto', css), css
+    i = page.index('wide-column-39')
+    assert page.rfind('table-wrapper', 0, i) > page.rfind('cell_output', 0, i)   # the table sits in a scrolling wrapper
+
+
+def test_getting_started_says_how_to_read_the_dvc_plots_offline():
+    "`dvc plots show` loads Vega from a CDN: the guide names the figures the stages draw of the same curves instead."
+    import yaml
+    cells = json.loads((REPO/'nbs'/'92_getting_started.ipynb').read_text())['cells']
+    text = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
+    assert 'offline it stays blank' in text and '--json' in text
+    plots = [p for s in yaml.safe_load((REPO/'dvc.yaml').read_text())['stages'].values() for d in s.get('plots', []) for p in d]
+    assert plots and all(f'`{p}`' in text for p in plots), plots
+    start = text.index('The curves declared')
+    figs = re.findall(r'`(figures/\w+\.png)`', text[start:text.index('dvc plots show', start)])
+    assert len(figs) >= len(plots), figs
+    stage_nbs = ''.join((REPO/'nbs'/n).read_text() for n in ('06_base_vlm.ipynb', '11_midtrain.ipynb', '12_vla.ipynb', '13_eval.ipynb'))
+    for f in figs: assert (REPO/f).exists() and f in stage_nbs, f   # committed, and shown on a stage's page
