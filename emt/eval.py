@@ -16,14 +16,14 @@ import numpy as np
 
 from .params import BENCHMARK_GRIPPER, check_gpu, init_label, parse_run
 from .core import ARTIFACTS, EmtError, DataError, atomic_path, progress, rng, rpath, write_json, write_text, save_table, save_figure
+from .vla import by_init_axis, plot_interval
 
 # %% auto #0
 __all__ = ['REFERENCE', 'EPISODE_COLUMNS', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv',
            'ConstantPolicy', 'wilson', 'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job',
            'plan_jobs', 'job_units', 'evaluate', 'LineBench', 'push_right', 'make_adapter', 'VLACheckpoint',
-           'check_gripper', 'vla_policies', 'success_rows', 'seed_interval', 'plot_interval', 'by_init_axis',
-           'plot_success', 'seed_losses', 'plot_heldout_loss', 'success_curve_figure', 'reference_policies',
-           'result_key', 'pooled_results', 'run_eval']
+           'check_gripper', 'vla_policies', 'success_rows', 'plot_success', 'success_curve_figure',
+           'reference_policies', 'result_key', 'pooled_results', 'run_eval']
 
 # %% ../nbs/13_eval.ipynb #d893e5a3
 class Policy(Protocol):
@@ -457,33 +457,6 @@ def success_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
 # %% ../nbs/13_eval.ipynb #0fc8c8a1
 REFERENCE = 'reference' # policies named `reference/<kind>` are the floor and ceiling, not checkpoints
 
-def seed_interval(ys: np.ndarray, # one row per seed, one column per step
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "The mean over seeds (the rows of `ys`) and its 95% t interval, per column (no interval with one seed)."
-    from scipy import stats
-    ys = np.asarray(ys, float); m = ys.mean(0)
-    if len(ys) < 2: return m, m, m
-    h = stats.t.ppf(0.975, len(ys) - 1) * ys.std(0, ddof=1) / np.sqrt(len(ys))
-    return m, m - h, m + h
-
-def plot_interval(ax, # a matplotlib axis
-                  x, y, lo, hi, # positions, values and their interval, one per checkpoint
-                  label: str, color=None, marker: str = 'o'):
-    "`y` with its interval [`lo`, `hi`]: a point with error bars when there is one checkpoint, else a line with a band."
-    y, lo, hi = (np.asarray(v, float) for v in (y, lo, hi))
-    if len(x) == 1: return ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt=marker, color=color, capsize=4, label=label)
-    line, = ax.plot(x, y, marker=marker, ms=4, color=color, label=label)
-    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
-
-def by_init_axis(ax, # a matplotlib axis whose points sit at 0, 1, ...
-                 labels: Sequence[str], # what each position is (an initialisation)
-                 step: int, # the one checkpoint
-                 ) -> None:
-    "A categorical x axis, one tick per initialisation, for results of a single checkpoint."
-    ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set_xlim(-0.5, len(labels) - 0.5)
-    ax.set_xlabel(f'initialisation (one checkpoint: step {step})')
-
 def plot_success(ax, # a matplotlib axis
                  results: dict[str, dict[str, dict]], # `run_eval`'s results
                  benches: Sequence[str], # the benchmarks drawn on this axis (more than one: named in the labels)
@@ -511,37 +484,6 @@ def plot_success(ax, # a matplotlib axis
             if p.split('/')[0] == REFERENCE and b in r:
                 ax.axhline(scale * r[b]['mean'], ls=':', color='grey' if p.endswith('random') else 'black', lw=1,
                            label=f"{p.split('/', 1)[1]} policy ({100 * r[b]['mean']:.0f}%){suffix(b)}")
-
-# %% ../nbs/13_eval.ipynb #65466858
-def seed_losses(rows: list[dict], # from `loss_rows` (or metrics/vla_loss.csv)
-                split: str, # 'train' or 'heldout'
-                ) -> dict[tuple[str, str], tuple[list[int], np.ndarray]]:
-    "(init, benchmark) -> the steps every seed logged and their losses, one row per seed."
-    runs: dict[tuple, dict] = {}
-    for r in rows:
-        if r['split'] == split:
-            runs.setdefault((r['init'], r['benchmark']), {}).setdefault(r['seed'], {})[int(r['step'])] = float(r['loss'])
-    out = {}  # in `plot_success`'s order, so that an initialisation has the same colour in both halves of Fig. 3
-    for key, per_seed in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0] not in ('none', 'base'), kv[0][0])):
-        steps = sorted(set.intersection(*(set(v) for v in per_seed.values())))
-        out[key] = steps, np.array([[v[s] for s in steps] for v in per_seed.values()])
-    return out
-
-def plot_heldout_loss(ax, # a matplotlib axis
-                      rows: list[dict], # from `loss_rows` (or metrics/vla_loss.csv)
-                      ) -> None:
-    """Held-out action loss per initialisation, the mean over seeds with its 95% interval: over checkpoints as a line
-    with a band, or, with a single checkpoint, as one point with error bars per initialisation."""
-    runs = seed_losses(rows, 'heldout')
-    steps = sorted({s for st, _ in runs.values() for s in st})
-    multi = len({b for _, b in runs}) > 1
-    labels = [init_label(i) + (f' - {b}' if multi else '') for i, b in runs]
-    for j, (label, (st, ys)) in enumerate(zip(labels, runs.values())):
-        n = f' ({len(ys)} seeds)' if len(ys) > 1 else ''
-        plot_interval(ax, [j] if len(steps) == 1 else st, *seed_interval(ys), label=label + n, color=f'C{j}')
-    if len(steps) == 1: by_init_axis(ax, [l.replace(' (', '\n(') for l in labels], steps[0])
-    else: ax.set_xlabel('fine-tuning step')
-    ax.set(ylabel='held-out action loss', title='held-out action loss (95% interval)')
 
 # %% ../nbs/13_eval.ipynb #019f8c63
 def success_curve_figure(results: dict[str, dict[str, dict]]):

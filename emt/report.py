@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .core import EmtError, rng, rpath, save_figure, save_table, write_json
-from .eval import REFERENCE, plot_heldout_loss, plot_success, result_key
+from .eval import REFERENCE, plot_success, result_key
+from .vla import plot_heldout_loss
 from .params import Params, init_label, load_params
 
 # %% auto #0

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import yaml
 
-from .core import EmtError, project_relative, root, rpath, write_json
+from .core import ARTIFACTS, EmtError, project_relative, root, rpath, write_json
 from .params import load_params
 
 # %% auto #0
@@ -21,7 +21,7 @@ __all__ = ['RESUMABLE', 'SUMMARIES', 'StageSpec', 'stage_spec', 'record_path', '
            'corpus_change', 'check_stage', 'give_back_interrupted', 'outputs_kept', 'StageFailed', 'run_stage']
 
 # %% ../nbs/15_stage.ipynb #86bad327
-RESUMABLE = ('artifacts/features', 'artifacts/vla', 'artifacts/eval')
+RESUMABLE = tuple(ARTIFACTS[k] for k in ('features', 'vla', 'eval'))
 
 # %% ../nbs/15_stage.ipynb #e663f23e
 @dataclass

@@ -32,8 +32,8 @@ from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_sched
 __all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'vla_config', 'vla_chunk', 'vla_recipe',
            'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches',
            'heldout_loss', 'train_vla', 'finished_run', 'model_qid', 'main', 'vla_inits', 'vla_benchmarks',
-           'vla_datasets', 'vla_gripper', 'data_action_dim', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas',
-           'run_vla']
+           'vla_datasets', 'vla_gripper', 'data_action_dim', 'seed_interval', 'plot_interval', 'by_init_axis',
+           'seed_losses', 'plot_heldout_loss', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
@@ -461,6 +461,64 @@ def data_action_dim(datasets: dict[str, Dataset]) -> int:
     if not dims: raise EmtError('every VLA source is empty.')
     return next(iter(dims.values()))
 
+# %% ../nbs/12_vla.ipynb #1b135d4e
+def seed_interval(ys: np.ndarray, # one row per seed, one column per step
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "The mean over seeds (the rows of `ys`) and its 95% t interval, per column (no interval with one seed)."
+    from scipy import stats
+    ys = np.asarray(ys, float); m = ys.mean(0)
+    if len(ys) < 2: return m, m, m
+    h = stats.t.ppf(0.975, len(ys) - 1) * ys.std(0, ddof=1) / np.sqrt(len(ys))
+    return m, m - h, m + h
+
+def plot_interval(ax, # a matplotlib axis
+                  x, y, lo, hi, # positions, values and their interval, one per checkpoint
+                  label: str, color=None, marker: str = 'o'):
+    "`y` with its interval [`lo`, `hi`]: a point with error bars when there is one checkpoint, else a line with a band."
+    y, lo, hi = (np.asarray(v, float) for v in (y, lo, hi))
+    if len(x) == 1: return ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt=marker, color=color, capsize=4, label=label)
+    line, = ax.plot(x, y, marker=marker, ms=4, color=color, label=label)
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+
+def by_init_axis(ax, # a matplotlib axis whose points sit at 0, 1, ...
+                 labels: Sequence[str], # what each position is (an initialisation)
+                 step: int, # the one checkpoint
+                 ) -> None:
+    "A categorical x axis, one tick per initialisation, for results of a single checkpoint."
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_xlabel(f'initialisation (one checkpoint: step {step})')
+
+def seed_losses(rows: list[dict], # from `loss_rows` (or metrics/vla_loss.csv)
+                split: str, # 'train' or 'heldout'
+                ) -> dict[tuple[str, str], tuple[list[int], np.ndarray]]:
+    "(init, benchmark) -> the steps every seed logged and their losses, one row per seed."
+    runs: dict[tuple, dict] = {}
+    for r in rows:
+        if r['split'] == split:
+            runs.setdefault((r['init'], r['benchmark']), {}).setdefault(r['seed'], {})[int(r['step'])] = float(r['loss'])
+    out = {}  # in `plot_success`'s order, so that an initialisation has the same colour in both halves of Fig. 3
+    for key, per_seed in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0] not in ('none', 'base'), kv[0][0])):
+        steps = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+        out[key] = steps, np.array([[v[s] for s in steps] for v in per_seed.values()])
+    return out
+
+def plot_heldout_loss(ax, # a matplotlib axis
+                      rows: list[dict], # from `loss_rows` (or metrics/vla_loss.csv)
+                      ) -> None:
+    """Held-out action loss per initialisation, the mean over seeds with its 95% interval: over checkpoints as a line
+    with a band, or, with a single checkpoint, as one point with error bars per initialisation."""
+    runs = seed_losses(rows, 'heldout')
+    steps = sorted({s for st, _ in runs.values() for s in st})
+    multi = len({b for _, b in runs}) > 1
+    labels = [init_label(i) + (f' - {b}' if multi else '') for i, b in runs]
+    for j, (label, (st, ys)) in enumerate(zip(labels, runs.values())):
+        n = f' ({len(ys)} seeds)' if len(ys) > 1 else ''
+        plot_interval(ax, [j] if len(steps) == 1 else st, *seed_interval(ys), label=label + n, color=f'C{j}')
+    if len(steps) == 1: by_init_axis(ax, [l.replace(' (', '\n(') for l in labels], steps[0])
+    else: ax.set_xlabel('fine-tuning step')
+    ax.set(ylabel='held-out action loss', title='held-out action loss (95% interval)')
+
 # %% ../nbs/12_vla.ipynb #6444f346
 LOSS_CSV_COLUMNS = ['init', 'benchmark', 'seed', 'step', 'split', 'loss']
 
@@ -484,7 +542,6 @@ def fig3_loss(rows: list[dict], # from `loss_rows`
               ):
     "Fig. 3 (loss half): training (smoothed; band: seed range) and held-out action loss, per initialisation (mean over seeds)."
     import matplotlib.pyplot as plt
-    from emt.eval import plot_heldout_loss, seed_losses
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), sharey=False)
     train = seed_losses(rows, 'train')
     multi = len({b for _, b in train}) > 1

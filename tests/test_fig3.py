@@ -10,7 +10,8 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 
-from emt.eval import plot_heldout_loss, plot_success, success_curve_figure, summarize
+from emt.eval import plot_success, success_curve_figure, summarize
+from emt.vla import plot_heldout_loss
 from emt.report import fig3_figure
 
 INITS = ('base', 'estimator', 'random')
