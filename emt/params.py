@@ -352,8 +352,15 @@ class Params(Section):
 class ParamsError(EmtError):
     "params.yaml does not match the schema."
 
-def _describe(err: dict) -> str:
-    key = '.'.join(str(p) for p in err['loc'] if not (isinstance(p, str) and p.startswith(('function-', 'union['))))
+_TYPE_TAGS = {'int', 'float', 'str', 'bool', 'none', 'list', 'dict'}
+
+def _is_branch(p) -> bool:
+    "Whether a pydantic location item names a validator or a branch of a union (`constrained-float`, `literal[...]`) rather than a key."
+    return isinstance(p, str) and ('-' in p or '[' in p or p in _TYPE_TAGS)
+
+def _describe(err: dict) -> tuple[str, str, str]:
+    "(key, what is wrong, what was given) of one validation error, in the words of params.yaml."
+    key = '.'.join(str(p) for p in err['loc'] if not _is_branch(p))
     msg = err['msg'].removeprefix('Value error, ')
     if err['type'] == 'extra_forbidden': msg = 'unknown key (check its spelling and section)'
     elif err['type'] == 'missing': msg = 'missing value (required)'
@@ -361,7 +368,7 @@ def _describe(err: dict) -> str:
         else f' (got {err["input"]!r})'
     if isinstance(err.get('input'), str) and _looks_numeric(err['input']) and 'number' in msg:
         got += "; YAML reads exponents without a dot as text: write 1.0e-3, not 1e-3"
-    return f'  {key or "<top level>"}: {msg}{got}'
+    return key or '<top level>', msg, got
 
 def _looks_numeric(s: str) -> bool:
     try: float(s); return True
@@ -374,7 +381,12 @@ def parse_params(raw: Any, # the parsed YAML
     if not isinstance(raw, dict): raise ParamsError(f'{source}: expected a mapping of sections, got {type(raw).__name__}')
     try: return Params.model_validate(raw)
     except ValidationError as e:
-        lines = sorted({_describe(err) for err in e.errors()})
+        by_key: dict[str, list] = {}
+        for key, msg, got in map(_describe, e.errors()):  # a union's branches fail one key several times: one line
+            m, g = by_key.setdefault(key, [[], ''])
+            if msg not in m: m.append(msg)
+            by_key[key][1] = g or got
+        lines = [f'  {k}: {"; or ".join(m)}{g}' for k, (m, g) in sorted(by_key.items())]
         raise ParamsError(f'{source} does not match the emt params schema:\n' + '\n'.join(lines)) from None
 
 def load_params(path: str|Path = 'params.yaml', # relative to the project root

@@ -117,6 +117,13 @@ def test_wrong_type_named():
     assert 'features.batch_size: Input should be a valid integer' in msg and "got '32'" in msg
 
 
+def test_union_errors_name_the_key_once_without_validator_internals():
+    raw = _raw(); raw['select']['k'] = -1  # k is an int (samples) or a float (a fraction): two branches fail
+    msg = _message(raw)
+    assert msg.count('select.k') == 1 and 'select.k: Input should be greater than 0 (got -1)' in msg, msg
+    assert 'constrained' not in msg and 'int]' not in msg, msg
+
+
 def test_missing_value_named():
     raw = _raw(); del raw['midtrain']['recipe']
     assert 'midtrain.recipe: missing value' in _message(raw)
