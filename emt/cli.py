@@ -94,6 +94,10 @@ def _corpus(a) -> int:
     if a.sources: p = p.model_copy(update={'sources': a.sources.split(',')})
     if a.per_source: p = p.model_copy(update={'per_source': a.per_source})
     build_corpus(p, out=a.out, parts=a.only.split(',') if a.only else None)
+    if rpath('data.dvc').exists() and rpath(a.out or p.out).resolve().is_relative_to(rpath('data').resolve()):
+        print('data/ is now this corpus. The data stage builds on a corpus only once data.dvc in git holds it: '
+              'dvc add data && git commit data.dvc. To go back to the committed one: '
+              'git checkout data.dvc && dvc checkout --force data.dvc')
     return 0
 
 def _stage(a) -> int:
