@@ -20,13 +20,15 @@ from .ingest import HELDOUT
 from .params import Params, Source, check_gpu, load_params
 
 # %% auto #0
-__all__ = ['answer_kind', 'score_answer', 'first_turn', 'heldout_questions', 'answer_questions', 'run_ability']
+__all__ = ['answer_kind', 'score_answer', 'prior', 'interval', 'first_turn', 'heldout_questions', 'answer_questions',
+           'run_ability']
 
 # %% ../nbs/11a_ability.ipynb #d50c4dd9
 _NUM = r'-?\d+(?:\.\d+)?'
 _POINT = re.compile(rf'^\(\s*({_NUM})\s*,\s*({_NUM})\s*\)$')
 _BOX = re.compile(rf'^\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]$')
 _OPTION = re.compile(r'^([A-Z])\.(\s|$)')
+_CHOICE = re.compile(r'^\(?([A-Z])(?:[.):]|$)')  # a prediction's option: a letter alone or before '.', ')' or ':'
 
 def answer_kind(reference: str) -> str:
     "'option', 'point', 'box', 'short' (at most 6 words) or 'caption', from the reference answer's form."
@@ -51,8 +53,8 @@ def score_answer(prediction: str, # the VLM's answer
     "1.0 / 0.0 for a hit or miss (a caption: its unigram F1 in [0, 1]), by `answer_kind(reference)`."
     kind, p, r = answer_kind(reference), prediction.strip(), reference.strip()
     if kind == 'option':
-        letter = p[:1] if p[:1].isupper() and not p[1:2].isalpha() else None  # 'B', 'B.', 'B. above'
-        return float(letter is not None and letter == r[0])
+        m = _CHOICE.match(p)  # 'B', 'B.', 'B. above', '(B)'; not 'A cat on a mat'
+        return float(m is not None and m.group(1) == r[0])
     if kind in ('point', 'box'):
         pat = _POINT if kind == 'point' else _BOX
         m = pat.match(p)
@@ -66,6 +68,27 @@ def score_answer(prediction: str, # the VLM's answer
     if not common: return 0.0
     prec, rec = common / len(pw), common / len(rw)
     return 2 * prec * rec / (prec + rec)
+
+# %% ../nbs/11a_ability.ipynb #649f13fd
+def prior(references: Sequence[str], # the reference answers of one source's questions
+          ) -> tuple[str, float]:
+    "The best constant answer for these questions and its mean score."
+    refs = [r.strip() for r in references]
+    cands = list(dict.fromkeys(refs + (['(0.50, 0.50)'] if any(answer_kind(r) == 'point' for r in refs) else [])))
+    scored = [(float(np.mean([score_answer(c, r) for r in refs])), -i, c) for i, c in enumerate(cands)]
+    s, _, c = max(scored)
+    return c, s
+
+def interval(scores: dict[str, Sequence[float]], # source -> the question scores (one source: its mean's interval)
+             seed: int = 0, n_boot: int = 2000,
+             ) -> tuple[float, float, float]:
+    "The mean over sources of each source's mean score, and its 95% bootstrap interval (questions resampled within each source)."
+    g = rng(seed, 'ability-interval', *sorted(scores))
+    arrs = [np.asarray(v, float) for v in scores.values() if len(v)]
+    mean = float(np.mean([a.mean() for a in arrs]))
+    draws = np.mean([a[g.integers(0, len(a), (n_boot, len(a)))].mean(1) for a in arrs], axis=0)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return mean, float(lo), float(hi)
 
 # %% ../nbs/11a_ability.ipynb #9b62e9c7
 def first_turn(sample: dict) -> tuple[str, str]:
@@ -135,13 +158,16 @@ def run_ability(P: Params, # validated params (`ability` section)
             answers[name][src] = pred
             scores[name][src] = [score_answer(p, first_turn(r)[1]) for p, r in zip(pred, rows)]
         del model
-    table = []
-    for name in vlms:
-        row = {'vlm': name, **{s: round(100 * float(np.mean(v)), 1) for s, v in scores[name].items()}}
-        for g in ('general', 'embodied'):
-            vals = [np.mean(v) for s, v in scores[name].items() if group[s] == g]
-            if vals: row[f'{g} (mean)'] = round(100 * float(np.mean(vals)), 1)
-        table.append(row)
+    priors = {s: prior([first_turn(r)[1] for r in rows]) for s, rows in qs.items()}
+    units = {s: [s] for s in qs} | {f'{g} (mean of sources)': [s for s in qs if group[s] == g] for g in ('general', 'embodied')}
+    units = {u: ss for u, ss in units.items() if ss}
+    ci = {n: {u: interval({s: scores[n][s] for s in ss}, seed=P.seed) for u, ss in units.items()} for n in vlms}
+    pct = lambda x: round(100 * x, 1)
+    table = [{'source': u, 'group': group.get(u, u.split()[0]), 'questions': sum(len(qs[s]) for s in ss),
+              'best constant answer': priors[u][0][:24] if u in priors else '(per source)',
+              'prior': pct(np.mean([priors[s][1] for s in ss])),
+              **{n: f'{pct(ci[n][u][0])} [{pct(ci[n][u][1])}, {pct(ci[n][u][2])}]' for n in vlms}}
+             for u, ss in units.items()]
     save_table(table, 'general_ability')
     rows = [{'source': s, 'id': r['id'], 'kind': answer_kind(first_turn(r)[1]), 'question': first_turn(r)[0],
              'reference': first_turn(r)[1], **{n: answers[n][s][i] for n in vlms}}
@@ -150,6 +176,9 @@ def run_ability(P: Params, # validated params (`ability` section)
     (rpath('metrics')/'ability_answers.md').unlink(missing_ok=True)
     metrics = {'profile': P.profile, 'questions': {s: len(v) for s, v in qs.items()}, 'no_heldout_rows': none,
                'groups': {s: group[s] for s in qs}, 'table': table,
+               'priors': {s: {'answer': a, 'score': round(x, 4)} for s, (a, x) in priors.items()},
+               'prior_means': {u: round(float(np.mean([priors[s][1] for s in ss])), 4) for u, ss in units.items()},
+               'ci95': {n: {u: [round(v, 4) for v in c] for u, c in d.items()} for n, d in ci.items()},
                'scores': {n: {s: [round(x, 4) for x in v] for s, v in d.items()} for n, d in scores.items()},
                'ids': {s: [r['id'] for r in v] for s, v in qs.items()}, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/ability.json'), metrics)

@@ -376,6 +376,14 @@ def ability_findings(P: Params, ab: dict, # metrics/ability.json
             else: v, what = verdict(r['ci95']), 'above base'
             out.append(_row(f'Appendix: mid-training {claim} ({vlm} - base, {group} held-out questions, points; {what})',
                             'yes', f"{r['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}], {r['pairs']} questions", v))
+    for vlm, by_unit in ab.get('ci95', {}).items():  # a score means something only above what a constant answer gets
+        for unit, (m, lo, hi) in by_unit.items():
+            if not unit.endswith('(mean of sources)'): continue
+            p = ab['prior_means'][unit]
+            v = 'holds' if lo > p else 'does not hold' if hi < p else 'inconclusive'
+            out.append(_row(f"Ability check: {vlm}'s {unit.split()[0]} ability is above the best constant answer "
+                            f"(score - prior, points)", '-',
+                            f'{100 * (m - p):+.1f} [{100 * (lo - p):+.1f}, {100 * (hi - p):+.1f}]', v))
     return out
 
 # %% ../nbs/14_report.ipynb #e4749502

@@ -82,6 +82,9 @@ def _sum_midtrain(r): return {'final_loss': {m: d['final_loss'] for m, d in r['m
                               'steps': {m: d['steps'] for m, d in r['methods'].items()}}
 
 def _sum_ability(r):
+    if 'ci95' in r:  # per group: each VLM's mean of source scores, and the best constant answer's
+        return {u.split()[0]: {**{n: d[u][0] for n, d in r['ci95'].items()}, 'prior': p}
+                for u, p in r['prior_means'].items() if u.endswith('(mean of sources)')}
     out = {}
     for init, by_src in r['scores'].items():
         for g in sorted(set(r['groups'].values())):
