@@ -7,7 +7,7 @@ Docs: https://emt-org.github.io/emt/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #e122eef4
 from __future__ import annotations
-import hashlib, io, json, math, os, re, tempfile
+import atexit, hashlib, io, json, math, os, re, shutil, tempfile
 from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
@@ -24,12 +24,12 @@ from .core import DataError, EmtError, atomic_path, markdown_table, progress, rp
 # %% auto #0
 __all__ = ['Kind', 'VLM_FEATURES', 'VLA_FEATURES', 'IMAGE', 'ROLES', 'OnError', 'LLAVA_ROLES', 'Flip', 'FORMATS', 'MultiImage',
            'SHAREGPT_TAGS', 'features', 'image_bytes', 'open_image', 'toy_png_bytes', 'stored_image', 'bad_row',
-           'locate', 'Skipped', 'check_sample', 'check_rows', 'raw_rows', 'validate', 'samples_to_dataset',
-           'save_dataset', 'load_dataset_dir', 'qualify_id', 'llava_sample', 'read_llava', 'content_text', 'hf_sample',
-           'read_hf', 'action_chunk', 'lerobot_info', 'lerobot_camera', 'lerobot_tasks', 'import_av',
-           'decode_video_frames', 'read_lerobot', 'write_toy_lerobot', 'libero_task_name', 'instruction_from_filename',
-           'bddl_language', 'flip_image', 'read_libero_hdf5', 'read_vla_dataset', 'load_source', 'write_hf',
-           'image_file_name', 'llava_conversations', 'write_llava', 'write_sharegpt']
+           'unreadable', 'locate', 'Skipped', 'check_sample', 'check_rows', 'raw_rows', 'validate',
+           'samples_to_dataset', 'save_dataset', 'load_dataset_dir', 'qualify_id', 'llava_sample', 'read_llava',
+           'content_text', 'hf_sample', 'read_hf', 'action_chunk', 'lerobot_info', 'lerobot_camera', 'lerobot_tasks',
+           'import_av', 'decode_video_frames', 'read_lerobot', 'write_toy_lerobot', 'libero_task_name',
+           'instruction_from_filename', 'bddl_language', 'flip_image', 'read_libero_hdf5', 'read_vla_dataset',
+           'load_source', 'write_hf', 'image_file_name', 'llava_conversations', 'write_llava', 'write_sharegpt']
 
 # %% ../nbs/02_data.ipynb #f2432720
 Kind = Literal['vlm', 'vla']
@@ -102,22 +102,31 @@ def bad_row(reason: str, # a short category, e.g. 'missing image file'
     e.reason = reason
     return e
 
-def locate(e: DataError, file: str|os.PathLike|None, row: int|str|None) -> DataError:
-    "`e` with its file and row filled in where it had none."
-    if e.file is not None and e.row is not None: return e
-    out = DataError(e.msg, file=e.file if e.file is not None else file, row=e.row if e.row is not None else row,
-                    field=e.field)
-    out.reason = getattr(e, 'reason', e.msg)
+def unreadable(err: BaseException, # the library's error (h5py, pyarrow, PIL, ...)
+               file: str|os.PathLike|None = None, row: int|str|None = None, field: str|None = None,
+               reason: str = 'unreadable file') -> DataError:
+    "A library error met while reading `file` as a located `DataError` with a countable `.reason`."
+    return bad_row(reason, f'{type(err).__name__}: {err}', file=file, row=row, field=field)
+
+def locate(e: DataError, file: str|os.PathLike|None, row: int|str|None,
+           id: str|None = None, # the row's sample id, where known
+           ) -> DataError:
+    "`e` with its file and row filled in where it had none, and the row's `id` named in its message."
+    if getattr(e, 'id', None) is not None or (id is None and e.file is not None and e.row is not None): return e
+    row = e.row if e.row is not None else row
+    out = DataError(e.msg if id is None or str(id) == str(row) else f'{e.msg} (id {id!r})',
+                    file=e.file if e.file is not None else file, row=row, field=e.field)
+    out.reason, out.id = getattr(e, 'reason', e.msg), id
     return out
 
 @dataclass
 class Skipped:
     "The rows a reader dropped, with where and why."
-    rows: list[dict] = dc_field(default_factory=list) # one {file, row, field, reason, detail} per dropped row
+    rows: list[dict] = dc_field(default_factory=list) # one {file, row, id, field, reason, detail} per dropped row
 
     def add(self, e: DataError):
-        "Record the bad row `e` describes."
-        self.rows.append({'file': e.file, 'row': e.row, 'field': e.field,
+        "Record the bad row (or file, or demo) `e` describes."
+        self.rows.append({'file': e.file, 'row': e.row, 'id': getattr(e, 'id', None), 'field': e.field,
                           'reason': getattr(e, 'reason', e.msg), 'detail': e.msg})
 
     def extend(self, other: Skipped) -> Skipped:
@@ -238,7 +247,7 @@ def check_rows(items: Iterable[tuple[Any, Any, dict|DataError]], # (file, row, s
             if sh is not None and shape is not None and sh != shape:
                 raise bad_row('chunk shape mismatch', f'actions {sh} but earlier rows {shape}', field='actions')
         except DataError as e:
-            e = locate(e, file, row)
+            e = locate(e, file, row, s.get('id') if isinstance(s, dict) else None)
             if on_error == 'raise': raise e from None
             skipped.add(e); continue
         seen.add(s['id']); shape = shape or sh
@@ -277,7 +286,7 @@ def samples_to_dataset(samples: Iterable[dict], # samples in the `kind` schema
                        cache_dir: str|os.PathLike|None = None, # where the Arrow file goes; default: a new temp dir
                        ) -> Dataset:
     "A memory-mapped `Dataset` of `samples`, written to Arrow as they stream."
-    d = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix='emt-arrow-'))
+    d = Path(cache_dir) if cache_dir else _temp_arrow_dir()
     d.mkdir(parents=True, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix=f'{kind}-', suffix='.arrow', dir=d); os.close(fd)
     try:
@@ -285,8 +294,22 @@ def samples_to_dataset(samples: Iterable[dict], # samples in the `kind` schema
             for s in samples: w.write({k: s[k] for k in features(kind)})
             w.finalize()
     except BaseException:
-        os.remove(path); raise
+        if cache_dir: os.remove(path)
+        else: shutil.rmtree(d, ignore_errors=True)
+        raise
     return Dataset.from_file(path)
+
+def _temp_arrow_dir() -> Path:
+    "A new `emt-arrow-*` temporary directory, removed when the process exits."
+    d = Path(tempfile.mkdtemp(prefix='emt-arrow-'))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
+
+def _discard(ds: Dataset, cache_dir):
+    "Remove the Arrow file of `ds` (its temporary directory when no `cache_dir` was given)."
+    for f in ds.cache_files:
+        if cache_dir: Path(f['filename']).unlink(missing_ok=True)
+        else: shutil.rmtree(Path(f['filename']).parent, ignore_errors=True)
 
 def save_dataset(ds: Dataset, # the data set to store
                  path: str|os.PathLike, # its directory (relative to the project root if relative)
@@ -316,7 +339,8 @@ def load_dataset_dir(path: str|os.PathLike, # a directory written by `save_datas
     path = rpath(path)
     if not (path/'dataset_info.json').exists() and not (path/'state.json').exists():
         raise DataError('not a saved dataset (no state.json); write it with save_dataset', file=path)
-    ds = load_from_disk(str(path))
+    try: ds = load_from_disk(str(path))
+    except Exception as err: raise unreadable(err, path) from None
     if kind is not None:
         for c in features(kind):
             if c not in ds.column_names:
@@ -333,7 +357,8 @@ def _build(items: Iterable, kind: Kind, source: str, origin, on_error: OnError, 
            images_checked: bool = False) -> tuple[Dataset, Skipped]:
     skipped = Skipped()
     ds = samples_to_dataset(check_rows(items, kind, on_error, skipped, images=not images_checked), kind, cache_dir)
-    _require_rows(len(ds), source, origin, skipped)
+    try: _require_rows(len(ds), source, origin, skipped)
+    except DataError: _discard(ds, cache_dir); raise
     return ds, skipped
 
 # %% ../nbs/02_data.ipynb #59e962d8
@@ -341,7 +366,12 @@ LLAVA_ROLES = {'human': 'user', 'user': 'user', 'gpt': 'assistant', 'assistant':
 _LLAVA_KEYS = {'id', 'image', 'images', 'conversations', 'source', 'meta'}
 
 def _json_rows(path: Path) -> Iterator[tuple[str|int, dict|DataError]]:
-    "(row, parsed row or error) of a JSON list or a JSONL file."
+    "(row, parsed row or error) of a JSON list or a JSONL file; a file that is not UTF-8 text is a `DataError`."
+    try: yield from _json_rows_utf8(path)
+    except UnicodeDecodeError as err:
+        raise bad_row('not UTF-8 text', f'{err}; is this a JSON/JSONL file?', file=path) from None
+
+def _json_rows_utf8(path: Path) -> Iterator[tuple[str|int, dict|DataError]]:
     with open(path, encoding='utf-8') as f:
         head = f.read(4096).lstrip()
     if head.startswith('[') and path.suffix != '.jsonl':
@@ -359,10 +389,13 @@ def _json_rows(path: Path) -> Iterator[tuple[str|int, dict|DataError]]:
 def _image_file(root: Path, rel: str, field: str) -> dict:
     p = root/rel
     if not p.is_file(): raise bad_row('missing image file', f'{p} does not exist (is image_root right?)', field=field)
-    v = image_bytes(p)
-    try: open_image(v)
+    try: v = image_bytes(p); open_image(v)
     except Exception as e: raise bad_row('corrupt image', f'{p} cannot be decoded ({e})', field=field) from None
     return v
+
+def _raw_id(raw) -> str|None:
+    "The id a row has in its file, if any."
+    return str(raw['id']) if isinstance(raw, dict) and raw.get('id') is not None else None
 
 def _meta_json(raw: dict, known: set) -> str:
     m = raw.get('meta')
@@ -404,7 +437,7 @@ def read_llava(path: str|os.PathLike, # a .json list or a .jsonl file
         for i, (row, raw) in enumerate(_json_rows(path)):
             if isinstance(raw, DataError): yield path, row, raw; continue
             try: yield path, row, llava_sample(raw, i, source, root)
-            except DataError as e: yield path, row, e
+            except DataError as e: yield path, row, locate(e, path, row, _raw_id(raw))
     return _build(items(), 'vlm', source, path, on_error, cache_dir, images_checked=True)
 
 # %% ../nbs/02_data.ipynb #0b0f4286
@@ -437,22 +470,32 @@ def hf_sample(raw: dict, # one row of the dataset, images undecoded
             'images': images, 'messages': messages,
             'meta': meta if isinstance(meta, str) else json.dumps(meta or {}, sort_keys=True, default=str)}
 
-def _hf_rows(path: Path) -> Iterator[tuple[Path, int, dict]]:
+def _hf_rows(path: Path) -> Iterator[tuple[Path, int|None, dict|DataError]]:
+    "(file, row, raw row) of a save_to_disk directory or of each Parquet file; (file, None, error) for a file that does not open."
     if (path/'state.json').exists() or (path/'dataset_info.json').exists():
-        ds = load_from_disk(str(path))
+        try: ds = load_from_disk(str(path))
+        except Exception as err: yield path, None, unreadable(err, path); return
         if 'messages' not in ds.column_names:
             raise DataError(f'no messages column (has {ds.column_names})', file=path, field='messages')
-        for i, r in enumerate(raw_rows(ds)): yield path, i, r
-        return
+        yield from _guarded(path, raw_rows(ds)); return
     files = sorted(path.rglob('*.parquet'))
     if not files: raise DataError('neither a save_to_disk directory nor a directory of parquet files', file=path)
     for f in files:
-        pf = pq.ParquetFile(f)
-        if 'messages' not in pf.schema_arrow.names:
-            raise DataError(f'no messages column (has {pf.schema_arrow.names})', file=f, field='messages')
-        i = 0
-        for batch in pf.iter_batches(batch_size=256):
-            for r in batch.to_pylist(): yield f, i, r; i += 1
+        try: pf = pq.ParquetFile(f); names = pf.schema_arrow.names
+        except Exception as err: yield f, None, unreadable(err, f); continue
+        if 'messages' not in names: raise DataError(f'no messages column (has {names})', file=f, field='messages')
+        yield from _guarded(f, (r for batch in pf.iter_batches(batch_size=256) for r in batch.to_pylist()))
+
+def _guarded(f: Path, rows: Iterator[dict]) -> Iterator[tuple[Path, int, dict]]:
+    "(f, i, row) of `rows`; a library error part-way raises a `DataError` naming `f` and the row it broke at."
+    i = 0
+    while True:
+        try: r = next(rows)
+        except StopIteration: return
+        except Exception as err:
+            raise bad_row('file breaks part-way', f'after {i} rows were read: {type(err).__name__}: {err}; '
+                          're-download or remove the file', file=f, row=i) from None
+        yield f, i, r; i += 1
 
 def read_hf(path: str|os.PathLike, # a save_to_disk directory or a directory of parquet files
             source: str|None = None, # the samples' source; default: the directory's name
@@ -464,8 +507,9 @@ def read_hf(path: str|os.PathLike, # a save_to_disk directory or a directory of 
     source = source or path.name
     def items():
         for n, (f, i, raw) in enumerate(_hf_rows(path)):
+            if isinstance(raw, DataError): yield f, i, raw; continue
             try: yield f, i, hf_sample(raw, n, source, path)
-            except DataError as e: yield f, i, e
+            except DataError as e: yield f, i, locate(e, f, i, _raw_id(raw))
     return _build(items(), 'vlm', source, path, on_error, cache_dir)
 
 # %% ../nbs/02_data.ipynb #5890b886
@@ -516,7 +560,8 @@ def lerobot_tasks(root: Path) -> dict[int, str]:
     import pandas as pd
     f = root/'meta'/'tasks.parquet'
     if not f.is_file(): raise DataError('file not found', file=f)
-    df = pd.read_parquet(f)
+    try: df = pd.read_parquet(f)
+    except Exception as err: raise unreadable(err, f) from None
     if 'task_index' not in df.columns: raise DataError('missing column', file=f, field='task_index')
     tasks = df['task'] if 'task' in df.columns else df.index
     return {int(i): str(t) for i, t in zip(df['task_index'], tasks)}
@@ -526,15 +571,17 @@ def _template_glob(root: Path, template: str) -> list[Path]:
 
 # %% ../nbs/02_data.ipynb #13be0c5f
 def _lerobot_episodes(files: list[Path]) -> Iterator[tuple[Path, int, np.ndarray|DataError]]:
-    "(file, episode, (T, D) actions or the error) for each episode, from the light columns of the data files."
+    "(file, episode, (T, D) actions or the error) for each episode, from the light columns of the data files;\n(file, None, error) for a file that cannot be read."
     cols = ['episode_index', 'frame_index', 'action']
     acts: dict[int, list] = {}
     where: dict[int, Path] = {}
     for f in files:
-        names = pq.ParquetFile(f).schema_arrow.names
+        try: names = pq.ParquetFile(f).schema_arrow.names
+        except Exception as err: yield f, None, unreadable(err, f); continue
         for c in cols:
             if c not in names: raise DataError(f'missing column (has {names})', file=f, field=c)
-        t = pq.read_table(f, columns=cols).to_pydict()
+        try: t = pq.read_table(f, columns=cols).to_pydict()
+        except Exception as err: yield f, None, unreadable(err, f, field='action'); continue
         for e, i, a in zip(t['episode_index'], t['frame_index'], t['action']):
             acts.setdefault(e, []).append((i, a)); where.setdefault(e, f)
     for e in sorted(acts):
@@ -585,11 +632,15 @@ def _episode_video(root: Path, info: dict, key: str, ep_meta: dict, ep: int, T: 
     except EmtError as e: raise DataError(str(e), file=f, row=f'episode {ep}', field=key) from None
     if not f.is_file(): raise DataError('video file not found', file=f, row=f'episode {ep}', field=key)
     t0 = m[f'videos/{key}/from_timestamp']
-    return decode_video_frames(f, [t0 + i / info['fps'] for i in range(T)])
+    try: return decode_video_frames(f, [t0 + i / info['fps'] for i in range(T)])
+    except Exception as err: raise unreadable(err, f, f'episode {ep}', key) from None
 
 def _lerobot_meta_episodes(root: Path) -> dict[int, dict]:
-    files = sorted((root/'meta'/'episodes').rglob('*.parquet'))
-    return {r['episode_index']: r for f in files for r in pq.read_table(f).to_pylist()}
+    out = {}
+    for f in sorted((root/'meta'/'episodes').rglob('*.parquet')):
+        try: out.update((r['episode_index'], r) for r in pq.read_table(f).to_pylist())
+        except Exception as err: raise unreadable(err, f) from None
+    return out
 
 def read_lerobot(root: str|os.PathLike, # the data set's directory (holding meta/ and data/)
                  source: str|None = None, # the samples' source; default: the directory's name
@@ -606,14 +657,17 @@ def read_lerobot(root: str|os.PathLike, # the data set's directory (holding meta
     if not files: raise DataError(f'no data files matching {info["data_path"]}', file=root)
     ep_meta = _lerobot_meta_episodes(root) if dtype == 'video' else {}
     def items():
-        episodes, pre = {}, []
+        episodes, pre, broken = {}, [], set()
         for f, e, a in _lerobot_episodes(files):
-            if isinstance(a, DataError): pre.append((f, f'episode {e}', a))
+            if e is None: broken.add(f); pre.append((f, None, a))
+            elif isinstance(a, DataError): pre.append((f, f'episode {e}', a))
             else: episodes[e] = a
         yield from pre
         frames = None
         for f in files:
-            pf = pq.ParquetFile(f)
+            if f in broken: continue
+            try: pf = pq.ParquetFile(f)
+            except Exception as err: raise unreadable(err, f) from None
             need = [key] if dtype == 'image' else []
             for c in need + ['task_index']:
                 if c not in pf.schema_arrow.names:
@@ -621,7 +675,7 @@ def read_lerobot(root: str|os.PathLike, # the data set's directory (holding meta
             cols = [c for c in need + ['episode_index', 'frame_index', 'task_index', 'index']
                     if c in pf.schema_arrow.names]
             rows = (r for b in pf.iter_batches(batch_size=64, columns=cols) for r in b.to_pylist())
-            for i, r in enumerate(rows):
+            for _, i, r in _guarded(f, rows):
                 e, t = r['episode_index'], r['frame_index']
                 if e not in episodes: continue
                 try:
@@ -634,7 +688,7 @@ def read_lerobot(root: str|os.PathLike, # the data set's directory (holding meta
                         raise bad_row('unknown task_index', f'{r["task_index"]} not in meta/tasks.parquet', field='task_index')
                 except DataError as err:
                     if err.row is not None: raise  # an unusable video: not a row to skip
-                    yield f, i, err; continue
+                    yield f, i, locate(err, f, i, f'{source}/ep{e:03d}/f{t:04d}'); continue
                 acts, pad = action_chunk(episodes[e], t, chunk)
                 task = tasks[r['task_index']]
                 yield f, i, {'id': f'{source}/ep{e:03d}/f{t:04d}', 'source': source, 'images': [img],
@@ -718,11 +772,21 @@ def flip_image(img: np.ndarray, # (H, W, 3) or (T, H, W, 3)
 def _demo_keys(data) -> list[str]:
     return sorted((k for k in data.keys() if re.fullmatch(r'demo_\d+', k)), key=lambda k: int(k.split('_')[1]))
 
-def _libero_demo(demo, key: str, camera: str) -> tuple[np.ndarray, np.ndarray]:
-    "The (T,H,W,3) images and (T,D) actions of one demo group, checked."
-    if 'actions' not in demo: raise bad_row('missing field', f'{key}/actions', field='actions')
-    if f'obs/{camera}' not in demo: raise bad_row('missing field', f'{key}/obs/{camera}', field=f'obs/{camera}')
-    acts, obs = demo['actions'][()], demo['obs'][camera][()]
+def _libero_demo(data, k: str, camera: str) -> tuple[np.ndarray, np.ndarray]:
+    "The (T,H,W,3) images and (T,D) actions of the demo group `data[k]`, checked."
+    key, field = f'data/{k}', None
+    try:
+        demo = data[k]
+        field = 'actions'
+        if 'actions' not in demo: raise bad_row('missing field', f'{key}/actions', field='actions')
+        field = f'obs/{camera}'
+        if f'obs/{camera}' not in demo: raise bad_row('missing field', f'{key}/obs/{camera}', field=f'obs/{camera}')
+        field = 'actions'
+        acts = demo['actions'][()]
+        field = f'obs/{camera}'
+        obs = demo['obs'][camera][()]
+    except DataError: raise
+    except Exception as err: raise unreadable(err, field=field, reason='unreadable demo') from None
     if len(obs) != len(acts):
         raise bad_row('length mismatch', f'{len(obs)} observations but {len(acts)} actions', field='actions')
     if acts.ndim != 2 or len(acts) == 0 or not np.isfinite(acts).all():
@@ -750,13 +814,18 @@ def read_libero_hdf5(paths: str|os.PathLike|Iterable[str|os.PathLike], # LIBERO 
         ep = 0
         for p in paths:
             if not p.is_file(): raise DataError('file not found', file=p)
-            with h5py.File(p, 'r') as h:
-                if 'data' not in h: raise DataError('no "data" group: not a LIBERO demo file', file=p, field='data')
+            try: h = h5py.File(p, 'r')
+            except Exception as err: yield p, None, unreadable(err, p); continue
+            with h:
+                try:
+                    if 'data' not in h: raise DataError('no "data" group: not a LIBERO demo file', file=p, field='data')
+                    bddl, keys = bddl_language(dict(h['data'].attrs)), _demo_keys(h['data'])
+                except DataError: raise
+                except Exception as err: yield p, None, unreadable(err, p, field='data'); continue
                 instruction, task = instruction_from_filename(p), libero_task_name(p)
-                bddl = bddl_language(dict(h['data'].attrs))
-                for k in _demo_keys(h['data']):
+                for k in keys:
                     key = f'data/{k}'
-                    try: obs, acts = _libero_demo(h['data'][k], key, camera)
+                    try: obs, acts = _libero_demo(h['data'], k, camera)
                     except DataError as e: yield p, key, e; continue
                     obs, n = flip_image(obs, flip), int(k.split('_')[1])
                     for t in range(len(acts)):
