@@ -105,6 +105,13 @@ def _stage(a) -> int:
     print(f'emt stage {a.name}: the executed notebook is {run_stage(a.name, a.params, dict(a.p or []))}')
     return 0
 
+def _dose(a) -> int:
+    from emt.dose import run_ladder
+    r = run_ladder(load_params(a.params), out=a.out, method=a.method, seeds=tuple(int(s) for s in a.seeds.split(',')))
+    print(f"dose ladder: {'chosen ' + r['chosen'] if r['chosen'] else 'no dose delivered the treatment'}; "
+          f"{rpath(a.out)/'ladder.md'}")
+    return 0
+
 def _readme(a) -> int:
     print(f'wrote {write_readme()}')
     return 0
@@ -145,6 +152,12 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument('--params', default='params.yaml')
     st.add_argument('-p', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='a papermill parameter of the notebook')
     st.set_defaults(fn=_stage)
+    do = sub.add_parser('dose', help='the manipulation check: mid-train at a ladder of doses and score ability '
+                        '(after make repro)')
+    do.add_argument('--params', default='params.yaml'); do.add_argument('--out', default='results/dose-ladder')
+    do.add_argument('--method', default='estimator', help='the mixture the ladder mid-trains on')
+    do.add_argument('--seeds', default='0,1,2', help='mid-training seeds, comma-separated')
+    do.set_defaults(fn=_dose)
     sub.add_parser('readme', help='render nbs/index.ipynb into README.md').set_defaults(fn=_readme)
     dp = sub.add_parser('docs', help='build the offline docs site')
     dp.add_argument('--out', default=None); dp.set_defaults(fn=_docs)
