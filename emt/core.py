@@ -73,7 +73,7 @@ def project_at(path: str|os.PathLike) -> Iterator[Path]:
 # %% ../nbs/00_core.ipynb #1b49b03b
 ARTIFACTS = {k: f'artifacts/{k}' for k in (
     'data', 'base_vlm', 'base_vlm_train', 'features', 'estimator', 'scores', 'ppl', 'ppl_train', 'select', 'midtrain',
-    'midtrain_train', 'vla', 'eval')}
+    'midtrain_train', 'vla', 'eval', 'dose')}
 
 STAGE_IO = { # stage -> (the ARTIFACTS it reads, the ARTIFACTS it writes as DVC outputs)
     'data': ((), ('data',)), 'base_vlm': (('data',), ('base_vlm',)), 'features': (('data', 'base_vlm'), ('features',)),

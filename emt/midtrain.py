@@ -16,6 +16,7 @@ from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_jso
 from .data import load_dataset_dir
 from .params import Params, check_gpu, load_params, override
 from .sft import train_sft
+from .launch import launched
 
 # %% auto #0
 __all__ = ['LOSS_COLUMNS', 'mixture_dir', 'load_mixture', 'loss_rows', 'loss_figure', 'midtrain_one', 'run_midtrain']
@@ -70,10 +71,17 @@ def midtrain_one(P: Params, # validated params (`midtrain.recipe`, `seed`)
                  num_workers: int = 1, # DataLoader workers encoding batches
                  ) -> dict:
     "Mid-train the base VLM on one mixture and store it as a plain HF checkpoint; the run's report."
-    model, processor = load_vlm(base)
-    rep = train_sft((model, processor), mixture, P.midtrain.recipe, work, seed=P.seed, on_error=P.data.on_error,
-                    num_workers=num_workers, save_model=False)
-    save_vlm(model, processor, out)
+    if P.processes > 1:  # one process per GPU, under `accelerate launch`; the engine saves the model
+        rep = launched('emt.sft:train_sft', dict(model=str(base), datasets=mixture, recipe=P.midtrain.recipe,
+                                                 out_dir=str(work), seed=P.seed, on_error=P.data.on_error,
+                                                 num_workers=num_workers, save_model=True), P.processes, work)
+        shutil.rmtree(out, ignore_errors=True); out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(work/'model'), str(out))
+    else:
+        model, processor = load_vlm(base)
+        rep = train_sft((model, processor), mixture, P.midtrain.recipe, work, seed=P.seed, on_error=P.data.on_error,
+                        num_workers=num_workers, save_model=False)
+        save_vlm(model, processor, out)
     shutil.rmtree(work, ignore_errors=True)  # finished: the optimiser state only existed to resume
     return rep
 

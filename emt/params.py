@@ -319,6 +319,7 @@ class Params(Section):
     seed: int = 0
     offline: bool = False # true: no model hub access at run time (HF_HUB_OFFLINE), set when params are loaded
     require_gpu: bool = False # true: a stage that trains or runs a VLM stops at its start when no CUDA GPU is visible
+    processes: int = Field(default=1, gt=0) # above 1: each mid-training and VLA run is launched with `accelerate launch` on this many processes (one per GPU)
     corpus: Corpus = Corpus()
     data: Data
     base_vlm: BaseVLM

@@ -22,6 +22,7 @@ from .backbones import ARCHS, check_prompt_fits, load_processor, load_vlm, n_par
 from .core import (ARTIFACTS, DataError, EmtError, progress, project_relative, rng, rpath, save_figure, save_table,
                       seed_everything, write_json)
 from .data import load_dataset_dir
+from .launch import launched
 from .params import Params, Recipe, Source, check_gpu, init_label, load_params, override, parse_run, run_name
 from .policy import (VLA, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla,
                         tiny_backbone)
@@ -575,8 +576,12 @@ def _train_in_child(threads: int, kwargs: dict) -> dict:
 
 def train_vlas(calls: dict[str, dict], # run name -> `train_vla` keyword arguments
                jobs: int = 1, # runs at once, each in a process of its own on cores/jobs threads (1: in this process)
+               processes: int = 1, # above 1: each run under `accelerate launch` on this many processes, one run at a time
                ) -> dict[str, dict]:
     "Train VLA runs, `jobs` at a time; their reports by run name, in the order of `calls`. A failed run stops the others."
+    if processes > 1:
+        return {name: launched('emt.vla:train_vla', kw, processes, kw['out_dir'])
+                for name, kw in progress(list(calls.items()), 'vla runs')}
     if jobs <= 1 or len(calls) <= 1:
         return {name: train_vla(**kw) for name, kw in progress(list(calls.items()), 'vla runs')}
     import multiprocessing as mp
@@ -630,7 +635,7 @@ def run_vla(P: Params, # validated params
                                                 heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max,
                                                 num_workers=workers, gripper=grip)
              for init, path, bench, ds, cfg, grip, rec, seed in runs}
-    reports = train_vlas(calls, jobs)
+    reports = train_vlas(calls, jobs, P.processes)
     summary = {}
     for init, path, bench, ds, cfg, grip, _, seed in runs:
         name = run_name(init, bench, seed)

@@ -13,7 +13,8 @@ reads the whole of `eval`). What this does not see: params stored on an object o
 and params passed to anything but a top-level emt function, named plainly or as `module.name`. `profile` and `offline`
 are exempt: `profile` is the label written into metrics (the stages up to select leave it untracked on purpose, so that
 a profile that differs only in later sections reuses their outputs), `offline` only says whether the model hub may
-be reached, and `require_gpu` only whether a stage may start without a GPU."""
+be reached, `require_gpu` only whether a stage may start without a GPU, and `processes` only how many processes share
+each training run's global batch (the same run: tests/test_sft.py checks 2 processes against 1)."""
 import ast, json, re, typing
 from pathlib import Path
 
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT/'dvc.yaml').read_text())
 PROFILES = [*sorted(f'profiles/{p.name}' for p in (ROOT/'profiles').glob('*.yaml')), 'params.yaml']
 STAGES = list(DVC['stages'])
-UNTRACKED = {'profile', 'offline', 'require_gpu'}  # read by stages, never tracked (see the module's docstring)
+UNTRACKED = {'profile', 'offline', 'require_gpu', 'processes'}  # read by stages, never tracked (see the module's docstring)
 PARAMS_NAMES = {'P', 'params'}      # what the stage cells call the loaded params
 
 

@@ -45,3 +45,18 @@ def test_missing_mixture_names_the_stage_and_what_exists(tmp_project):
     with pytest.raises(EmtError, match=r"'vla_ppl'.*dvc repro select.*\['estimator', 'random'\]"):
         run_midtrain(P, num_workers=0)
     assert not (tmp_project/'artifacts/midtrain').exists()  # checked before any training
+
+
+def test_two_processes_under_accelerate_launch_train_the_same_model(tmp_project):
+    "With `processes: 2` each mixture is trained by `accelerate launch` on two (gloo) processes: the same run, and the stage's outputs as with one."
+    P = _toy_project(tmp_project, load_params(MAIN/'params.yaml'))
+    P = override(P, 'midtrain', methods=['estimator'])
+    one = run_midtrain(P, num_workers=0)['methods']['estimator']
+    w1 = load_file(str(tmp_project/'artifacts/midtrain/estimator/model.safetensors'))
+    two = run_midtrain(P.model_copy(update={'processes': 2}), num_workers=0)['methods']['estimator']
+    w2 = load_file(str(tmp_project/'artifacts/midtrain/estimator/model.safetensors'))
+    assert (one['processes'], two['processes']) == (1, 2) and one['steps'] == two['steps']
+    assert abs(one['final_loss'] - two['final_loss']) < 1e-4, (one['final_loss'], two['final_loss'])
+    for k in w1: torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert not (tmp_project/'artifacts/midtrain_train').exists()
+    assert len((tmp_project/'metrics/midtrain_loss.csv').read_text().splitlines()) == 1 + two['steps']

@@ -95,11 +95,19 @@ def test_midtraining_learned_from_the_hub_template(rehearsed):
     mid = json.loads((d/'metrics/midtrain.json').read_text())
     for m, r in mid['methods'].items():
         assert r['first_loss'] > 0 and r['final_loss'] > 0, (m, r)
+        assert r['processes'] == 2, (m, r)  # under `accelerate launch`, inside `dvc repro`
     from safetensors.torch import load_file
     base = load_file(hub['internvl']/'model.safetensors')
     for m in mid['methods']:
         tuned = load_file(d/'artifacts/midtrain'/m/'model.safetensors')
         assert any((base[k].float() - tuned[k].float()).abs().max() > 0 for k in base), m
+
+
+def test_every_vla_trained_on_two_processes(rehearsed):
+    "processes: 2 launched each VLA run with `accelerate launch` from inside the vla stage under `dvc repro`."
+    d, *_ = rehearsed
+    runs = json.loads((d/'metrics/vla.json').read_text())['runs']
+    assert runs and all(r['processes'] == 2 for r in runs.values()), {k: r['processes'] for k, r in runs.items()}
 
 
 def test_the_midtrained_vlm_loads_without_emt(rehearsed):

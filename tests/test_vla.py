@@ -120,6 +120,24 @@ def test_two_process_launch_trains_and_writes_a_checkpoint(setup, tmp_path):
     assert load_policy(tmp_path/'step_000008', 'cpu').predict([frames(1)[0][0]], 'pick the block').shape == (4, 4)
 
 
+
+def test_the_stage_launches_each_run_on_two_processes(setup, tmp_path, monkeypatch):
+    "`processes: 2`: `train_vlas` runs each VLA under `accelerate launch` on two processes; the report, the heldout loss and the checkpoint match one process."
+    from emt.data import load_dataset_dir
+    from emt.vla import train_vlas
+    monkeypatch.setenv('EMT_ROOT', str(setup)); (setup/'params.yaml').touch()
+    monkeypatch.setenv('OMP_NUM_THREADS', '1'); monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+    kw = lambda out: dict(vlm=setup/'vlm', datasets={'toy': load_dataset_dir(setup/'toy', 'vla')}, cfg=VLAConfig(**CFG),
+                          recipe=RECIPE, out_dir=out, seed=0, num_workers=0)
+    one = train_vlas({'a': kw(tmp_path/'one')})['a']
+    two = train_vlas({'a': kw(tmp_path/'two')}, processes=2)['a']
+    assert (one['processes'], two['processes']) == (1, 2) and len(two['history']) == len(one['history'])
+    assert abs(one['heldout'][-1]['loss'] - two['heldout'][-1]['loss']) < 1e-3, (one['heldout'], two['heldout'])
+    assert not list((tmp_path/'two').glob('launch-*.pkl'))  # the launch files are gone with the run
+    a = load_policy(tmp_path/'one'/'step_000008', 'cpu').predict([frames(1)[0][0]], 'pick the block')
+    b = load_policy(tmp_path/'two'/'step_000008', 'cpu').predict([frames(1)[0][0]], 'pick the block')
+    np.testing.assert_allclose(a, b, atol=1e-3)
+
 SLOW = textwrap.dedent('''
     import sys, time
     import emt.vla as V
