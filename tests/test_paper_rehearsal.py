@@ -38,7 +38,8 @@ def test_the_rehearsal_changes_only_sizes():
     assert paper['require_gpu'] and not reh['require_gpu']
     sizes = {'batch_size', 'shard_size', 'num_workers', 'per_source', 'permutations', 'tsne_perplexity', 'max_steps',
              'eval_every', 'seeds', 'distance_vla_samples', 'k', 'steps', 'global_batch', 'micro_batch', 'save_every',
-             'warmup_steps', 'max_new_tokens', 'head_hidden', 'heldout_max', 'workers', 'videos_per_task'}
+             'warmup_steps', 'max_new_tokens', 'head_hidden', 'heldout_max', 'workers', 'videos_per_task',
+             'processes'}  # the GPUs of a node, two gloo processes here
     assert changed and all(p[-1] in sizes for p in changed), [p for p in changed if p[-1] not in sizes]
     assert [b['name'] for b in reh['eval']['benchmarks']] == ['libero']
 

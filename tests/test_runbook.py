@@ -5,7 +5,7 @@ Params keys are checked against the schema in `emt.params` (read from the code, 
 overrides go through DVC's own override machinery onto the profile the page is about; commands are parsed by the
 parsers of the programs they call (emt, dvc, accelerate, hf, argparse `main`s of `python -m emt.*`).
 """
-import argparse, ast, contextlib, copy, importlib, importlib.util, io, json, os, re, shlex, shutil, typing
+import argparse, ast, contextlib, copy, importlib, importlib.util, io, json, math, os, re, shlex, shutil, typing
 from pathlib import Path
 
 import pytest
@@ -199,6 +199,17 @@ class Shell:
     def _script(self, name: str):
         assert name in self.scripts or (REPO/name).is_file(), f'{name}: neither defined on the page nor in the repository'
 
+    def _recipe_does_what_it_says(self, P, changed: set[str], args: list[str]):
+        "A K ablation keeps one epoch of mid-training; an accuracy target comes with the stop rule that reads it."
+        if 'select.k' in changed and PAGES[self.nb] == 'embedded':
+            pool = json.loads((REPO/'metrics/select.json').read_text())['pool']
+            k = P.select.k if isinstance(P.select.k, int) else round(P.select.k * pool)
+            want = math.ceil(k / P.midtrain.recipe.global_batch)
+            assert P.midtrain.recipe.steps == want, (f'dvc {shlex.join(args)}: K = {k} of {pool} with '
+                                                     f'{P.midtrain.recipe.steps} mid-training steps, not one epoch ({want})')
+        if changed & {'estimator.target_val_acc'}:
+            assert P.estimator.stop == 'target_acc', f'dvc {shlex.join(args)}: an accuracy target with stop: {P.estimator.stop}'
+
     def _emt(self, args: list[str]):
         from emt.cli import parser
         from emt.params import profiles
@@ -217,7 +228,8 @@ class Shell:
             for s in a.set_param or []:
                 key = s.lstrip('+').split('=', 1)[0]
                 assert schema_has(key.split('.')), f'-S {s}: {key} is not a params key'
-            parse_params(raw, f'{PAGES[self.nb]} profile with dvc exp run -S {a.set_param}')
+            P = parse_params(raw, f'{PAGES[self.nb]} profile with dvc exp run -S {a.set_param}')
+            self._recipe_does_what_it_says(P, {s.lstrip('+').split('=', 1)[0] for s in a.set_param or []}, args)
             if a.name: self.experiments.add(a.name)
         refs = {('exp', 'diff'): [a.__dict__.get('a_rev'), a.__dict__.get('b_rev')], ('exp', 'apply'): [a.__dict__.get('experiment')],
                 ('exp', 'branch'): [a.__dict__.get('experiment')], ('plots', 'diff'): a.__dict__.get('revisions') or []}.get(tuple(cmd), [])
@@ -276,13 +288,15 @@ def test_the_shell_checker_catches_mistakes(tmp_path):
                 ['python', '-m', 'emt.sft', 'model'], ['nosuchprogram'], ['make', 'nosuchtarget'],
                 ['hf', 'download', '--bogus'], ['dvc', 'repro', 'nosuchstage'], ['python', 'missing_script.py'],
                 ['python', '-m', 'emt.sft', 'm', 'd', '--out', 'o', '--recipe', '{"steps": 0}'],
-                ['dvc', 'exp', 'run', '-S', '++select.kk=3'],
+                ['dvc', 'exp', 'run', '-S', '++select.kk=3'], ['dvc', 'exp', 'run', '-S', 'select.k=0.5'],
+                ['dvc', 'exp', 'run', '-S', 'estimator.target_val_acc=0.95'],
                 ['python', '-m', 'emt.vla', 'v', 'artifacts/data/nosuchsource', '--out', 'o', '--recipe',
                  '{"steps": 1, "global_batch": 2, "micro_batch": 1, "lr": 0.1}', '--config', '{"action_dim": 7}'],
                 ['python', '-m', 'emt.vla', 'v', 'd', '--out', 'o', '--recipe',
                  '{"steps": 1, "global_batch": 2, "micro_batch": 1, "lr": 0.1}', '--config', '{"action_dim": 0}']):
         with pytest.raises(Exception), contextlib.redirect_stderr(io.StringIO()): sh.check(bad)
-    sh.check(['dvc', 'exp', 'run', '--name', 'ok', '-S', 'select.k=0.5', '-S', 'select.methods=[estimator,random]'])
+    sh.check(['dvc', 'exp', 'run', '--name', 'ok', '-S', 'select.k=0.5', '-S', 'midtrain.recipe.steps=35',
+              '-S', 'select.methods=[estimator,random]'])
     sh.check(['dvc', 'exp', 'diff', 'ok'])
 
 
@@ -386,3 +400,21 @@ def test_the_robo2vlm_conversion_runs(tmp_project, monkeypatch):
     assert ds[0]['id'] == 'robo2vlm/a1' and ds[0]['messages'][1]['content'] == 'B. no'
     assert ds[1]['messages'][0]['content'] == '<image>\nWhich object is left?\nA. cup\nB. bowl\nC. plate'
     assert ds[1]['messages'][1]['content'] == 'C. plate' and len(ds[1]['images']) == 1
+
+
+def test_checkpoint_paths_in_examples_exist_in_the_layout():
+    "Every checkpoint a page's example loads is one the embedded default's vla stage writes."
+    from emt.params import load_params
+    P = load_params(REPO/'params.yaml')
+    inits = {'base', *P.midtrain.methods}
+    benches = {b.name for b in P.eval.benchmarks}
+    found = 0
+    for nb in PAGES:
+        for path in re.findall(r"load_policy\(['\"]([^'\"]+)['\"]", markdown(nb) + ''.join(
+                ''.join(c['source']) for c in json.loads((REPO/'nbs'/nb).read_text())['cells'] if c['cell_type'] == 'code')):
+            m = re.fullmatch(r'artifacts/vla/([^/]+)/([^/]+)/seed(\d+)/step_(\d{6})', path)
+            assert m, f'{nb}: {path} is not artifacts/vla/<init>/<benchmark>/seed<k>/step_<NNNNNN>'
+            assert m[1] in inits and m[2] in benches and int(m[3]) in P.vla.seeds, (nb, path)
+            assert int(m[4]) == P.vla.recipe.steps or int(m[4]) % max(P.vla.recipe.save_every, 1) == 0, (nb, path)
+            found += 1
+    assert found, 'no load_policy example found'
