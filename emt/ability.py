@@ -20,8 +20,8 @@ from .ingest import HELDOUT
 from .params import Params, Source, check_gpu, load_params
 
 # %% auto #0
-__all__ = ['answer_kind', 'score_answer', 'prior', 'interval', 'first_turn', 'heldout_questions', 'answer_questions',
-           'run_ability']
+__all__ = ['UNGRADABLE', 'answer_kind', 'score_answer', 'prior', 'interval', 'first_turn', 'gradable', 'heldout_questions',
+           'answer_questions', 'run_ability']
 
 # %% ../nbs/11a_ability.ipynb #d50c4dd9
 _NUM = r'-?\d+(?:\.\d+)?'
@@ -98,20 +98,30 @@ def first_turn(sample: dict) -> tuple[str, str]:
         raise EmtError(f"{sample.get('id')}: no user turn followed by an answer")
     return ms[0]['content'].replace('<image>', '').strip(), ms[1]['content'].strip()
 
+UNGRADABLE = re.compile(r'\ba free (spot|space|area)\b', re.I) # questions with many right answers
+
+def gradable(sample: dict) -> bool:
+    "Whether one reference answer can grade the question (not one with many right answers, such as a free spot)."
+    return not UNGRADABLE.search(first_turn(sample)[0])
+
 def heldout_questions(P: Params, # the params (`data.vlm_sources`)
                       per_source: int, # questions per source at most
                       data: str = ARTIFACTS['data'], # the data stage's output, which keeps the held-out rows aside
-                      ) -> tuple[dict[str, list[dict]], list[str]]:
-    "Per VLM source, up to `per_source` of the held-out rows the data stage kept aside; and the sources that have none."
+                      ) -> tuple[dict[str, list[dict]], list[str], dict[str, int]]:
+    """Per VLM source, up to `per_source` gradable held-out rows the data stage kept aside; the sources that have none;
+    and per source how many held-out rows were left out as ungradable."""
     root = rpath(data)/HELDOUT
     if not root.is_dir(): raise EmtError(f'no held-out rows at {root}: run `dvc repro data` first.')
-    out, none = {}, []
+    out, none, left = {}, [], {}
     for spec in P.data.vlm_sources:
         p = root/spec.name
         held = load_dataset_dir(p, 'vlm') if p.exists() else []
-        if len(held): out[spec.name] = [held[i] for i in range(min(per_source, len(held)))]
+        rows = [held[i] for i in range(len(held))]
+        good = [r for r in rows if gradable(r)]
+        left[spec.name] = len(rows) - len(good)
+        if good: out[spec.name] = good[:per_source]
         else: none.append(spec.name)
-    return out, none
+    return out, none, left
 
 # %% ../nbs/11a_ability.ipynb #389d6c3b
 @torch.inference_mode()
@@ -145,7 +155,7 @@ def run_ability(P: Params, # validated params (`ability` section)
     for n, p in vlms.items():
         if not (p/'config.json').is_file():
             raise EmtError(f'no VLM {n!r} at {p}: run `dvc repro {"base_vlm" if n == "base" else "midtrain"}` first.')
-    qs, none = heldout_questions(P, A.per_source)
+    qs, none, ungradable = heldout_questions(P, A.per_source)
     if not qs: raise EmtError('no VLM source has held-out rows: ability.per_source is 0, or every source has one row')
     group = {s.name: s.group for s in P.data.vlm_sources}
     scores, answers = {}, {}
@@ -175,7 +185,7 @@ def run_ability(P: Params, # validated params (`ability` section)
     save_table(rows, 'ability_answers', folder='metrics')
     (rpath('metrics')/'ability_answers.md').unlink(missing_ok=True)
     metrics = {'profile': P.profile, 'questions': {s: len(v) for s, v in qs.items()}, 'no_heldout_rows': none,
-               'groups': {s: group[s] for s in qs}, 'table': table,
+               'groups': {s: group[s] for s in qs}, 'table': table, 'ungradable': ungradable,
                'priors': {s: {'answer': a, 'score': round(x, 4)} for s, (a, x) in priors.items()},
                'prior_means': {u: round(float(np.mean([priors[s][1] for s in ss])), 4) for u, ss in units.items()},
                'ci95': {n: {u: [round(v, 4) for v in c] for u, c in d.items()} for n, d in ci.items()},

@@ -118,7 +118,7 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
     first, over `seeds`; score each VLM's held-out ability; stop at the first dose that delivers embodied ability and
     keeps general ability; then train the controls at that dose. Writes `<out>/ladder.json` and `<out>/ladder.md`."""
     t0, work = time.time(), rpath(ARTIFACTS['dose'])
-    qs, _ = heldout_questions(P, P.ability.per_source)
+    qs, *_ = heldout_questions(P, P.ability.per_source)
     groups = {s.name: s.group for s in P.data.vlm_sources}
     priors = {s: prior([first_turn(r)[1] for r in rows])[1] for s, rows in qs.items()}
     base_path = rpath(ARTIFACTS['base_vlm'])
