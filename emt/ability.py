@@ -31,12 +31,13 @@ _OPTION = re.compile(r'^([A-Z])\.(\s|$)')
 _CHOICE = re.compile(r'^\(?([A-Z])(?:[.):]|$)')  # a prediction's option: a letter alone or before '.', ')' or ':'
 
 def answer_kind(reference: str) -> str:
-    "'option', 'point', 'box', 'short' (at most 6 words) or 'caption', from the reference answer's form."
+    "'option', 'point', 'box', 'short' (one word, or yes/no and a reason) or 'caption', from the reference answer's form."
     r = reference.strip()
     if _OPTION.match(r): return 'option'
     if _POINT.match(r): return 'point'
     if _BOX.match(r): return 'box'
-    return 'short' if len(r.split()) <= 6 else 'caption'
+    w = _words(r)
+    return 'short' if len(w) == 1 or (w and w[0] in ('yes', 'no')) else 'caption'
 
 def _words(s: str) -> list[str]: return re.findall(r"[a-z0-9']+", s.lower())
 

@@ -6,7 +6,7 @@ Docs: https://emt-org.github.io/emt/dose.html.md"""
 
 # %% ../nbs/11b_dose.ipynb #1d2f49a4
 from __future__ import annotations
-import math, shutil, time
+import json, math, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +20,11 @@ from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_table, write_j
 from .data import load_dataset_dir
 from .midtrain import load_mixture
 from .params import Params, Recipe
-from .report import paired_bootstrap
-from .sft import train_sft
+from .sft import _ids_hash, train_sft, weights_digest
+from .vla import vla_benchmarks, vla_recipe
 
 # %% auto #0
-__all__ = ['Dose', 'ladder', 'dose_recipe', 'general_draw', 'ability_of', 'manipulation_check', 'run_ladder']
+__all__ = ['Dose', 'ladder', 'dose_recipe', 'general_draw', 'ability_of', 'paired_difference', 'manipulation_check', 'run_ladder']
 
 # %% ../nbs/11b_dose.ipynb #97d462f8
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ def general_draw(P: Params, # the params (`data.vlm_sources`)
     if n > len(pool): raise EmtError(f'a general draw of {n} samples from a general pool of {len(pool)}')
     return pool.select(sorted(rng(seed, 'general-draw').choice(len(pool), n, replace=False).tolist()))
 
+def _read(f: Path) -> dict|None:
+    try: return json.loads(f.read_text())
+    except (OSError, ValueError): return None
+
 # %% ../nbs/11b_dose.ipynb #104fa126
 def ability_of(path: Path, # a VLM checkpoint
                qs: dict[str, list[dict]], # source -> held-out questions (`heldout_questions`)
@@ -79,6 +83,27 @@ def ability_of(path: Path, # a VLM checkpoint
     return out
 
 # %% ../nbs/11b_dose.ipynb #0d4a69bd
+def paired_difference(base: dict[str, list[float]], # source -> the base VLM's question scores
+                      dosed: dict[int, dict[str, list[float]]], # mid-training seed -> source -> question scores
+                      sources: list[str], # the sources averaged, each with equal weight
+                      seed: int = 0, n_boot: int = 2000,
+                      ) -> tuple[float, float, float]:
+    """Mid-trained - base in points: the mean over `sources` of each source's mean paired difference, and its 95%
+    bootstrap interval, resampling the mid-training seeds and, independently (crossed), each source's questions."""
+    seeds = sorted(dosed)
+    diff = {s: np.array([[x - b for x, b in zip(dosed[k][s], base[s])] for k in seeds]) for s in sources}  # seeds x questions
+    est = 100 * float(np.mean([v.mean() for v in diff.values()]))
+    g = rng(seed, 'manipulation-check', *sources)
+    G = len(seeds)
+    draws = np.empty(n_boot)
+    for t in range(n_boot):
+        ks = g.integers(0, G, G)
+        draws[t] = np.mean([v[ks][:, g.integers(0, v.shape[1], v.shape[1])].mean() for v in diff.values()])
+    draws = est / 100 + (draws - draws.mean()) * (np.sqrt(G / (G - 1)) if G > 1 else 1.0)  # few seeds: widened
+    lo, hi = np.percentile(100 * draws, [2.5, 97.5])
+    return est, float(lo), float(hi)
+
+# %% ../nbs/11b_dose.ipynb #24dca320
 def manipulation_check(base: dict[str, list[float]], # source -> the base VLM's question scores
                        dosed: dict[int, dict[str, list[float]]], # mid-training seed -> source -> question scores
                        groups: dict[str, str], # source -> its group
@@ -87,16 +112,15 @@ def manipulation_check(base: dict[str, list[float]], # source -> the base VLM's 
                        seed: int = 0,
                        ) -> dict:
     """The study's manipulation check for one dose: embodied ability delivered (mid-trained - base above 0, and the
-    mid-trained embodied mean above the mean prior) and general ability kept (mid-trained - base above -margin), with
-    questions paired across VLMs and crossed with the mid-training seeds in the bootstrap."""
+    mid-trained embodied mean above the mean prior) and general ability kept (mid-trained - base above -margin); each
+    group's difference averages its sources with equal weight (`paired_difference`)."""
     out = {}
     for g in ('embodied', 'general'):
-        srcs = [s for s in base if groups[s] == g]
-        a = {(k, (s, i)): 100 * x for k, d in dosed.items() for s in srcs for i, x in enumerate(d[s])}
-        b = {(k, (s, i)): 100 * base[s][i] for k in dosed for s in srcs for i in range(len(base[s]))}
-        r = paired_bootstrap(a, b, seed=seed, crossed=True)
-        mean = float(np.mean([np.mean(d[s]) for d in dosed.values() for s in srcs])) * 100
-        out[g] = {'difference': round(r['mean'], 2), 'ci95': [round(v, 2) for v in r['ci95']], 'mean': round(mean, 2),
+        srcs = [s for s in base if groups[s] == g and len(base[s])]
+        if not srcs: raise EmtError(f'no held-out {g} question: the manipulation check needs both groups')
+        d, lo, hi = paired_difference(base, dosed, srcs, seed=seed)
+        out[g] = {'difference': round(d, 2), 'ci95': [round(lo, 2), round(hi, 2)],
+                  'mean': round(100 * float(np.mean([np.mean(x[s]) for x in dosed.values() for s in srcs])), 2),
                   'base': round(100 * float(np.mean([np.mean(base[s]) for s in srcs])), 2),
                   'prior': round(100 * float(np.mean([priors[s] for s in srcs])), 2)}
     e, gen = out['embodied'], out['general']
@@ -124,13 +148,17 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
     base_path = rpath(ARTIFACTS['base_vlm'])
     base = ability_of(base_path, qs, P.ability.max_new_tokens)
     mixtures = {method: load_mixture(method)}
+    base_digest = weights_digest(load_vlm(base_path)[0])
     def train(mix: Dataset, dose: Dose, seed: int, name: str) -> dict[str, list[float]]:
         dest = work/name/dose.name/f'seed{seed}'
-        if not (dest/'config.json').is_file():
+        recipe = dose_recipe(P.midtrain.recipe, dose, len(mix))
+        made_from = {'base': base_digest, 'mixture': _ids_hash(mix), 'recipe': recipe.model_dump(mode='json'), 'seed': seed}
+        if not (dest/'config.json').is_file() or _read(dest/'made_from.json') != made_from:  # not from other inputs
             model, proc = load_vlm(base_path)
-            train_sft((model, proc), mix, dose_recipe(P.midtrain.recipe, dose, len(mix)), work/'_train', seed=seed,
-                      on_error=P.data.on_error, resume=False, save_model=False)
+            train_sft((model, proc), mix, recipe, work/'_train', seed=seed, on_error=P.data.on_error, resume=False,
+                      save_model=False)
             save_vlm(model, proc, dest); shutil.rmtree(work/'_train', ignore_errors=True)
+            write_json(dest/'made_from.json', made_from)
         return ability_of(dest, qs, P.ability.max_new_tokens)
     n, gb = len(mixtures[method]), P.midtrain.recipe.global_batch
     rows, chosen = [], None
@@ -149,14 +177,14 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
             rows.append({'mixture': c, 'dose': chosen.name, 'epochs': chosen.epochs, 'lr': chosen.lr,
                          'steps': chosen.steps(n, gb), 'summed_lr': chosen.summed_lr(n, gb), **chk,
                          'per_source': {s: round(100 * float(np.mean([d[s] for d in dosed.values()])), 1) for s in qs}})
-    vla_sum = 0.5 * P.vla.recipe.lr * P.vla.recipe.steps
+    vla_sum = {b: 0.5 * r.lr * r.steps for b, r in ((b, vla_recipe(s, P.vla.recipe)) for b, s in vla_benchmarks(P).items())}
     result = {'profile': P.profile, 'seeds': list(seeds), 'margin': margin, 'mixture_size': n, 'chosen': chosen.name if chosen else None,
               'base': {s: round(100 * float(np.mean(v)), 1) for s, v in base.items()},
               'priors': {s: round(100 * v, 1) for s, v in priors.items()}, 'groups': {s: groups[s] for s in qs},
               'vla_summed_lr': vla_sum, 'rows': rows, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath(out)/'ladder.json', result)
     table = [{'mixture': r['mixture'], 'dose': r['dose'], 'steps': r['steps'],
-              'VLA / mid-training summed lr': round(vla_sum / r['summed_lr'], 1),
+              **{f'VLA ({b}) / mid-training summed lr': round(v / r['summed_lr'], 1) for b, v in vla_sum.items()},
               'embodied: base -> mid (prior)': f"{r['embodied']['base']:.1f} -> {r['embodied']['mean']:.1f} ({r['embodied']['prior']:.1f})",
               'embodied mid - base [95%]': f"{r['embodied']['difference']:+.1f} [{r['embodied']['ci95'][0]:+.1f}, {r['embodied']['ci95'][1]:+.1f}]",
               'general mid - base [95%]': f"{r['general']['difference']:+.1f} [{r['general']['ci95'][0]:+.1f}, {r['general']['ci95'][1]:+.1f}]",

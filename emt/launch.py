@@ -6,24 +6,30 @@ Docs: https://emt-org.github.io/emt/launch.html.md"""
 
 # %% ../nbs/05a_launch.ipynb #dfc71dd4
 from __future__ import annotations
-import importlib, os, pickle, subprocess, sys
+import importlib, os, pickle, socket, subprocess, sys
 from pathlib import Path
 from typing import Any
 
 from .core import EmtError, atomic_path, root
 
 # %% auto #0
-__all__ = ['launch_command', 'launched', 'main']
+__all__ = ['free_port', 'launch_command', 'launched', 'main']
 
 # %% ../nbs/05a_launch.ipynb #ea2723a7
+def free_port() -> int:
+    "A TCP port nothing listens on now: each launch rendezvous on its own, so two launches at once do not collide."
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
 def launch_command(fn: str, # 'module:function' of emt, e.g. 'emt.sft:train_sft'
                    spec: Path, result: Path, # the pickled keyword arguments, and where the report goes
                    processes: int, # processes (one per GPU)
+                   port: int = 29500, # the rendezvous port of the processes
                    ) -> list[str]:
     "The `accelerate launch` command line that runs `fn` on `processes` processes."
     exe = Path(sys.executable).parent/'accelerate'
     return [str(exe) if exe.exists() else 'accelerate', 'launch', '--multi_gpu', '--num_processes', str(processes),
-            '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+            '--num_machines', '1', '--main_process_port', str(port), '--mixed_precision', 'no', '--dynamo_backend', 'no',
             '-m', 'emt.launch', fn, str(spec), str(result)]
 
 def launched(fn: str, # 'module:function' of emt: a training function whose report is a dict
@@ -32,13 +38,17 @@ def launched(fn: str, # 'module:function' of emt: a training function whose repo
              work: str | os.PathLike, # a folder of the run, for the arguments and the report while it runs
              ) -> dict:
     "Run `fn(**kwargs)` under `accelerate launch` with `processes` processes and return the main process's report."
+    import torch
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise EmtError(f'processes: {processes} in params, but torch sees {torch.cuda.device_count()} GPU(s): set '
+                       'processes to the number of GPUs (CUDA_VISIBLE_DEVICES limits what torch sees).')
     work = Path(work); work.mkdir(parents=True, exist_ok=True)
     spec, result = work/'launch-kwargs.pkl', work/'launch-report.pkl'
     result.unlink(missing_ok=True)
     spec.write_bytes(pickle.dumps(kwargs))
     env = {**os.environ, 'EMT_ROOT': str(root())}
     if 'OMP_NUM_THREADS' not in env: env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // processes))
-    rc = subprocess.run(launch_command(fn, spec, result, processes), cwd=root(), env=env).returncode
+    rc = subprocess.run(launch_command(fn, spec, result, processes, free_port()), cwd=root(), env=env).returncode
     spec.unlink(missing_ok=True)
     if rc or not result.is_file():
         raise EmtError(f'{fn} under `accelerate launch` with {processes} processes failed (exit {rc}); its output is '

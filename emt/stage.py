@@ -169,7 +169,7 @@ def corpus_change(dvc_file: str = 'data.dvc') -> str|None:
     return (f'the corpus differs from the one committed in {dvc_file} ({what}); DVC has recorded the changed tree in '
             f'{dvc_file}, and emt will not build on it unasked. To restore the committed corpus: '
             f'git checkout {dvc_file} && dvc checkout --force {dvc_file}. To use the changed corpus (after `emt corpus`, '
-            f'say): git commit {dvc_file} (or run once with EMT_CORPUS_CHANGE=1).')
+            f'say): git commit {dvc_file}; until then, EMT_CORPUS_CHANGE=1 lets each run through.')
 
 # %% ../nbs/15_stage.ipynb #e6eb719a
 def check_stage(name: str, # a stage of dvc.yaml
@@ -187,15 +187,28 @@ def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
     elif p.exists() or p.is_symlink(): p.unlink()
 
+def _move(src: Path, dst: Path) -> None:
+    "Rename `src` to `dst` (a move across file systems, where an output is a mount elsewhere, copies)."
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try: os.replace(src, dst)
+    except OSError: shutil.move(str(src), str(dst))
+
+def _drop(backup: Path) -> None:
+    "Delete a backup: first out of the way in one rename, so that a kill while deleting leaves nothing to put back."
+    trash = backup.parent.parent/'trash'/f'{backup.name}-{os.getpid()}'
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(backup, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
 def _give_back(spec: StageSpec, backup: Path) -> int:
     "Put the outputs kept in `backup` back in place of whatever the stage left; how many came back."
     absent = set((backup/'.absent').read_text().split('\n')) if (backup/'.absent').exists() else set()
     n = 0
     for o in spec.kept:
         if (b := backup/o).exists() or b.is_symlink():
-            _remove(rpath(o)); rpath(o).parent.mkdir(parents=True, exist_ok=True); os.replace(b, rpath(o)); n += 1
+            _remove(rpath(o)); _move(b, rpath(o)); n += 1
         elif o in absent: _remove(rpath(o))  # made by the failed run, not there before it
-    shutil.rmtree(backup)
+    _drop(backup)
     return n
 
 def give_back_interrupted(spec: StageSpec) -> None:
@@ -211,15 +224,14 @@ def outputs_kept(spec: StageSpec) -> Iterator[Path]:
     backup.mkdir(parents=True)
     absent = []
     for o in spec.kept:
-        if rpath(o).exists() or rpath(o).is_symlink():
-            (backup/o).parent.mkdir(parents=True, exist_ok=True); os.replace(rpath(o), backup/o)
+        if rpath(o).exists() or rpath(o).is_symlink(): _move(rpath(o), backup/o)
         else: absent.append(o)
     (backup/'.absent').write_text('\n'.join(absent))
     try: yield backup
     except BaseException:
         _give_back(spec, backup)
         raise
-    shutil.rmtree(backup)
+    _drop(backup)
 
 # %% ../nbs/15_stage.ipynb #e0a0cabb
 class StageFailed(EmtError):
@@ -248,12 +260,18 @@ def run_stage(name: str, # a stage of dvc.yaml
             raise StageFailed(f'stage {name!r} failed (its notebook stopped, papermill exit {rc}); every previous output '
                               f'of the stage is back in place. The executed notebook with the error: '
                               f'{project_relative(failed)}')
+        record = rpath(record_path(name))
+        if record.exists():
+            try: summary = summarise(name, json.loads(record.read_text()))
+            except Exception as e:  # the run's outputs are good: keep them, and say what the summary could not read
+                print(f'emt stage {name}: no summary of {record_path(name)} ({type(e).__name__}: {e})', file=sys.stderr)
+                summary = {'summary_error': f'{type(e).__name__}: {e}'}
+            write_json(rpath(summary_path(name)), summary)
+        if missing := [o for o in spec.outs if not rpath(o).exists() and o != project_relative(executed)]:
+            failed.parent.mkdir(parents=True, exist_ok=True); os.replace(tmp, failed)
+            raise StageFailed(f'stage {name!r} ran but did not write {", ".join(missing)}; the previous outputs are back '
+                              f'in place, and the executed notebook is {project_relative(failed)}')
         executed.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, executed)
-        record = rpath(record_path(name))
-        if not record.exists(): raise StageFailed(f'stage {name!r} ran but wrote no {record_path(name)}; previous outputs are back in place')
-        write_json(rpath(summary_path(name)), summarise(name, json.loads(record.read_text())))
-        if missing := [o for o in spec.outs if not rpath(o).exists()]:
-            raise StageFailed(f'stage {name!r} ran but did not write {", ".join(missing)}; previous outputs are back in place')
     failed.unlink(missing_ok=True)
     return executed

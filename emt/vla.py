@@ -580,7 +580,7 @@ def train_vlas(calls: dict[str, dict], # run name -> `train_vla` keyword argumen
                ) -> dict[str, dict]:
     "Train VLA runs, `jobs` at a time; their reports by run name, in the order of `calls`. A failed run stops the others."
     if processes > 1:
-        return {name: launched('emt.vla:train_vla', kw, processes, kw['out_dir'])
+        return {name: launched('emt.vla:train_vla', kw, processes, rpath('.emt/launch')/name.replace('/', '-'))
                 for name, kw in progress(list(calls.items()), 'vla runs')}
     if jobs <= 1 or len(calls) <= 1:
         return {name: train_vla(**kw) for name, kw in progress(list(calls.items()), 'vla runs')}

@@ -118,3 +118,15 @@ def test_a_run_killed_midway_is_undone_by_the_next(ran):
     try: out = failed_untouched(d, before, sh('dvc repro -f data', d, ok=False))
     finally: (d/'params.yaml').write_text(old)
     assert 'putting back' in out and 'permutatons' in out, out[-2000:]
+
+
+def test_dvc_metrics_show_of_the_committed_run_is_readable(ran):
+    "`dvc metrics show` on the committed outputs: every stage's summary, tens of numbers in all."
+    d, _ = ran
+    shown = json.loads(sh('dvc metrics show --json', d).stdout)
+    files = next(iter(shown.values()))['data']
+    assert {f'metrics/summary/{s}.json' for s in yaml.safe_load((ROOT/'dvc.yaml').read_text())['stages']} == set(files)
+    n = sum(len(leaves(v['data'])) for v in files.values())
+    assert 30 <= n <= 100, n
+    text = sh('dvc metrics show', d).stdout  # one row per stage (918 KB and 1,280 numbers with the full records)
+    assert len(text) < 20_000 and len(text.splitlines()) == len(files) + 1, len(text)

@@ -133,7 +133,7 @@ def test_the_stage_launches_each_run_on_two_processes(setup, tmp_path, monkeypat
     two = train_vlas({'a': kw(tmp_path/'two')}, processes=2)['a']
     assert (one['processes'], two['processes']) == (1, 2) and len(two['history']) == len(one['history'])
     assert abs(one['heldout'][-1]['loss'] - two['heldout'][-1]['loss']) < 1e-3, (one['heldout'], two['heldout'])
-    assert not list((tmp_path/'two').glob('launch-*.pkl'))  # the launch files are gone with the run
+    assert not list((tmp_path/'two').glob('*.pkl')) and not list(setup.rglob('launch-*.pkl'))  # gone with the run
     a = load_policy(tmp_path/'one'/'step_000008', 'cpu').predict([frames(1)[0][0]], 'pick the block')
     b = load_policy(tmp_path/'two'/'step_000008', 'cpu').predict([frames(1)[0][0]], 'pick the block')
     np.testing.assert_allclose(a, b, atol=1e-3)
