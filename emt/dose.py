@@ -24,7 +24,8 @@ from .sft import _ids_hash, train_sft, weights_digest
 from .vla import vla_benchmarks, vla_recipe
 
 # %% auto #0
-__all__ = ['Dose', 'ladder', 'dose_recipe', 'general_draw', 'ability_of', 'paired_difference', 'manipulation_check', 'run_ladder']
+__all__ = ['Dose', 'ladder', 'dose_recipe', 'general_draw', 'ability_of', 'ridge_r2', 'action_probe', 'paired_difference',
+           'manipulation_check', 'run_ladder']
 
 # %% ../nbs/11b_dose.ipynb #97d462f8
 @dataclass(frozen=True)
@@ -82,6 +83,45 @@ def ability_of(path: Path, # a VLM checkpoint
     del model
     return out
 
+# %% ../nbs/11b_dose.ipynb #1823eb60
+def ridge_r2(X: np.ndarray, y: np.ndarray, # training features (n, D) and targets (n, A)
+             Xh: np.ndarray, yh: np.ndarray, # held-out features and targets
+             alpha: float = 1.0, # ridge penalty on standardised features
+             ) -> float:
+    "R^2 on the held-out rows of a ridge regression fitted on the training rows, averaged over target dimensions."
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    Z, Zh = (X - mu) / sd, (Xh - mu) / sd
+    ym = y.mean(0)
+    W = np.linalg.solve(Z.T @ Z + alpha * len(Z) * np.eye(Z.shape[1]), Z.T @ (y - ym))
+    pred = Zh @ W + ym
+    sst = ((yh - yh.mean(0)) ** 2).sum(0)
+    keep = sst > 0  # a constant action dimension has nothing to explain
+    return float(np.mean(1 - ((yh - pred) ** 2).sum(0)[keep] / sst[keep]))
+
+def action_probe(path: Path, # a VLM checkpoint
+                 P: Params, # the params (`features`, `vla`, `seed`, the VLA sources)
+                 n_train: int = 1500, n_heldout: int = 500, # frames embedded, at most
+                 ) -> float:
+    "Held-out R^2 of the frozen VLM's features for the first action of each VLA frame (`ridge_r2`)."
+    from emt.features import embed_batch, vla_inputs
+    from emt.vla import frame_table, split_episodes
+    model, proc = load_vlm(path, dtype=torch.float32)
+    model.to('cuda' if torch.cuda.is_available() else 'cpu').eval()
+    F = P.features
+    Xs, ys, Xhs, yhs = [], [], [], []
+    for s in P.data.vla_sources:
+        ds = load_dataset_dir(rpath(ARTIFACTS['data'])/s.name, 'vla')
+        t = frame_table(ds, 1)
+        tr, he = split_episodes(t['episode'], P.vla.heldout_fraction, P.seed, s.name)
+        g = rng(P.seed, 'action-probe', s.name)
+        for idx, X_, y_, n in ((tr, Xs, ys, n_train), (he, Xhs, yhs, n_heldout)):
+            idx = np.sort(g.choice(idx, min(n, len(idx)), replace=False))
+            feats = [embed_batch(model, vla_inputs(proc, [ds[int(j)] for j in idx[k:k + F.batch_size]], F.max_seq_len),
+                                 F.layer, F.pooling).numpy() for k in range(0, len(idx), F.batch_size)]
+            X_.append(np.concatenate(feats)); y_.append(t['actions'][idx, 0])
+    del model
+    return ridge_r2(np.concatenate(Xs), np.concatenate(ys), np.concatenate(Xhs), np.concatenate(yhs))
+
 # %% ../nbs/11b_dose.ipynb #0d4a69bd
 def paired_difference(base: dict[str, list[float]], # source -> the base VLM's question scores
                       dosed: dict[int, dict[str, list[float]]], # mid-training seed -> source -> question scores
@@ -103,7 +143,7 @@ def paired_difference(base: dict[str, list[float]], # source -> the base VLM's q
     lo, hi = np.percentile(100 * draws, [2.5, 97.5])
     return est, float(lo), float(hi)
 
-# %% ../nbs/11b_dose.ipynb #24dca320
+# %% ../nbs/11b_dose.ipynb #c87276da
 def manipulation_check(base: dict[str, list[float]], # source -> the base VLM's question scores
                        dosed: dict[int, dict[str, list[float]]], # mid-training seed -> source -> question scores
                        groups: dict[str, str], # source -> its group
@@ -137,6 +177,7 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
                doses: list[Dose] | None = None, # the ladder (default: `ladder()`)
                controls: tuple[str, ...] = ('random', 'general_draw'), # trained at the chosen dose only
                margin: float = 5.0, # points of general ability that may be lost
+               with_probe: bool = True, # the frozen-VLM probe of the first action, per dose (seed 0's VLM)
                ) -> dict:
     """The study's manipulation check: mid-train the base VLM on `method`'s mixture at each dose of the ladder, smallest
     first, over `seeds`; score each VLM's held-out ability; stop at the first dose that delivers embodied ability and
@@ -147,6 +188,7 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
     priors = {s: prior([first_turn(r)[1] for r in rows])[1] for s, rows in qs.items()}
     base_path = rpath(ARTIFACTS['base_vlm'])
     base = ability_of(base_path, qs, P.ability.max_new_tokens)
+    probe = {'base': round(action_probe(base_path, P), 4)} if with_probe else {}
     mixtures = {method: load_mixture(method)}
     base_digest = weights_digest(load_vlm(base_path)[0])
     def train(mix: Dataset, dose: Dose, seed: int, name: str) -> dict[str, list[float]]:
@@ -165,6 +207,7 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
     for dose in progress(doses or ladder(), 'dose ladder'):
         dosed = {k: train(mixtures[method], dose, k, method) for k in seeds}
         chk = manipulation_check(base, dosed, groups, priors, margin, seed=P.seed)
+        if with_probe: chk['probe_r2_seed0'] = round(action_probe(work/method/dose.name/f'seed{seeds[0]}', P), 4)
         rows.append({'mixture': method, 'dose': dose.name, 'epochs': dose.epochs, 'lr': dose.lr,
                      'steps': dose.steps(n, gb), 'summed_lr': dose.summed_lr(n, gb), **chk,
                      'per_source': {s: round(100 * float(np.mean([d[s] for d in dosed.values()])), 1) for s in qs}})
@@ -181,13 +224,14 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
     result = {'profile': P.profile, 'seeds': list(seeds), 'margin': margin, 'mixture_size': n, 'chosen': chosen.name if chosen else None,
               'base': {s: round(100 * float(np.mean(v)), 1) for s, v in base.items()},
               'priors': {s: round(100 * v, 1) for s, v in priors.items()}, 'groups': {s: groups[s] for s in qs},
-              'vla_summed_lr': vla_sum, 'rows': rows, 'seconds': round(time.time() - t0, 1)}
+              'vla_summed_lr': vla_sum, 'probe_r2_base': probe.get('base'), 'rows': rows, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath(out)/'ladder.json', result)
     table = [{'mixture': r['mixture'], 'dose': r['dose'], 'steps': r['steps'],
               **{f'VLA ({b}) / mid-training summed lr': round(v / r['summed_lr'], 1) for b, v in vla_sum.items()},
               'embodied: base -> mid (prior)': f"{r['embodied']['base']:.1f} -> {r['embodied']['mean']:.1f} ({r['embodied']['prior']:.1f})",
               'embodied mid - base [95%]': f"{r['embodied']['difference']:+.1f} [{r['embodied']['ci95'][0]:+.1f}, {r['embodied']['ci95'][1]:+.1f}]",
               'general mid - base [95%]': f"{r['general']['difference']:+.1f} [{r['general']['ci95'][0]:+.1f}, {r['general']['ci95'][1]:+.1f}]",
+              'probe R^2 (base: ' + (f"{probe['base']:.3f})" if probe else '-)'): r.get('probe_r2_seed0', '-'),
               'delivered': r['delivered'], 'kept': r['kept']} for r in rows]
     save_table(table, 'ladder', folder=out)
     return result
