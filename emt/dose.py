@@ -83,7 +83,7 @@ def ability_of(path: Path, # a VLM checkpoint
     del model
     return out
 
-# %% ../nbs/11b_dose.ipynb #1823eb60
+# %% ../nbs/11b_dose.ipynb #c99d68c7
 def ridge_r2(X: np.ndarray, y: np.ndarray, # training features (n, D) and targets (n, A)
              Xh: np.ndarray, yh: np.ndarray, # held-out features and targets
              alpha: float = 1.0, # ridge penalty on standardised features
