@@ -112,6 +112,15 @@ def _dose(a) -> int:
           f"{rpath(a.out)/'ladder.md'}")
     return 0
 
+def _convert(a) -> int:
+    from emt.release import convert
+    out, skipped = convert(a.release, a.src, a.dst, images=a.images, source=a.source, action=a.action,
+                           **({'prompt': a.prompt} if a.prompt else {}))
+    left = f"; {len(skipped)} rows left out: {skipped.counts}" if len(skipped) else ''
+    print(f'{a.release}: {out}{left}')
+    if len(skipped): print(skipped.to_markdown())
+    return 0
+
 def _readme(a) -> int:
     print(f'wrote {write_readme()}')
     return 0
@@ -158,6 +167,16 @@ def parser() -> argparse.ArgumentParser:
     do.add_argument('--method', default='estimator', help='the mixture the ladder mid-trains on')
     do.add_argument('--seeds', default='0,1,2', help='mid-training seeds, comma-separated')
     do.set_defaults(fn=_dose)
+    from emt.release import RELEASES
+    cv = sub.add_parser('convert', help='convert a data release as shipped into a source the data stage reads',
+                        epilog='releases: ' + '; '.join(f'{k}: {v}' for k, v in RELEASES.items()))
+    cv.add_argument('release', choices=list(RELEASES)); cv.add_argument('src', help='the release as downloaded')
+    cv.add_argument('dst', help='the source folder to write (give it as the source\'s path in params.yaml)')
+    cv.add_argument('--images', default=None, help='vcr, refspatial: the image folder')
+    cv.add_argument('--source', default=None, help='the samples\' source name (default: the release)')
+    cv.add_argument('--action', default='action', help='lerobot-v2: the column the VLA learns as its action')
+    cv.add_argument('--prompt', default=None, help='img2dataset: the question each caption answers')
+    cv.set_defaults(fn=_convert)
     sub.add_parser('readme', help='render nbs/index.ipynb into README.md').set_defaults(fn=_readme)
     dp = sub.add_parser('docs', help='build the offline docs site')
     dp.add_argument('--out', default=None); dp.set_defaults(fn=_docs)
