@@ -318,6 +318,7 @@ def evaluate(adapter, # a benchmark adapter (picklable: it is sent to the worker
              ) -> dict:
     "Evaluate a policy on an adapter's tasks, resuming from `out_dir/results.jsonl`; the summary and protocol."
     out_dir = rpath(out_dir)
+    if hasattr(adapter, 'prepare'): adapter = adapter.prepare()  # e.g. CALVIN's chains, made here, not in the workers
     tasks = list(adapter.tasks() if tasks is None else tasks)
     unknown = sorted(set(tasks) - set(adapter.tasks()))
     if unknown: raise EmtError(f'{adapter.name} has no task(s) {unknown}; its tasks are {list(adapter.tasks())}')

@@ -1,4 +1,4 @@
-"""SimplerEnv-Bridge and CALVIN ABC→D adapters with their official protocols, written against their real APIs and imported lazily. **Untested here**: neither simulator can be installed on these machines.
+"""SimplerEnv-Bridge and CALVIN ABC→D adapters with their official protocols, written against their real APIs and imported lazily. **Not run here**: neither simulator can be installed on these machines; tested against stand-ins laid out as their packages are.
 
 Docs: https://emt-org.github.io/emt/eval_external.html.md"""
 
@@ -7,7 +7,8 @@ Docs: https://emt-org.github.io/emt/eval_external.html.md"""
 # %% ../nbs/13b_eval_external.ipynb #a15dbaa7
 from __future__ import annotations
 import os
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from .core import EmtError, rpath
 
 # %% auto #0
 __all__ = ['SIMPLER_INSTALL', 'CALVIN_INSTALL', 'SIMPLER_BRIDGE_TASKS', 'SIMPLER_TRIALS', 'CALVIN_CHAINS', 'CALVIN_SUBTASKS',
-           'CALVIN_STEPS_PER_SUBTASK', 'require', 'SimplerBridgeEnv', 'SimplerBridge', 'CalvinEnv', 'Calvin']
+           'CALVIN_STEPS_PER_SUBTASK', 'require', 'euler_to_axis_angle', 'simpler_action', 'SimplerBridgeEnv',
+           'SimplerBridge', 'calvin_conf', 'calvin_chains', 'CalvinEnv', 'Calvin']
 
 # %% ../nbs/13b_eval_external.ipynb #2546ff1e
 SIMPLER_INSTALL = ('SimplerEnv is not installed (it needs a GPU with Vulkan for SAPIEN). Install it with: '
@@ -38,6 +40,29 @@ def require(module: str, # the top-level module the simulator provides
 SIMPLER_BRIDGE_TASKS = {'widowx_spoon_on_towel': 60, 'widowx_carrot_on_plate': 60, 'widowx_stack_cube': 60,
                         'widowx_put_eggplant_in_basket': 120}
 SIMPLER_TRIALS = 24
+
+def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "The Hamilton product of quaternions (w, x, y, z)."
+    w1, x1, y1, z1 = a; w2, x2, y2, z2 = b
+    return np.array([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                     w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
+
+def euler_to_axis_angle(rpy: np.ndarray, # roll, pitch, yaw (rad) about the static x, y and z axes
+                        ) -> np.ndarray:
+    "The rotation as an axis-angle vector (axis times angle, angle in [0, pi])."
+    r, p, y = (float(v) / 2 for v in rpy)
+    q = _qmul(_qmul(np.array([np.cos(y), 0, 0, np.sin(y)]), np.array([np.cos(p), 0, np.sin(p), 0])),
+              np.array([np.cos(r), np.sin(r), 0, 0]))
+    if q[0] < 0: q = -q
+    n = float(np.linalg.norm(q[1:]))
+    return np.zeros(3) if n < 1e-12 else 2 * np.arctan2(n, q[0]) * q[1:] / n
+
+def simpler_action(action: np.ndarray, # the VLA's Bridge action: delta xyz, delta roll-pitch-yaw, gripper
+                   ) -> np.ndarray:
+    "The action SimplerEnv's WidowX controller takes: delta xyz, axis-angle delta rotation, gripper."
+    a = np.asarray(action, np.float64)
+    if a.shape != (7,): raise EmtError(f'a SimplerEnv-Bridge action has 7 numbers, not shape {a.shape}')
+    return np.concatenate([a[:3], euler_to_axis_angle(a[3:6]), a[6:]])
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
@@ -64,7 +89,7 @@ class SimplerBridgeEnv:
         return self._frame()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, bool, bool]:
-        self.obs, _, _, truncated, info = self.env.step(np.asarray(action, np.float64))
+        self.obs, _, _, truncated, info = self.env.step(simpler_action(action))
         self.t += 1
         over = bool(truncated) or self.t >= self.max_steps
         return self._frame(), over and bool(info.get('success', False)), over
@@ -86,23 +111,38 @@ class SimplerBridge:
 # %% ../nbs/13b_eval_external.ipynb #eb25d3c0
 CALVIN_CHAINS, CALVIN_SUBTASKS, CALVIN_STEPS_PER_SUBTASK = 1000, 5, 360
 
+def calvin_conf(agent_init: str|os.PathLike, # `calvin_agent.__file__`
+                ) -> Path:
+    "CALVIN's config folder: `calvin_models/conf`, beside the `calvin_agent` package."
+    conf = Path(agent_init).absolute().parents[1]/'conf'
+    if not (conf/'callbacks/rollout/tasks/new_playtable_tasks.yaml').is_file():
+        raise EmtError(f'{conf} has no callbacks/rollout/tasks/new_playtable_tasks.yaml: install CALVIN from its '
+                       'repository checkout (pip install -e calvin_models), as its install.sh does')
+    return conf
+
+def calvin_chains(n: int = CALVIN_CHAINS) -> tuple:
+    "CALVIN's `n` evaluation chains, ((initial state, (5 subtasks)), ...), from its own `get_sequences`."
+    require('calvin_agent', CALVIN_INSTALL)
+    from calvin_agent.evaluation.multistep_sequences import get_sequences
+    return tuple((init, tuple(chain)) for init, chain in get_sequences(n))
+
 class CalvinEnv:
     "CALVIN's chains of 5 subtasks as one harness task env (untested here)."
     action_dim = 7
     max_steps = CALVIN_SUBTASKS * CALVIN_STEPS_PER_SUBTASK
-    def __init__(self, dataset_path: str|os.PathLike, size: int):
+    def __init__(self, dataset_path: str|os.PathLike, size: int, sequences: tuple):
         require('calvin_env', CALVIN_INSTALL); require('calvin_agent', CALVIN_INSTALL)
         import calvin_agent, hydra
         from omegaconf import OmegaConf
         from calvin_env.envs.play_table_env import get_env
-        from calvin_agent.evaluation.multistep_sequences import get_sequences
         val = rpath(dataset_path)/'validation'
         if not val.is_dir(): raise EmtError(f'{val} not found: pass the task_ABC_D folder of CALVIN as dataset_path')
-        conf = Path(calvin_agent.__file__).absolute().parents[2]/'conf'
+        conf = calvin_conf(calvin_agent.__file__)
         self.env = get_env(val, show_gui=False)
         self.oracle = hydra.utils.instantiate(OmegaConf.load(conf/'callbacks/rollout/tasks/new_playtable_tasks.yaml'))
         self.annotations = OmegaConf.load(conf/'annotations/new_playtable_validation.yaml')
-        self.sequences, self.size = get_sequences(CALVIN_CHAINS), size
+        if not sequences: raise EmtError('CALVIN chains not generated: call Calvin.prepare() in the evaluating process')
+        self.sequences, self.size = sequences, size
 
     @property
     def instruction(self) -> str: return self.annotations[self.chain[self.k]][0]
@@ -135,11 +175,16 @@ class Calvin:
     size: int = 200
     dataset_path: str = 'data/calvin/task_ABC_D' # CALVIN's ABC->D data (its validation split is the D scenes)
     name: str = 'calvin'
+    sequences: tuple = () # the chains, filled by `prepare` in the evaluating process
+    def prepare(self) -> 'Calvin':
+        "This adapter with CALVIN's chains generated here (CALVIN forks a pool: not from a daemonic eval worker)."
+        return self if self.sequences else replace(self, sequences=calvin_chains())
     def tasks(self) -> list[str]: return ['chains']
     def protocol(self) -> dict:
         return {'benchmark': self.name, 'split': 'ABC->D', 'chains_official': CALVIN_CHAINS,
                 'subtasks_per_chain': CALVIN_SUBTASKS, 'max_steps_per_subtask': CALVIN_STEPS_PER_SUBTASK,
-                'camera': 'rgb_static', 'image_size': self.size, 'metric': 'average length', 'tested_here': False}
+                'camera': 'rgb_static', 'image_size': self.size, 'metric': 'average length', 'tested_here': False,
+                **({'chains_digest': hashlib.sha256(repr(self.sequences).encode()).hexdigest()[:16]} if self.sequences else {})}
     def make_env(self, task: str) -> CalvinEnv:
         if task != 'chains': raise EmtError(f"CALVIN has one task, 'chains', not {task!r}")
-        return CalvinEnv(self.dataset_path, self.size)
+        return CalvinEnv(self.dataset_path, self.size, self.sequences)
