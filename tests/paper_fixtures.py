@@ -1,9 +1,10 @@
-"""Fixtures in the paper profile's layouts: its sources, a few rows each, at the paths and in the formats it names
-(LLaVA JSON and JSONL with image folders, Hugging Face datasets, LeRobot v3, LIBERO HDF5), and tiny random-weight
+"""Fixtures in the paper profile's layouts: its sources, a few rows each, as their releases ship them (LLaVA-665k and
+RoboPoint as LLaVA JSON with image folders, LIBERO as HDF5; the others in their own layouts under data/paper/raw/,
+written by `release_fixtures` and converted by the profile's own `profiles/paper-sources.sh`), and tiny random-weight
 InternVL3.5 and Qwen3-VL checkpoints stored as the hub's are (bf16 safetensors, the real image side, chat templates
 without `{% generation %}` markers), in a folder or in a Hugging Face hub cache under the hub ids the profile names.
 Used by the paper smoke test and the paper rehearsal; `python tests/paper_fixtures.py DIR` writes them into a project."""
-import json, sys
+import json, os, sys
 from pathlib import Path
 
 import h5py
@@ -38,26 +39,6 @@ def write_llava(spec: dict, root: Path) -> None:
                      'conversations': [{'from': 'human', 'value': f'<image>\n{q}'}, {'from': 'gpt', 'value': a}]})
     p = root/spec['path']; p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text('\n'.join(json.dumps(r) for r in rows) + '\n' if p.suffix == '.jsonl' else json.dumps(rows))
-
-
-def write_hf(spec: dict, root: Path) -> None:
-    from datasets import Dataset, Features, Image as HFImage, Sequence, Value
-    rows = []
-    for i in range(N_VLM):
-        q, a = _qa(spec['name'], i)
-        _png(root/'tmp'/f'{i}.png', 7 * i)
-        rows.append({'id': f'{spec["name"]}-{i}', 'images': [{'bytes': (root/'tmp'/f'{i}.png').read_bytes(), 'path': None}],
-                     'messages': [{'role': 'user', 'content': f'<image>\n{q}'}, {'role': 'assistant', 'content': a}]})
-    feats = Features({'id': Value('string'), 'images': Sequence(HFImage()),
-                      'messages': [{'role': Value('string'), 'content': Value('string')}]})
-    Dataset.from_list(rows, features=feats).save_to_disk(str(root/spec['path']))
-
-
-def write_lerobot(spec: dict, root: Path) -> None:
-    from emt.data import write_toy_lerobot
-    g = np.random.default_rng(1)
-    eps = [np.concatenate([g.normal(0, 0.3, (T, 6)), (g.random((T, 1)) > 0.5).astype(float)], 1) for _ in range(N_EP)]
-    write_toy_lerobot(root/spec['path'], eps, task='put the spoon on the towel', camera=spec['camera'])
 
 
 def write_libero(spec: dict, root: Path, task: str) -> None:
@@ -111,15 +92,40 @@ def hub_cache(cache: Path) -> dict[str, Path]:
     return out
 
 
+def write_releases(root: Path) -> None:
+    "The releases `profiles/paper-sources.sh` converts, a few rows each, in their own layouts under data/paper/raw/."
+    import release_fixtures as rf
+    raw = root/'data/paper/raw'
+    rf.write_img2dataset(raw/'laion400m', n=N_VLM + 1, output_format='webdataset')  # one failed download each
+    rf.write_img2dataset(raw/'cc12m', n=N_VLM + 1, output_format='parquet')
+    rf.write_vcr(raw/'vcr1', N_VLM); rf.write_refspatial(raw/'refspatial', N_VLM)
+    rf.write_embspatial(raw/'embspatial', N_VLM); rf.write_robo2vlm(raw/'robo2vlm', N_VLM)
+    g = np.random.default_rng(1)
+    eps = [np.concatenate([g.normal(0, 0.3, (T, 6)), (g.random((T, 1)) > 0.5).astype(float)], 1) for _ in range(N_EP)]
+    rf.write_lerobot_v2(raw/'bridge_orig_lerobot', eps, 'observation.images.image_0', video=True, version='v2.0')
+    rf.write_lerobot_v2(raw/'calvin_abc_lerobot', eps, 'observation.images.top', video=False, version='v2.1', fps=10,
+                        tasks=('open the drawer',))
+
+
 def write_sources(raw: dict, root: Path) -> None:
-    "Every source of the profile `raw`, a few rows each, at the path and in the format it names, under `root`."
+    """Every source of the profile `raw` under `root`, as a user has it after the run book's downloads and
+    `profiles/paper-sources.sh`: LLaVA JSON and LIBERO HDF5 as released, the other releases converted."""
+    import subprocess
     from emt.libero import libero_tasks
     task = libero_tasks('libero_10')[0]
     for s in raw['data']['vlm_sources']:
-        (write_llava if s['format'] == 'llava' else write_hf)(s, root)
+        if s['format'] == 'llava': write_llava(s, root)
     for s in raw['data']['vla_sources']:
         if s['format'] == 'libero_hdf5': write_libero(s, root, task)
-        else: write_lerobot(s, root)
+    write_releases(root)
+    if not (root/'params.yaml').exists():  # `emt convert` runs inside a project: the profile, as `emt params use` leaves it
+        (root/'params.yaml').write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, 'PATH': f'{Path(sys.executable).parent}{os.pathsep}{os.environ.get("PATH", "")}', 'EMT_PROGRESS': '0',
+           'EMT_ROOT': str(root)}
+    r = subprocess.run(['bash', str(REPO/'profiles/paper-sources.sh')], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f'paper-sources.sh failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
+    missing = [s['path'] for s in raw['data']['vlm_sources'] + raw['data']['vla_sources'] if not (root/s['path']).exists()]
+    assert not missing, f'not written: {missing}'
 
 
 if __name__ == '__main__':

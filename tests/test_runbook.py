@@ -18,7 +18,8 @@ from emt.params import Params, Recipe, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = {'92_getting_started.ipynb': 'embedded', '93_paper_scale.ipynb': 'paper', 'index.ipynb': 'embedded'}
-KNOWN_TOOLS = {'git', 'make', 'cd', 'source', '.', 'cat', 'tar', 'mkdir', 'export', 'wget', 'curl', 'srun'}
+KNOWN_TOOLS = {'git', 'make', 'cd', 'source', '.', 'cat', 'tar', 'mkdir', 'export', 'wget', 'curl', 'srun',
+               'img2dataset'}  # the downloader LAION's and CC-12M's URL lists are fetched with, installed on its own
 PYTHONS = {'python', 'python3', 'python3.11'}
 GIT_REVS = {'HEAD', 'workspace', 'main'}
 FILE_SUFFIXES = {'dvc', 'yaml', 'yml', 'json', 'jsonl', 'py', 'csv', 'md', 'txt', 'png', 'svg', 'ipynb', 'lock', 'toml'}
@@ -379,27 +380,23 @@ def test_python_snippets_import_what_exists(nb, i, text):
                 assert importlib.util.find_spec(name.split('.')[0]), f'{name} is not installed'
 
 
-def test_the_robo2vlm_conversion_runs(tmp_project, monkeypatch):
-    "The run book's conversion, on a two-row stand-in of keplerccc/Robo2VLM-1's parquet files."
-    import datasets
-    from PIL import Image
-    from emt.data import read_hf
-    code = scripts('93_paper_scale.ipynb')['convert_robo2vlm.py']
-    raw = tmp_project/'data/paper/raw/robo2vlm/data'; raw.mkdir(parents=True)
-    rows = {'id': ['a1', 'b2'], 'question': ['Is the gripper open?', 'Which object is left?'],
-            'choices': [json.dumps(['yes', 'no']), str(['cup', 'bowl', 'plate'])], 'correct_answer': [1, 2],
-            'image': [Image.new('RGB', (8, 6), (200, 10, 10)), Image.new('RGB', (8, 6), (10, 10, 200))]}
-    feats = datasets.Features({'id': datasets.Value('string'), 'question': datasets.Value('string'),
-                               'choices': datasets.Value('string'), 'correct_answer': datasets.Value('int64'),
-                               'image': datasets.Image()})
-    datasets.Dataset.from_dict(rows, features=feats).to_parquet(str(raw/'train-00000-of-00001.parquet'))
-    monkeypatch.chdir(tmp_project)
-    exec(compile(code, 'convert_robo2vlm.py', 'exec'), {'__name__': '__main__'})
-    ds, skipped = read_hf('data/paper/robo2vlm', source='robo2vlm')
-    assert len(ds) == 2 and not skipped.rows
-    assert ds[0]['id'] == 'robo2vlm/a1' and ds[0]['messages'][1]['content'] == 'B. no'
-    assert ds[1]['messages'][0]['content'] == '<image>\nWhich object is left?\nA. cup\nB. bowl\nC. plate'
-    assert ds[1]['messages'][1]['content'] == 'C. plate' and len(ds[1]['images']) == 1
+def test_the_conversion_script_writes_every_source_the_profile_does_not_read_as_shipped():
+    """profiles/paper-sources.sh converts into exactly the paths of the paper profile's converted sources, and the run
+    book runs it and names each release it converts. (The rehearsal and the smoke test run the script itself.)"""
+    script = (REPO/'profiles/paper-sources.sh').read_text()
+    calls = [shlex.split(l.split('#')[0]) for l in script.splitlines() if l.startswith('convert ')]
+    dsts = {c[3] for c in calls}
+    srcs = profile('paper')['data']['vlm_sources'] + profile('paper')['data']['vla_sources']
+    converted = {s['path'] for s in srcs if s['format'] in ('hf', 'lerobot')}
+    assert dsts == converted, (dsts ^ converted)
+    from emt.release import RELEASES
+    assert {c[1] for c in calls} == set(RELEASES)
+    book = markdown('93_paper_scale.ipynb')
+    assert 'bash profiles/paper-sources.sh' in book
+    for r in RELEASES: assert f'emt convert {r}' in book, r
+    for c in calls:  # each download lands where the script reads it
+        raw = c[2].replace('$raw', 'data/paper/raw').split('/')[:4]
+        assert '/'.join(raw) in book, '/'.join(raw)
 
 
 def test_checkpoint_paths_in_examples_exist_in_the_layout():
