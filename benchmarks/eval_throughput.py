@@ -3,7 +3,7 @@
     python benchmarks/eval_throughput.py                 # Meta-World: episodes/hour (1 vs 2 workers), steps/s, render ms
     python benchmarks/eval_throughput.py --libero        # the same for LIBERO's env step and render
     python benchmarks/eval_throughput.py --libero-proof  # scripted vs random success on the proof tasks
-    python benchmarks/eval_throughput.py --vla artifacts/vla/base/step_000160  # a VLA: episodes/hour, 1 vs 2 workers
+    python benchmarks/eval_throughput.py --vla artifacts/vla/base/metaworld/seed0/step_000200  # a VLA: 1, 2 workers, batched
 
 Prints its numbers with the machine (cores, load average): timings on a shared machine move with its load.
 """
@@ -82,16 +82,30 @@ def metaworld(trials: int) -> None:
         print(f'  {name:7s}: mean success {res["mean"]:.2f} over {res["episodes"]} episodes (95% CI {lo:.2f}-{hi:.2f})')
 
 
-def vla(path: str, trials: int, max_steps: int) -> None:
-    "Episodes/hour of a VLA checkpoint on MT10 with 1 and 2 workers (each worker loads it and runs torch)."
-    from emt.eval import VLACheckpoint
-    print(f'# VLA {path} on Meta-World MT10, {trials} trials/task of {max_steps} steps; machine: {machine()}')
-    rates = {}
-    for w in (1, 2):
-        rates[w], res = episodes_per_hour(MetaWorld(max_steps=max_steps), VLACheckpoint(path), trials, w)
-        print(f'  {w} worker(s): {rates[w]:7.0f} episodes/hour, success {res["mean"]:.2f} '
-              f'({res["successes"]}/{res["episodes"]}); load now {os.getloadavg()[0]:.2f}')
-    print(f'  speed-up 2 vs 1 workers: {rates[2] / rates[1]:.2f}x')
+def vla(path: str, trials: int, max_steps: int|None, envs: tuple[int, ...] = (5, 10)) -> None:
+    """Episodes/hour of a VLA checkpoint on MT10 as the default's eval stage runs it (its camera, size and episode
+    length): one prediction at a time with 1 and 2 worker processes, and batched (`envs` episodes stepped together
+    in one process, one batched forward per step); each episode's success compared with the 1-worker run."""
+    from emt.eval import VLACheckpoint, make_adapter
+    from emt.params import example_params
+    P = example_params()
+    spec = P.eval.benchmarks[0].model_copy(update={'max_steps': max_steps} if max_steps else {})
+    adapter = make_adapter(spec, P)
+    print(f'# VLA {path} on Meta-World MT10, {trials} trials/task of {adapter.max_steps} steps; machine: {machine()}')
+    runs = [('1 worker', dict(workers=1)), ('2 workers', dict(workers=2))] + [(f'batched x{n}', dict(envs=n)) for n in envs] + \
+           [(f'2 workers x batched {n}', dict(workers=2, envs=n)) for n in envs]
+    rates, ref = {}, None
+    for name, kw in runs:
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            res = evaluate(adapter, VLACheckpoint(path), Path(d), trials=trials, seed=P.seed, **kw)
+            rates[name] = res['episodes'] / (time.perf_counter() - t0) * 3600
+        outcome = {(r['task'], r['trial']): (bool(r['success']), r['steps']) for r in res['records']}
+        ref = ref or outcome
+        same = sum(outcome[k] == ref[k] for k in ref)
+        print(f'  {name:22s}: {rates[name]:7.0f} episodes/hour ({rates[name] / rates["1 worker"]:.2f}x), success '
+              f'{res["successes"]}/{res["episodes"]}; episodes with the same success and length as 1 worker: '
+              f'{same}/{len(ref)}; load now {os.getloadavg()[0]:.2f}', flush=True)
 
 
 def libero(size: int) -> None:
@@ -133,10 +147,11 @@ if __name__ == '__main__':
     ap.add_argument('--random-trials', type=int, default=3)
     ap.add_argument('--size', type=int, default=128, help='LIBERO image size')
     ap.add_argument('--vla', help='a VLA checkpoint folder: its episodes/hour with 1 and 2 workers')
-    ap.add_argument('--max-steps', type=int, default=100, help='episode length for --vla')
+    ap.add_argument('--max-steps', type=int, default=None, help='episode length for --vla (default: the default profile\'s)')
+    ap.add_argument('--envs', default='5,10', help='--vla: episodes stepped together in the batched runs')
     ap.add_argument('--out', default=tempfile.mkdtemp(prefix='libero_proof_'), help='proof results folder')
     a = ap.parse_args()
     if a.libero_proof: libero_proof(a.trials, a.random_trials, a.size, a.out)
     elif a.libero: libero(a.size)
-    elif a.vla: vla(a.vla, a.trials, a.max_steps)
+    elif a.vla: vla(a.vla, a.trials, a.max_steps, tuple(int(n) for n in a.envs.split(',')))
     else: metaworld(a.trials)

@@ -8,6 +8,9 @@
 3. VLA inference: `emt.policy.VLAPolicy.predict` (one action chunk from one frame and an instruction) on a VLA
    built from the same model (fp32 weights as `load_policy` gives them, bf16 autocast on a GPU); median and p90
    latency after a warm-up, and `predict_batch` per frame.
+4. Evaluation throughput: `emt.eval.evaluate` with that VLA on an env of fixed 224-px frames (no simulator: the
+   policy's share of an evaluation), one episode at a time against `envs` episodes stepped together (one batched
+   forward per step); episodes/s both ways.
 
 The model is InternVL3.5-1B's shape (`benchmarks/feature_throughput.py internvl35_1b`: InternViT-300M at 448 px,
 Qwen3-0.6B, 151,936-token vocabulary). Nothing is downloaded.
@@ -100,7 +103,7 @@ def bench_features(model, proc, size, device, batch_size, batches) -> dict:
     return {'batch': batch_size, 'samples_per_s': batch_size * batches / dt, 'gflop_per_sample': flops / 1e9}
 
 
-def bench_policy(model, proc, device, size, calls) -> dict:
+def bench_policy(model, proc, device, size, calls) -> tuple[dict, VLAPolicy]:
     "VLAPolicy.predict latency on one frame (bf16 autocast on a GPU), and predict_batch per frame for 16 frames."
     vla = build_vla(model.float(), proc, VLAConfig(action_dim=7, chunk=4, head_hidden=1024, max_seq_len=384)).to(device).eval()
     g = np.random.default_rng(0)
@@ -118,7 +121,46 @@ def bench_policy(model, proc, device, size, calls) -> dict:
             times.append(time.perf_counter() - t)
         sync(device); t = time.perf_counter(); policy.predict_batch([[frame]] * 16, [text] * 16); sync(device)
     return {'predict_ms_median': 1000 * float(np.median(times)), 'predict_ms_p90': 1000 * float(np.percentile(times, 90)),
-            'predict_batch16_ms_per_frame': 1000 * (time.perf_counter() - t) / 16, 'frame_px': size}
+            'predict_batch16_ms_per_frame': 1000 * (time.perf_counter() - t) / 16, 'frame_px': size}, policy
+
+
+class StillEnv:
+    "Fixed frames and no physics: what an evaluation costs besides the simulator."
+    action_dim, instruction = 7, 'put both the alphabet soup and the tomato sauce in the basket'
+    def __init__(self, size: int, steps: int):
+        self.frame, self.max_steps = np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8), steps
+    def reset(self, trial): return self.frame
+    def step(self, action): return self.frame, False, False
+    def close(self): pass
+
+
+class StillBench:
+    name = 'still'
+    def __init__(self, size: int, steps: int): self.size, self.steps = size, steps
+    def tasks(self): return ['still']
+    def protocol(self): return {'benchmark': self.name, 'size': self.size, 'steps': self.steps}
+    def make_env(self, task): return StillEnv(self.size, self.steps)
+
+
+class Loaded:
+    "A factory of an already built policy, batchable (it keeps no per-episode state)."
+    batchable = True
+    def __init__(self, policy): self.policy = policy
+    def __call__(self): return self.policy
+
+
+def bench_eval(policy, device, size: int, episodes: int, steps: int, envs: int) -> dict:
+    "Episodes/s of `evaluate` on `StillBench`: one episode at a time, then `envs` stepped together."
+    import contextlib, tempfile
+    from emt.eval import evaluate
+    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else contextlib.nullcontext()
+    out = {'episodes': episodes, 'steps': steps, 'envs': envs}
+    with amp, tempfile.TemporaryDirectory() as d:
+        for n in (1, envs):
+            sync(device); t = time.perf_counter()
+            evaluate(StillBench(size, steps), Loaded(policy), Path(d)/str(n), trials=episodes, envs=n)
+            sync(device); out[f'episodes_per_s_envs{n}'] = episodes / (time.perf_counter() - t)
+    return out
 
 
 def main():
@@ -146,10 +188,14 @@ def main():
     fe['mfu'] = fe['samples_per_s'] * fe['gflop_per_sample'] * 1e9 / (peak * 1e12) if peak else None
     print(f"featurization (bf16 forward): {fe['samples_per_s']:.1f} samples/s" +
           (f", MFU {100 * fe['mfu']:.1f}%" if peak else ''))
-    po = bench_policy(model, proc, device, 224, 5 if small else 30)
+    po, policy = bench_policy(model, proc, device, 224, 5 if small else 30)
     print(f"VLA predict: median {po['predict_ms_median']:.1f} ms, p90 {po['predict_ms_p90']:.1f} ms; "
           f"batch of 16: {po['predict_batch16_ms_per_frame']:.1f} ms per frame")
-    report.update(training=tr, features=fe, policy=po, seconds=time.time() - t0)
+    ev = bench_eval(policy, device, 224, 4 if small else 32, 4 if small else 20, 4 if small else 16)
+    batched = ev[f"episodes_per_s_envs{ev['envs']}"]
+    print(f"evaluation (no simulator): {ev['episodes_per_s_envs1']:.2f} episodes/s one at a time, "
+          f"{batched:.2f} with {ev['envs']} stepped together")
+    report.update(training=tr, features=fe, policy=po, evaluation=ev, seconds=time.time() - t0)
     print(json.dumps(report, default=float))
 
 

@@ -10,7 +10,7 @@ import os
 import csv, hashlib, inspect, json, math, multiprocessing as mp, queue, shutil, time, traceback
 from dataclasses import dataclass, astuple
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Generator, Protocol, Sequence
 
 import numpy as np
 
@@ -19,10 +19,10 @@ from .core import ARTIFACTS, EmtError, DataError, atomic_path, progress, rng, rp
 from .vla import by_init_axis, plot_interval
 
 # %% auto #0
-__all__ = ['REFERENCE', 'EPISODE_COLUMNS', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'run_episode', 'LineEnv',
-           'ConstantPolicy', 'wilson', 'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job',
-           'plan_jobs', 'job_units', 'evaluate', 'LineBench', 'push_right', 'make_adapter', 'VLACheckpoint',
-           'check_gripper', 'vla_policies', 'success_rows', 'plot_success', 'success_curve_figure',
+__all__ = ['REFERENCE', 'EPISODE_COLUMNS', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'rollout', 'run_episode',
+           'LineEnv', 'ConstantPolicy', 'wilson', 'summarize', 'episode_key', 'ResultsLog', 'write_video',
+           'episode_seed', 'Job', 'plan_jobs', 'job_units', 'evaluate', 'LineBench', 'push_right', 'make_adapter',
+           'VLACheckpoint', 'check_gripper', 'vla_policies', 'success_rows', 'plot_success', 'success_curve_figure',
            'reference_policies', 'result_key', 'pooled_results', 'run_eval']
 
 # %% ../nbs/13_eval.ipynb #d893e5a3
@@ -64,25 +64,22 @@ def check_chunk(chunk: Any, # what the policy returned
     if not np.isfinite(a).all(): raise EmtError('policy.predict returned non-finite actions')
     return a
 
-def run_episode(env: TaskEnv, # a task env from an adapter
-                policy: Policy, # the policy to evaluate
-                trial: int, # which official initial state
-                seed: int = 0, # passed to `policy.reset` when it has one
-                replan_every: int|None = None, # actions executed per chunk (None: the whole chunk)
-                record: bool = False, # keep the frames (for a video)
-                ) -> dict:
-    """Roll `policy` out in `env` from initial state `trial`: success, steps taken, and the frames when `record`.
-    An env whose `step` takes `render=` renders only the frames used: the one the next chunk is predicted from
-    (none for a policy with `needs_frames = False`), and every frame of a recorded episode."""
+def rollout(env: TaskEnv, # a task env from an adapter
+            trial: int, # which official initial state
+            replan_every: int|None = None, # actions executed per chunk (None: the whole chunk)
+            record: bool = False, # keep the frames (for a video)
+            sees: bool = True, # the policy looks at frames (False: render none it does not need)
+            ) -> Generator[tuple[np.ndarray, str], Any, dict]:
+    """One episode as a generator: it yields (frame, instruction) whenever it needs an action chunk, is sent the
+    policy's chunk, and returns the episode's record (success, steps, the frames when `record`). An env whose `step`
+    takes `render=` renders only the frames used: the one the next chunk is predicted from, and every frame of a
+    recorded episode."""
     t0 = time.perf_counter()
-    if hasattr(policy, 'reset'): policy.reset(seed)
     frame = env.reset(trial)
-    if hasattr(policy, 'bind'): policy.bind(env)
     lazy = 'render' in inspect.signature(env.step).parameters
-    sees = getattr(policy, 'needs_frames', True)
     frames, steps, success, done = [frame] if record else [], 0, False, False
     while steps < env.max_steps and not (success or done):
-        chunk = check_chunk(policy.predict([frame], env.instruction), env.action_dim)
+        chunk = check_chunk((yield frame, env.instruction), env.action_dim)
         acts = chunk[:replan_every or len(chunk)]
         for j, a in enumerate(acts):
             if lazy: frame, success, done = env.step(a, render=record or (sees and j == len(acts) - 1))
@@ -93,6 +90,23 @@ def run_episode(env: TaskEnv, # a task env from an adapter
     out = {'success': bool(success), 'steps': steps, 'seconds': round(time.perf_counter() - t0, 3)}
     if hasattr(env, 'episode_info'): out.update(env.episode_info())
     return out | ({'frames': frames} if record else {})
+
+def run_episode(env: TaskEnv, # a task env from an adapter
+                policy: Policy, # the policy to evaluate
+                trial: int, # which official initial state
+                seed: int = 0, # passed to `policy.reset` when it has one
+                replan_every: int|None = None, # actions executed per chunk (None: the whole chunk)
+                record: bool = False, # keep the frames (for a video)
+                ) -> dict:
+    "Roll `policy` out in `env` from initial state `trial` (`rollout`, one prediction at a time): its record."
+    if hasattr(policy, 'reset'): policy.reset(seed)
+    episode = rollout(env, trial, replan_every, record, getattr(policy, 'needs_frames', True))
+    try:
+        frame, text = next(episode)
+        if hasattr(policy, 'bind'): policy.bind(env)
+        while True: frame, text = episode.send(policy.predict([frame], text))
+    except StopIteration as end: return end.value
+
 
 # %% ../nbs/13_eval.ipynb #ba3be21e
 class LineEnv:
@@ -233,30 +247,35 @@ class _Runner:
         if self.env is not None: self.env.close(); self.env = None
 
 # %% ../nbs/13_eval.ipynb #da27c75d
-def _worker(adapter, policy_factory, replan_every, jobs, results, parent: int, threads: int = 1) -> None:
+def _worker(adapter, policy_factory, replan_every, jobs, results, parent: int, threads: int = 1, envs: int = 1) -> None:
     runner = None
     try:
         import torch
         torch.set_num_threads(threads)  # its share of the cores: workers that each take them all run slower together
-        runner = _Runner(adapter, policy_factory, replan_every)
+        runner = _Runner(adapter, policy_factory, replan_every)  # envs > 1: its policy steps `envs` episodes together
         while os.getppid() == parent:  # an orphan (its parent was killed) stops instead of running on for no one
             try: job = jobs.get(timeout=1)
             except queue.Empty: continue
             if job is None: break
-            for j in job: results.put(runner(Job(*j)))
+            if envs > 1:
+                for rec in _run_batched(adapter, runner.policy, [Job(*j) for j in job], replan_every, envs): results.put(rec)
+            else:
+                for j in job: results.put(runner(Job(*j)))
     except BaseException: results.put({'error': traceback.format_exc(), 'pid': os.getpid()})
     finally:
         if runner is not None: runner.close()
 
 # %% ../nbs/13_eval.ipynb #2d5f1a2c
-def _run_parallel(adapter, policy_factory, jobs: list[Job], workers: int, replan_every):
+def _run_parallel(adapter, policy_factory, jobs: list[Job], workers: int, replan_every, envs: int = 1):
     ctx = mp.get_context('spawn')
     jq, rq = ctx.Queue(), ctx.Queue()
-    for unit in job_units(jobs, workers): jq.put([astuple(j) for j in unit])  # plain tuples: picklable from a notebook
+    n = math.ceil(len(jobs) / workers)  # batched: a worker's share of every task at once, so its batches fill
+    units = job_units(jobs, workers) if envs == 1 else [jobs[i:i + n] for i in range(0, len(jobs), n)]
+    for unit in units: jq.put([astuple(j) for j in unit])  # plain tuples: picklable from a notebook
     for _ in range(workers): jq.put(None)
     from emt import eval as module
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [ctx.Process(target=module._worker, args=(adapter, policy_factory, replan_every, jq, rq, os.getpid(), threads),
+    procs = [ctx.Process(target=module._worker, args=(adapter, policy_factory, replan_every, jq, rq, os.getpid(), threads, envs),
                          daemon=True)
              for _ in range(workers)]
     for p in procs: p.start()
@@ -315,6 +334,8 @@ def evaluate(adapter, # a benchmark adapter (picklable: it is sent to the worker
              policy_name: str = 'policy', # written into the protocol
              policy_id: str|None = None, # a fingerprint of the weights (a resumed run must have the same)
              first_trial: int = 0, # initial states first_trial..first_trial+trials-1
+             envs: int = 1, # episodes stepped together in this process, one batched prediction per step (a factory
+                            # with `batchable = True`; others run as `workers` says)
              ) -> dict:
     "Evaluate a policy on an adapter's tasks, resuming from `out_dir/results.jsonl`; the summary and protocol."
     out_dir = rpath(out_dir)
@@ -327,8 +348,10 @@ def evaluate(adapter, # a benchmark adapter (picklable: it is sent to the worker
     _check_protocol(out_dir/'protocol.json', protocol)
     log = ResultsLog(out_dir/'results.jsonl')
     jobs = plan_jobs(tasks, trials, log.done(), seed, adapter.name, out_dir/'videos', videos_per_task, first_trial)
-    run = (_run_parallel(adapter, policy_factory, jobs, workers, replan_every) if workers > 1 and len(jobs) > 1
-           else _run_serial(adapter, policy_factory, jobs, replan_every))
+    batch = envs if envs > 1 and getattr(policy_factory, 'batchable', False) else 1
+    if workers > 1 and len(jobs) > 1: run = _run_parallel(adapter, policy_factory, jobs, workers, replan_every, batch)
+    elif batch > 1 and jobs: run = _run_batched(adapter, policy_factory(), jobs, replan_every, batch)
+    else: run = _run_serial(adapter, policy_factory, jobs, replan_every)
     for rec in progress(run, desc=f'{adapter.name} {policy_name}', total=len(jobs)): log.append(rec)
     records = [r for r in log.records() if r['task'] in tasks and first_trial <= r['trial'] < first_trial + trials]
     return {**summarize(records, tasks), 'protocol': protocol, 'records': records}
@@ -340,6 +363,35 @@ def _run_serial(adapter, policy_factory, jobs, replan_every):
     try:
         for j in jobs: yield runner(j)
     finally: runner.close()
+
+
+def _run_batched(adapter, policy, jobs: list[Job], replan_every, envs: int):
+    """`envs` episodes in flight in this process, one env each; every step gathers the frames of all episodes
+    waiting for a chunk and predicts them in one `predict_batch` call. Records come as episodes end."""
+    if not jobs: return
+    todo, live, spare = list(reversed(jobs)), [], {}
+    if not hasattr(policy, 'predict_batch') or hasattr(policy, 'reset'):
+        raise EmtError(f'{type(policy).__name__} cannot be stepped in a batch: it needs predict_batch and no per-episode reset')
+    def finish(job, env, ep):
+        spare.setdefault(job.task, []).append(env)
+        frames = ep.pop('frames', None)
+        if job.video: write_video(frames, job.video); ep['video'] = str(Path(job.video).relative_to(Path(job.video).parents[2]))
+        return {'task': job.task, 'trial': job.trial, 'seed': job.seed, 'pid': os.getpid(), **ep}
+    try:
+        while todo or live:
+            while todo and len(live) < envs:
+                job = todo.pop()
+                env = spare[job.task].pop() if spare.get(job.task) else adapter.make_env(job.task)
+                episode = rollout(env, job.trial, replan_every, job.video is not None)
+                try: live.append([job, env, episode, next(episode)])
+                except StopIteration as end: yield finish(job, env, end.value)
+            chunks = policy.predict_batch([[obs[0]] for *_, obs in live], [obs[1] for *_, obs in live])
+            for item, chunk in zip(list(live), chunks):
+                try: item[3] = item[2].send(chunk)
+                except StopIteration as end:
+                    live.remove(item); yield finish(item[0], item[1], end.value)
+    finally:
+        for env in [e for es in spare.values() for e in es] + [it[1] for it in live]: env.close()
 
 # %% ../nbs/13_eval.ipynb #b068e0d1
 def _check_protocol(path: Path, protocol: dict) -> None:
@@ -396,6 +448,7 @@ def make_adapter(spec, # an `emt.params.Benchmark`
 # %% ../nbs/13_eval.ipynb #0f7fcf05
 class VLACheckpoint:
     "A picklable factory that loads a VLA checkpoint as a policy (with `emt.policy.load_policy`) in the worker."
+    batchable = True # its policies predict many observations at once (`evaluate`'s `envs`)
     def __init__(self, path: str|os.PathLike): self.path = str(path)
     def fingerprint(self) -> str:
         "A short hash of the checkpoint's files (sizes, and the first and last MiB of each): changes when it is retrained."
@@ -587,7 +640,7 @@ def run_eval(P, # the params
         folder = rpath(out)/name/bench
         if _stale(folder, pid): shutil.rmtree(folder)  # results of an older checkpoint of the same name
         r = evaluate(adapter, factory, folder, trials, spec.tasks, E.workers, P.seed, E.replan_every, videos,
-                     policy_name=name, policy_id=pid, first_trial=first)
+                     policy_name=name, policy_id=pid, first_trial=first, envs=E.envs)
         key = _grid_key(name) or {'init': name.split('/')[0], 'seed': None, 'step': _step_of(name)}
         episodes += [{'policy': name, 'init': key['init'], 'benchmark': bench, 'seed': key['seed'], 'step': key['step'],
                       'task': e['task'], 'trial': e['trial'], 'success': int(bool(e['success'])), 'steps': e['steps']}

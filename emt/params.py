@@ -300,6 +300,8 @@ class Eval(Section):
     "eval stage: success rates of every VLA on every benchmark."
     benchmarks: list[Benchmark] = Field(min_length=1)
     workers: int = Field(default=2, gt=0)
+    envs: int = Field(default=1, gt=0) # episodes each worker steps together, one batched VLA forward per step (the
+                                       # episodes and their results are those of envs: 1; reference policies: 1)
     replan_every: int | None = Field(default=None, gt=0) # steps executed per chunk (None: the whole chunk)
     videos_per_task: int = Field(default=1, ge=0)
     checkpoints: Literal['last', 'all'] = 'all' # evaluate each VLA's last checkpoint, or every saved one (Fig. 3)

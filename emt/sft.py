@@ -181,11 +181,13 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
-def run_fingerprint(model: torch.nn.Module, mixture: Mixture, recipe: Recipe, seed: int, processes: int) -> str:
-    "A hash of what determines a run: the model (config and weights), data size and fingerprints, recipe, seed, processes."
+def run_fingerprint(model: torch.nn.Module, mixture: Mixture, recipe: Recipe, seed: int) -> str:
+    """A hash of what determines a run: the model (config and weights), data size and fingerprints, recipe (global
+    batch included), seed. Not the process count: every process count draws the same global batches in the same
+    order, so a run (or its checkpoint) made on 8 GPUs is adopted by the same run on 1, and the other way round."""
     parts = [model.config.to_json_string(use_diff=False), weights_digest(model), str(len(mixture)),
              *[_ids_hash(d) for d in mixture.datasets],
-             recipe.model_dump_json(), str(seed), str(processes)]
+             recipe.model_dump_json(), str(seed)]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 
 def checkpoints(out_dir: str | os.PathLike) -> list[Path]:
@@ -342,7 +344,7 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
     seed_everything(seed + acc.process_index)
     net, processor = _model_and_processor(model)
     mix = Mixture(datasets, seed)
-    fingerprint = run_fingerprint(net, mix, recipe, seed, P)
+    fingerprint = run_fingerprint(net, mix, recipe, seed)
     net.train()
     opt, sched = optimizer_and_schedule(net, recipe)
     net, opt, sched = acc.prepare(net, opt, sched)

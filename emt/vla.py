@@ -244,9 +244,10 @@ def _vlm_and_processor(vlm) -> tuple:
     if isinstance(vlm, (tuple, list)) and len(vlm) == 2: return fp32_master(vlm[0]), vlm[1]
     raise EmtError('vlm must be a VLM checkpoint directory or a (model, processor) pair.')
 
-def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, processes: int, datasets: dict, extra) -> str:
+def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, datasets: dict, extra) -> str:
+    "What determines a VLA run (as `emt.sft.run_fingerprint`: not the process count, which leaves the global batches as they are)."
     parts = [vlm.config.to_json_string(use_diff=False), weights_digest(vlm), json.dumps(cfg.to_dict(), sort_keys=True), recipe.model_dump_json(),
-             str(seed), str(processes), json.dumps(extra, sort_keys=True)]
+             str(seed), json.dumps(extra, sort_keys=True)]
     for name, ds in datasets.items():
         parts += [name, hashlib.sha256('\n'.join(map(str, ds['id'])).encode()).hexdigest() if 'id' in ds.column_names else str(len(ds))]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
@@ -293,7 +294,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     splits, stats = _prepare_data(data, cfg, heldout_fraction, ss, gripper)
     model = build_vla(net, processor, cfg, seed)
     seed_everything(seed + acc.process_index)
-    fp = _fingerprint(net, cfg, recipe, seed, P, data, [heldout_fraction, heldout_max, gripper, ss])
+    fp = _fingerprint(net, cfg, recipe, seed, data, [heldout_fraction, heldout_max, gripper, ss])
     if resume is True and (done := finished_run(out_dir, fp)) is not None: return done  # this very run is complete
     model.train()
     opt, sched = optimizer_and_schedule(model, recipe)

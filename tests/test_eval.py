@@ -208,3 +208,39 @@ def test_external_adapters_say_what_to_install(name, msg, tmp_path):
     P = load_params(REPO/'params.yaml')
     adapter = make_adapter(Benchmark(name=name, trials=1), P)
     with pytest.raises(EmtError, match=msg): adapter.make_env(adapter.tasks()[0])
+
+
+# ---------------------------------------------------------------- batched evaluation
+
+class FrameDrivenPolicy:
+    "Pushes right by an amount read from the frame (so each episode's chunk depends on its own observation); counts batches."
+    calls: list = []
+    def predict_batch(self, images, instructions):
+        FrameDrivenPolicy.calls.append(len(images))
+        return np.stack([np.full((2, 1), 0.3 + 0.7 * float(ims[0].mean()) / 255, np.float32) for ims in images])
+    def predict(self, images, instruction): return self.predict_batch([images], [instruction])[0]
+
+
+class BatchFactory:
+    batchable = True
+    def __call__(self): return FrameDrivenPolicy()
+
+
+def test_batched_episodes_match_one_at_a_time(tmp_path):
+    "envs > 1: episodes stepped together, one predict_batch per step, each episode as it is when run alone."
+    one = evaluate(LineBench(), BatchFactory(), tmp_path/'one', trials=6)
+    FrameDrivenPolicy.calls.clear()
+    many = evaluate(LineBench(), BatchFactory(), tmp_path/'many', trials=6, envs=4, videos_per_task=1)
+    key = lambda res: sorted((r['task'], r['trial'], r['success'], r['steps']) for r in res['records'])
+    assert key(one) == key(many) and 0 < one['successes'] < one['episodes']  # some succeed, some fail
+    assert max(FrameDrivenPolicy.calls) == 4 and len(FrameDrivenPolicy.calls) < sum(r['steps'] for r in many['records']) / 2
+    assert len(list((tmp_path/'many/videos').rglob('*.mp4'))) == 2  # one per task, as unbatched
+    par = evaluate(LineBench(), BatchFactory(), tmp_path/'par', trials=6, envs=3, workers=2)
+    assert key(par) == key(one) and os.getpid() not in {r['pid'] for r in par['records']}  # in the worker processes
+
+
+def test_batched_falls_back_for_policies_with_episode_state(tmp_path):
+    "A factory that does not declare itself batchable (here: a seeded random policy) runs one episode at a time."
+    a = evaluate(LineBench(), partial(RandomPolicy, 1, 1), tmp_path/'a', trials=3, envs=4)
+    b = evaluate(LineBench(), partial(RandomPolicy, 1, 1), tmp_path/'b', trials=3)
+    assert [(r['success'], r['steps']) for r in a['records']] == [(r['success'], r['steps']) for r in b['records']]

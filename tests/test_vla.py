@@ -137,6 +137,8 @@ def test_the_stage_launches_each_run_on_two_processes(setup, tmp_path, monkeypat
     a = load_policy(tmp_path/'one'/'step_000008', 'cpu').predict([frames(1)[0][0]], 'pick the block')
     b = load_policy(tmp_path/'two'/'step_000008', 'cpu').predict([frames(1)[0][0]], 'pick the block')
     np.testing.assert_allclose(a, b, atol=1e-3)
+    again = train_vlas({'a': kw(tmp_path/'one')}, processes=2)['a']  # the 1-process run, asked for on 2: adopted
+    assert again.get('reused') and again['history'] == one['history'], again.get('reused')
 
 SLOW = textwrap.dedent('''
     import sys, time
