@@ -121,6 +121,11 @@ def _convert(a) -> int:
     if len(skipped): print(skipped.to_markdown())
     return 0
 
+def _serve(a) -> int:
+    from emt.serve import serve_checkpoint
+    serve_checkpoint(a.checkpoint, a.host, a.port, a.max_batch, a.wait_ms, a.device)
+    return 0
+
 def _readme(a) -> int:
     print(f'wrote {write_readme()}')
     return 0
@@ -177,6 +182,13 @@ def parser() -> argparse.ArgumentParser:
     cv.add_argument('--action', default='action', help='lerobot-v2: the column the VLA learns as its action')
     cv.add_argument('--prompt', default=None, help='img2dataset: the question each caption answers')
     cv.set_defaults(fn=_convert)
+    sv = sub.add_parser('serve', help='serve a VLA checkpoint to simulators in their own environments (emt.policy_client)')
+    sv.add_argument('checkpoint', help='a VLA checkpoint directory, e.g. artifacts/vla/estimator/libero/seed0/step_002000')
+    sv.add_argument('--host', default='127.0.0.1'); sv.add_argument('--port', type=int, default=5555)
+    sv.add_argument('--max-batch', type=int, default=32, help='the most requests predicted together')
+    sv.add_argument('--wait-ms', type=float, default=5.0, help='how long a request waits for others to batch with')
+    sv.add_argument('--device', default=None, help='default: cuda if visible, else cpu')
+    sv.set_defaults(fn=_serve)
     sub.add_parser('readme', help='render nbs/index.ipynb into README.md').set_defaults(fn=_readme)
     dp = sub.add_parser('docs', help='build the offline docs site')
     dp.add_argument('--out', default=None); dp.set_defaults(fn=_docs)
