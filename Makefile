@@ -10,7 +10,7 @@ export PYOPENGL_PLATFORM ?= egl
 GPU ?= 0
 LOCK := $(if $(filter 1,$(GPU)),requirements-gpu.lock,requirements.lock)
 
-.PHONY: install lock repro test check-nbs docs browser clean-venv
+.PHONY: install lock repro test quick check-nbs docs browser clean-venv
 
 # A virtual environment with exactly the lock's packages, each file checked against the lock's hashes: pip, setuptools
 # and wheel first, so that the rest installs with the locked pip and the three that PyPI has only as source
@@ -81,7 +81,12 @@ browser:
 
 test: install check-nbs browser
 	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 nbdev-test --n-workers 2
-	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 EMT_REQUIRE_BROWSER=1 EMT_REQUIRE_INTEROP=1 python -m pytest -q
+	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 EMT_REQUIRE_BROWSER=1 EMT_REQUIRE_INTEROP=1 python -m pytest -q --durations=25
+
+# The inner loop: the notebooks' own tests and every test not marked slow, browser or interop (tests/conftest.py).
+quick: install
+	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 nbdev-test --n-workers 2
+	source $(BIN)/activate && HF_HUB_OFFLINE=1 EMT_PROGRESS=0 python -m pytest -q -m 'not slow and not browser and not interop' --durations=10
 
 docs: install
 	source $(BIN)/activate && emt docs
