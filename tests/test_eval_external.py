@@ -1,7 +1,7 @@
 """The CALVIN and SimplerEnv adapters against stand-ins laid out as the real packages are: a CALVIN checkout
 (`calvin_models/calvin_agent`, `calvin_models/conf`, `calvin_env`) whose `get_sequences` starts a process pool as
 CALVIN's does, run through `emt.eval.evaluate` with daemonic workers; SimplerEnv's rotation against scipy."""
-import json, multiprocessing as mp, sys, textwrap
+import json, multiprocessing as mp, os, sys, textwrap
 from functools import partial
 from pathlib import Path
 
@@ -79,7 +79,7 @@ def test_calvin_runs_in_daemonic_workers_with_chains_made_once(calvin, tmp_path)
     evaluate(adapter, partial(ConstantPolicy, [[0, 0, 0, 0, 0, 0, 1]]), tmp_path/'eval', trials=4, workers=2)
     rows = [json.loads(l) for l in (tmp_path/'eval/results.jsonl').read_text().splitlines()]
     assert len(rows) == 4 and all(r['success'] and r['completed'] == 5 for r in rows), rows
-    assert len({r['pid'] for r in rows}) == 2  # two daemonic workers ran them
+    assert os.getpid() not in {r['pid'] for r in rows}  # the daemonic workers ran them (whichever took each unit)
     proto = json.loads((tmp_path/'eval/protocol.json').read_text())
     assert len(proto['chains_digest']) == 16
 
