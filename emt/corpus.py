@@ -79,12 +79,18 @@ def build_corpus(p: Corpus, # the `corpus` section of params
     if 'libero' not in parts and 'libero' in old: manifest['libero'] = old['libero']
     with tempfile.TemporaryDirectory(prefix='emt-corpus-') as scratch:
         if 'vlm' in parts:
-            from emt.corpus_embodied import TaskScenes
+            from emt.corpus_embodied import Design, TaskScenes, check_disjoint_variations
+            E = p.embodied
+            design = Design(p.vla.camera, p.vla.image_size, E.vla_camera_share, E.balance, E.task_questions, E.free_spot,
+                            E.lookat_jitter)
+            if any(reg[n][0] == 'embodied' for n in names): check_disjoint_variations(p.seed)
             with TaskScenes(p.image_size, p.seed) as scenes:
                 for name in progress(names, 'VLM sources'):
                     t0, (group, gen) = time.time(), reg[name]
-                    kw = {'scenes': scenes} if group == 'embodied' else {}  # the embodied sources share one env per task
-                    samples = jpeg_images(gen(p.per_source, p.image_size, p.seed, **kw), p.jpeg_quality)
+                    # the embodied sources share one env per task
+                    kw = {'scenes': scenes, 'design': design} if group == 'embodied' else {}
+                    n = (E.per_source or p.per_source) if group == 'embodied' else p.per_source
+                    samples = jpeg_images(gen(n, p.image_size, p.seed, **kw), p.jpeg_quality)
                     manifest['sources'][name] = _store(samples, 'vlm', out/'vlm'/name, scratch, t0) | {'group': group}
         if 'vla' in parts:
             from emt.corpus_vla import generate_vla

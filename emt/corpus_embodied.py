@@ -7,7 +7,7 @@ Docs: https://emt-org.github.io/emt/corpus_embodied.html.md"""
 
 # %% ../nbs/03d_corpus_embodied.ipynb #acc42332
 from __future__ import annotations
-import json, math, os, warnings
+import json, math, os, re, warnings
 os.environ.setdefault('MUJOCO_GL', 'egl')  # offscreen rendering; set before mujoco is imported
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -20,11 +20,13 @@ from .core import EmtError, rng
 from . import sim
 
 # %% auto #0
-__all__ = ['GRIPPER', 'TASK_ENTITIES', 'NAMED_CAMERAS', 'Candidate', 'EMBODIED_SOURCES', 'Camera', 'project', 'fmt_point',
-           'fmt_box', 'parse_point', 'parse_box', 'Entity', 'rollout_frames', 'View', 'random_camera', 'render_view',
-           'Seen', 'see', 'task_state', 'Frame', 'TaskScenes', 'generate', 'ask_spatial_refer',
-           'ask_embodied_spatial_qa', 'ask_robot_frame_vqa', 'ask_affordance_point', 'spatial_refer',
-           'embodied_spatial_qa', 'robot_frame_vqa', 'affordance_point', 'draw_answer', 'contact_sheet']
+__all__ = ['GRIPPER', 'TASK_ENTITIES', 'NAMED_CAMERAS', 'Candidate', 'TASK_TARGETS', 'TASK_QUESTIONS', 'EMBODIED_SOURCES',
+           'Camera', 'project', 'fmt_point', 'fmt_box', 'parse_point', 'parse_box', 'Entity', 'rollout_frames', 'View',
+           'random_camera', 'render_view', 'Seen', 'see', 'task_state', 'Frame', 'TaskScenes', 'Design', 'answer_label',
+           'reletter', 'Balancer', 'generate', 'ask_spatial_refer', 'ask_embodied_spatial_qa', 'ask_robot_frame_vqa',
+           'ask_affordance_point', 'task_target', 'robot_direction', 'ask_task_refer', 'ask_task_sides',
+           'ask_task_direction', 'ask_task_reach', 'check_disjoint_variations', 'spatial_refer', 'embodied_spatial_qa',
+           'robot_frame_vqa', 'affordance_point', 'draw_answer', 'contact_sheet']
 
 # %% ../nbs/03d_corpus_embodied.ipynb #af0190ab
 @dataclass(frozen=True)
@@ -153,18 +155,20 @@ class View:
 def random_camera(r: np.random.Generator, # random source
                   lookat: np.ndarray, # world point to look at, for free cameras
                   named_p: float = 0.35, # probability of a named Meta-World camera
+                  jitter: float = 0.04, # sd (m) of the look-at point around `lookat`
                   ) -> str|dict:
     "A named camera, or a free camera dict (lookat, distance, azimuth, elevation) around `lookat`."
     if r.random() < named_p: return str(r.choice(NAMED_CAMERAS))
     az = r.uniform(35, 145) if r.random() < 0.8 else r.uniform(-145, -35)
-    return dict(lookat=[float(v) for v in np.asarray(lookat) + r.normal(0, 0.04, 3)], distance=float(r.uniform(0.7, 1.15)),
+    return dict(lookat=[float(v) for v in np.asarray(lookat) + r.normal(0, jitter, 3)], distance=float(r.uniform(0.7, 1.15)),
                 azimuth=float(az), elevation=float(r.uniform(-70, -30)))
 
 def render_view(env: sim.SimEnv, # the environment, in the state to render
                 camera: str|dict, # a named camera or a `random_camera` dict
+                renderer: mujoco.Renderer|None = None, # another size's renderer of `env` (default: `env.renderer`)
                 ) -> View:
     "Render `env` from `camera`: upright image, segmentation and the camera model."
-    m, d, renderer = env.model, env.data, env.renderer
+    m, d, renderer = env.model, env.data, renderer or env.renderer
     if isinstance(camera, str): cam, fovy = camera, float(m.cam_fovy[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, camera)])
     else:
         cam = mujoco.MjvCamera()
@@ -350,7 +354,7 @@ class TaskScenes:
     def __init__(self, size: int, # image side of the renderers
                  seed: int, # the MT1 seed whose variations the envs use
                  ):
-        self.size, self.seed, self._envs = size, seed, {}
+        self.size, self.seed, self._envs, self._renderers = size, seed, {}, {}
 
     def get(self, task: str) -> sim.SimEnv:
         "The env of `task`."
@@ -360,13 +364,87 @@ class TaskScenes:
             self._envs[task] = sim.make_env(task, seed=self.seed, size=self.size)
         return self._envs[task]
 
+    def renderer(self, task: str, size: int) -> mujoco.Renderer:
+        "A renderer of `task`'s env at another image side (the VLA camera's frames)."
+        env = self.get(task)
+        if size == self.size: return env.renderer
+        if (task, size) not in self._renderers:
+            if size > self.size: raise EmtError(f'frames of {size} px from scenes built for {self.size} px: build them at the larger size')
+            self._renderers[task, size] = mujoco.Renderer(env.model, size, size)
+        return self._renderers[task, size]
+
     def close(self):
         "Free every renderer and environment."
+        for rd in self._renderers.values(): rd.close()
         for env in self._envs.values(): env.close()
-        self._envs = {}
+        self._envs, self._renderers = {}, {}
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
+
+# %% ../nbs/03d_corpus_embodied.ipynb #25b98c10
+@dataclass(frozen=True)
+class Design:
+    "How the embodied sources render frames and keep questions; the defaults are the committed embedded corpus."
+    vla_camera: str = sim.DEFAULT_CAMERA # the VLA data's camera (`corpus.vla.camera`)
+    vla_size: int = 64 # the VLA data's image side (`corpus.vla.image_size`)
+    vla_camera_share: float = 0.0 # share of frames rendered from `vla_camera` at `vla_size`
+    balance: bool = False # answers balanced within each question kind
+    task_questions: bool = False # also ask the source's `TASK_QUESTIONS`
+    free_spot: bool = True # keep free-spot questions
+    lookat_jitter: float = 0.04 # sd (m) of a free camera's look-at point
+
+# %% ../nbs/03d_corpus_embodied.ipynb #ef5587d1
+_OPT = re.compile(r'^([A-D])\. (.+)$')
+
+def answer_label(answer: str) -> str|None:
+    "What balancing counts: an option's text, a one-word answer (lower case), or None (points, boxes, phrases)."
+    a = answer.strip()
+    if m := _OPT.match(a): return m.group(2).lower()
+    w = a.rstrip('.').lower()
+    return w if w and ' ' not in w and w[0].isalpha() else None
+
+def reletter(q: str, # a question with lettered options, one per line
+             a: str, # its answer, `X. option`
+             letter: str, # the letter the right option should get
+             ) -> tuple[str, str]:
+    "The question and answer with the right option moved to `letter` (swapped with the option there)."
+    lines, right = q.split('\n'), a[0]
+    at = {l[0]: i for i, l in enumerate(lines) if _OPT.match(l)}
+    if letter == right or letter not in at or right not in at: return q, a
+    i, j = at[right], at[letter]
+    lines[i], lines[j] = right + lines[j][1:], letter + lines[i][1:]
+    return '\n'.join(lines), letter + a[1:]
+
+# %% ../nbs/03d_corpus_embodied.ipynb #7a0c7145
+class Balancer:
+    "Counts of answer labels and option letters per question kind, for `Design.balance`."
+    def __init__(self): self.labels, self.letters, self.offered = {}, {}, {}
+
+    def eligible(self, cands: list[Candidate]) -> list[Candidate]:
+        "The candidates whose answer label is not over-represented in its kind."
+        for c in cands:
+            if (lab := answer_label(c[1])) is not None: self.offered.setdefault(c[2]['kind'], set()).add(lab)
+        def ok(c):
+            kind, lab = c[2]['kind'], answer_label(c[1])
+            if lab is None: return True
+            labs = self.offered[kind]
+            counts = [self.labels.get((kind, l), 0) for l in labs]
+            return self.labels.get((kind, lab), 0) < max(min(counts) + 2, 1.1 * sum(counts) / len(counts))
+        return [c for c in cands if ok(c)]
+
+    def take(self, cand: Candidate, r: np.random.Generator) -> Candidate:
+        "Count `cand` (re-lettered when it is an option question) and return it."
+        q, a, truth = cand
+        kind = truth['kind']
+        if _OPT.match(a):
+            letters = sorted(l[0] for l in q.split('\n') if _OPT.match(l))
+            least = min(self.letters.get((kind, l), 0) for l in letters)
+            pick = [l for l in letters if self.letters.get((kind, l), 0) == least]
+            q, a = reletter(q, a, pick[int(r.integers(len(pick)))])
+            self.letters[kind, a[0]] = self.letters.get((kind, a[0]), 0) + 1
+        if (lab := answer_label(a)) is not None: self.labels[kind, lab] = self.labels.get((kind, lab), 0) + 1
+        return q, a, truth
 
 # %% ../nbs/03d_corpus_embodied.ipynb #ec734018
 def generate(source: str, # the source name (ids, seeding)
@@ -379,6 +457,7 @@ def generate(source: str, # the source name (ids, seeding)
              frames_per_rollout: int = 5, # frames asked about per expert rollout
              max_step: int = 150, # frames are drawn from steps [0, max_step)
              max_share: float = 0.5, # at most this share of `n` samples of one question kind
+             design: Design|None = None, # how frames are rendered and questions kept (default: `Design()`)
              ) -> Iterator[dict]:
     "Yield `n` VLM samples of `source`, one question per rendered frame."
     tasks = tuple(tasks or TASK_ENTITIES)
@@ -386,7 +465,7 @@ def generate(source: str, # the source name (ids, seeding)
         raise EmtError(f'scenes were built for size={scenes.size}, seed={scenes.seed}, not size={size}, seed={seed}.')
     own = scenes is None
     scenes, r = scenes or TaskScenes(size, seed), rng(seed, source)
-    made, misses, counts = 0, 0, {}
+    made, misses, counts, D, bal = 0, 0, {}, design or Design(), Balancer()
     try:
         while made < n:
             task, ep = str(tasks[int(r.integers(len(tasks)))]), int(r.integers(sim.N_VARIATIONS))
@@ -396,15 +475,21 @@ def generate(source: str, # the source name (ids, seeding)
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 for step, obs in rollout_frames(senv, ep, steps):
-                    view = render_view(senv, random_camera(r, _lookat(env, task)))
+                    if D.vla_camera_share and r.random() < D.vla_camera_share:
+                        view = render_view(senv, D.vla_camera, scenes.renderer(task, D.vla_size))
+                    else: view = render_view(senv, random_camera(r, _lookat(env, task), jitter=D.lookat_jitter))
                     fr = Frame(task, ep, step, view, [see(env, obs, view, e) for e in (GRIPPER, *TASK_ENTITIES[task])],
                                task_state(env, obs, task), _visible_geoms(env.model, _body_ids(env.model, ('tablelink',))))
-                    cands = [c for c in ask(fr, r) if counts.get(c[2]['kind'], 0) < max(1, max_share * n)]
+                    cands = ask(fr, r) + (TASK_QUESTIONS[source](fr, r) if D.task_questions and source in TASK_QUESTIONS else [])
+                    cands = [c for c in cands if counts.get(c[2]['kind'], 0) < max(1, max_share * n)
+                             and (D.free_spot or c[2]['kind'] != 'free_spot')]
+                    if D.balance: cands = bal.eligible(cands)
                     if not cands:
                         misses += 1
                         if misses > 100 + 5 * n: raise EmtError(f'{source}: too few frames yield questions; check tasks {tasks}.')
                         continue
                     cand = _pick(cands, r, counts)
+                    if D.balance: cand = bal.take(cand, r)
                     counts[cand[2]['kind']] = counts.get(cand[2]['kind'], 0) + 1
                     yield _sample(source, made, seed, fr, cand)
                     made += 1
@@ -553,6 +638,107 @@ def ask_affordance_point(fr: Frame, r: np.random.Generator) -> list[Candidate]:
         out.append((f'Point to a free spot on the table where {what} could be placed.' + _POINT_HINT,
                     fmt_point(project(fr.view.camera, p[None])[0][0], S), dict(kind='free_spot', point=p.round(5).tolist())))
     return out
+
+# %% ../nbs/03d_corpus_embodied.ipynb #22d7f2fb
+TASK_TARGETS: dict[str, tuple[str, str|None]] = {  # task -> (entity, part or None for the entity itself)
+    'push-v3': ('red puck', None), 'pick-place-v3': ('red puck', None), 'door-open-v3': ('door', 'door handle'),
+    'drawer-open-v3': ('drawer', 'drawer handle'), 'drawer-close-v3': ('drawer', 'drawer handle'),
+    'button-press-topdown-v3': ('red button', 'red button'), 'peg-insert-side-v3': ('green peg', 'green peg'),
+    'window-open-v3': ('window', 'window handle'), 'window-close-v3': ('window', 'window handle')}
+
+def task_target(fr: Frame) -> tuple[str, np.ndarray, np.ndarray]|None:
+    "The thing `fr`'s robot must act on first: (name, world point, pixel), when it and the gripper are visible."
+    if fr.task not in TASK_TARGETS or not fr.visible(fr.seen[0]): return None
+    ent, part = TASK_TARGETS[fr.task]
+    s = fr.get(ent)
+    if not fr.visible(s): return None
+    if part is None: return ent, s.anchor, s.anchor_uv
+    return next(((k, p, uv) for k, _, p, uv in s.shown_parts() if k == part), None)
+
+_AXES = (('right', 'left'), ('forward', 'backward'), ('up', 'down'))
+
+def robot_direction(delta: np.ndarray, # target minus gripper, world metres (x right, y forward, z up)
+                    min_m: float = 0.04, dominance: float = 1.5,
+                    ) -> str|None:
+    "The one word for `delta` in the robot's frame, when one axis clearly dominates; else None."
+    a = np.abs(np.asarray(delta, float))
+    i = int(a.argmax())
+    if a[i] < min_m or a[i] < dominance * np.sort(a)[-2]: return None
+    return _AXES[i][0 if delta[i] > 0 else 1]
+
+# %% ../nbs/03d_corpus_embodied.ipynb #ac161417
+def _task(fr: Frame) -> str: return f"The robot's task: {sim.instruction(fr.task)}."
+
+def ask_task_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+    "spatial_refer: point to the thing the robot must act on."
+    if (t := task_target(fr)) is None: return []
+    name, p, uv = t
+    return [(f'{_task(fr)} Point to the {name} it must act on.' + _POINT_HINT, fmt_point(uv, fr.size),
+             dict(kind='task_target', target=name, point=np.round(p, 5).tolist()))]
+
+_SIDES = (('robot_side', 0, 'As the robot faces the table, is the {} to the left or to the right of the gripper?', ['left', 'right']),
+          ('robot_reach', 1, 'Is the {} farther from the robot than the gripper, or closer to it?', ['farther', 'closer']),
+          ('robot_height', 2, 'Is the {} above or below the gripper?', ['above', 'below']))
+
+def ask_task_sides(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+    "embodied_spatial_qa: where the target lies from the gripper along each robot axis, as two-option questions."
+    if (t := task_target(fr)) is None: return []
+    name, p, _ = t
+    d, out = p - np.asarray(fr.state['tcp']), []
+    for kind, axis, q, opts in _SIDES:
+        if abs(d[axis]) < 0.03: continue
+        right = (0 if d[axis] < 0 else 1) if axis == 0 else (0 if d[axis] > 0 else 1)
+        qq, a = _mc(f'{_task(fr)} {q.format(name)}', opts, right, r)
+        out.append((qq, a, dict(kind=kind, target=name, delta_m=np.round(d, 4).tolist())))
+    return out
+
+def ask_task_direction(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+    "robot_frame_vqa: which way the gripper must move to reach the target, in the robot's frame."
+    if (t := task_target(fr)) is None: return []
+    name, p, _ = t
+    d = p - np.asarray(fr.state['tcp'])
+    if (way := robot_direction(d)) is None: return []
+    return [(f'{_task(fr)} Which way should the gripper move to reach the {name}: left, right, forward, backward, up '
+             'or down? Left and right are as the robot faces the table.', way,
+             dict(kind='robot_direction', target=name, delta_m=np.round(d, 4).tolist()))]
+
+def ask_task_reach(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+    "affordance_point: where the gripper should go first."
+    if (t := task_target(fr)) is None: return []
+    name, p, uv = t
+    return [(f'{_task(fr)} Point to where the gripper should go first.' + _POINT_HINT, fmt_point(uv, fr.size),
+             dict(kind='task_reach', target=name, point=np.round(p, 5).tolist()))]
+
+TASK_QUESTIONS: dict[str, Callable[[Frame, np.random.Generator], list[Candidate]]] = dict(
+    spatial_refer=ask_task_refer, embodied_spatial_qa=ask_task_sides,
+    robot_frame_vqa=ask_task_direction, affordance_point=ask_task_reach)
+
+# %% ../nbs/03d_corpus_embodied.ipynb #f12dd211
+def _placements(task: str, seed: int) -> np.ndarray:
+    import pickle
+    return np.array([pickle.loads(sim.task_variation(task, seed, v).data)['rand_vec'] for v in range(sim.N_VARIATIONS)])
+
+def check_disjoint_variations(seed: int, # the corpus seed (the embodied frames' MT1 seed)
+                              tasks: tuple[str, ...]|None = None, # tasks to check (default: all of TASK_ENTITIES)
+                              draws: int = 1, # blocks of 50 variations of the VLA data and of the evaluation checked
+                              eval_seed: int|None = None, # the evaluation's seed (default: `seed`)
+                              ) -> int:
+    "Raise unless no embodied placement equals a VLA or evaluation one; return the placements compared."
+    from emt.corpus_vla import variation_seed
+    from emt.metaworld import metaworld_eval_seed
+    n = 0
+    for task in tasks or tuple(TASK_ENTITIES):
+        mine = _placements(task, seed)
+        for d in range(draws):
+            for what, s in (('VLA data', variation_seed(seed, task, d)), ('evaluation', metaworld_eval_seed(
+                    seed if eval_seed is None else eval_seed, task, d))):
+                theirs = _placements(task, s)
+                close = np.abs(mine[:, None] - theirs[None]).max(-1) < 1e-6
+                if s == seed or close.any():
+                    raise EmtError(f'{task}: embodied frames of seed {seed} share placements with the {what} '
+                                   f'(MT1 seed {s}); use another corpus seed')
+                n += close.size
+    return n
 
 # %% ../nbs/03d_corpus_embodied.ipynb #a12edad0
 def spatial_refer(n: int, # samples
