@@ -230,6 +230,12 @@ class Job:
     video: str|None = None # where to write its video (None: no video)
 
 # %% ../nbs/13_eval.ipynb #8d489549
+def _record(job: Job, ep: dict) -> dict:
+    "The result record of `job`'s episode `ep`, its video written first when the job asks for one."
+    frames = ep.pop('frames', None)
+    if job.video: write_video(frames, job.video); ep['video'] = str(Path(job.video).relative_to(Path(job.video).parents[2]))
+    return {'task': job.task, 'trial': job.trial, 'seed': job.seed, 'pid': os.getpid(), **ep}
+
 class _Runner:
     "Runs jobs in one process: one env per task (kept while jobs of that task come), one policy."
     def __init__(self, adapter, policy_factory, replan_every):
@@ -238,10 +244,8 @@ class _Runner:
     def __call__(self, job: Job) -> dict:
         if job.task != self.task:
             self.close(); self.env, self.task = self.adapter.make_env(job.task), job.task
-        ep = run_episode(self.env, self.policy, job.trial, job.seed, self.replan_every, record=job.video is not None)
-        frames = ep.pop('frames', None)
-        if job.video: write_video(frames, job.video); ep['video'] = str(Path(job.video).relative_to(Path(job.video).parents[2]))
-        return {'task': job.task, 'trial': job.trial, 'seed': job.seed, 'pid': os.getpid(), **ep}
+        return _record(job, run_episode(self.env, self.policy, job.trial, job.seed, self.replan_every,
+                                        record=job.video is not None))
 
     def close(self):
         if self.env is not None: self.env.close(); self.env = None
@@ -374,9 +378,7 @@ def _run_batched(adapter, policy, jobs: list[Job], replan_every, envs: int):
         raise EmtError(f'{type(policy).__name__} cannot be stepped in a batch: it needs predict_batch and no per-episode reset')
     def finish(job, env, ep):
         spare.setdefault(job.task, []).append(env)
-        frames = ep.pop('frames', None)
-        if job.video: write_video(frames, job.video); ep['video'] = str(Path(job.video).relative_to(Path(job.video).parents[2]))
-        return {'task': job.task, 'trial': job.trial, 'seed': job.seed, 'pid': os.getpid(), **ep}
+        return _record(job, ep)
     try:
         while todo or live:
             while todo and len(live) < envs:

@@ -6,14 +6,14 @@ Docs: https://emt-org.github.io/emt/launch.html.md"""
 
 # %% ../nbs/05a_launch.ipynb #dfc71dd4
 from __future__ import annotations
-import importlib, os, pickle, socket, subprocess, sys
+import importlib, os, pickle, queue, socket, subprocess, sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
-from .core import EmtError, atomic_path, root
+from .core import EmtError, atomic_path, progress, root
 
 # %% auto #0
-__all__ = ['free_port', 'launch_command', 'launched', 'main']
+__all__ = ['free_port', 'launch_command', 'launched', 'visible_gpus', 'gpu_slots', 'whoami', 'run_pool', 'launch_pool', 'main']
 
 # %% ../nbs/05a_launch.ipynb #ea2723a7
 def free_port() -> int:
@@ -36,18 +36,23 @@ def launched(fn: str, # 'module:function' of emt: a training function whose repo
              kwargs: dict[str, Any], # its keyword arguments (picklable: paths, datasets, recipes)
              processes: int, # processes (one per GPU; on a CPU machine, gloo processes sharing the cores)
              work: str | os.PathLike, # a folder of the run, for the arguments and the report while it runs
+             devices: Sequence[str] | None = None, # the GPUs of this launch (`gpu_slots`; None: every visible one)
+             threads: int | None = None, # CPU threads per process (None: the cores / processes)
              ) -> dict:
     "Run `fn(**kwargs)` under `accelerate launch` with `processes` processes and return the main process's report."
     import torch
-    if torch.cuda.is_available() and processes > torch.cuda.device_count():
-        raise EmtError(f'processes: {processes} in params, but torch sees {torch.cuda.device_count()} GPU(s): set '
+    have = len(devices) if devices else torch.cuda.device_count()
+    if torch.cuda.is_available() and processes > have:
+        raise EmtError(f'processes: {processes} in params, but this launch has {have} GPU(s): set '
                        'processes to the number of GPUs (CUDA_VISIBLE_DEVICES limits what torch sees).')
     work = Path(work); work.mkdir(parents=True, exist_ok=True)
     spec, result = work/'launch-kwargs.pkl', work/'launch-report.pkl'
     result.unlink(missing_ok=True)
     spec.write_bytes(pickle.dumps(kwargs))
     env = {**os.environ, 'EMT_ROOT': str(root())}
-    if 'OMP_NUM_THREADS' not in env: env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // processes))
+    if devices: env['CUDA_VISIBLE_DEVICES'] = ','.join(devices)
+    if threads: env['OMP_NUM_THREADS'] = str(threads)
+    elif 'OMP_NUM_THREADS' not in env: env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // processes))
     rc = subprocess.run(launch_command(fn, spec, result, processes, free_port()), cwd=root(), env=env).returncode
     spec.unlink(missing_ok=True)
     if rc or not result.is_file():
@@ -55,6 +60,85 @@ def launched(fn: str, # 'module:function' of emt: a training function whose repo
                        'above. Run the stage again to resume from the last checkpoint.')
     report = pickle.loads(result.read_bytes()); result.unlink()
     return report
+
+# %% ../nbs/05a_launch.ipynb #b7263258
+def visible_gpus() -> list[str]:
+    "The GPUs this process may use, named as CUDA_VISIBLE_DEVICES names them (torch's count when it is unset)."
+    env = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if env is not None: return [d.strip() for d in env.split(',') if d.strip() and d.strip() != '-1']
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+def gpu_slots(devices: Sequence[str], # the GPUs to share out (`visible_gpus()`)
+              jobs: int, # runs at once
+              per_job: int | None = None, # GPUs per run (None: an equal share of `devices`)
+              ) -> list[list[str]]:
+    "`jobs` disjoint groups of `per_job` GPUs (the rest idle); `jobs` empty groups on a machine without GPUs."
+    if jobs < 1: raise EmtError(f'jobs must be at least 1, not {jobs}')
+    if not devices: return [[] for _ in range(jobs)]
+    per_job = per_job or len(devices) // jobs
+    if per_job < 1 or jobs * per_job > len(devices):
+        raise EmtError(f'{jobs} runs at once x {per_job or 1} GPU(s) each need {jobs * max(per_job, 1)} GPUs, and '
+                       f'{len(devices)} are visible ({",".join(devices)}): run fewer at once (vla.jobs) or on fewer '
+                       'processes each (processes).')
+    return [list(devices[i * per_job:(i + 1) * per_job]) for i in range(jobs)]
+
+# %% ../nbs/05a_launch.ipynb #a81d38b7
+def whoami() -> dict:
+    "This process's id and the GPUs it sees (CUDA_VISIBLE_DEVICES): where a pool process runs."
+    return {'pid': os.getpid(), 'gpus': os.environ.get('CUDA_VISIBLE_DEVICES')}
+
+def _take_slot(slots, threads: int) -> None:
+    slot = slots.get()
+    if slot: os.environ['CUDA_VISIBLE_DEVICES'] = ','.join(slot)
+    import torch
+    torch.set_num_threads(threads)
+
+def run_pool(fn: Callable[..., Any], # a module-level function (spawned processes import it)
+             calls: dict[str, dict], # run name -> keyword arguments of `fn`
+             jobs: int, # processes at once
+             devices: Sequence[str] | None = None, # GPUs to share out (None: `visible_gpus()`), one group per process
+             desc: str = 'runs', # progress bar label
+             ) -> dict[str, Any]:
+    "`fn(**kwargs)` of every call, `jobs` at a time, each process on its own GPUs; results in the order of `calls`."
+    import multiprocessing as mp, torch
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from emt.launch import _take_slot  # the package's, which a spawned process can import (not a notebook's)
+    ctx = mp.get_context('spawn')
+    slots = ctx.Queue()
+    for s in gpu_slots(visible_gpus() if devices is None else list(devices), jobs): slots.put(s)
+    threads, out = max(1, torch.get_num_threads() // jobs), {}
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_take_slot, initargs=(slots, threads)) as ex:
+        futs = {ex.submit(fn, **kw): name for name, kw in calls.items()}
+        try:
+            for f in progress(as_completed(futs), desc, total=len(futs)): out[futs[f]] = f.result()
+        except BaseException:  # a failed run (or Ctrl-C) stops the others now, not when they finish
+            for p in list(getattr(ex, '_processes', {}).values()): p.terminate()
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+    return {name: out[name] for name in calls}
+
+# %% ../nbs/05a_launch.ipynb #923fb192
+def launch_pool(fn: str, # 'module:function' of emt
+                calls: dict[str, dict], # run name -> keyword arguments
+                processes: int, # processes (GPUs) per run
+                jobs: int, # launches at once
+                work: str | os.PathLike, # runs' folders go under it
+                devices: Sequence[str] | None = None, # GPUs to share out (None: `visible_gpus()`)
+                ) -> dict[str, dict]:
+    "`launched(fn, kwargs, processes)` of every call, `jobs` at a time, each on its own `processes` GPUs; reports in order."
+    from concurrent.futures import ThreadPoolExecutor
+    groups = gpu_slots(visible_gpus() if devices is None else list(devices), jobs, processes)
+    free: queue.Queue = queue.Queue()
+    for g in groups: free.put(g)
+    threads = max(1, (os.cpu_count() or 1) // (processes * jobs))
+    def one(name: str) -> dict:
+        g = free.get()
+        try: return launched(fn, calls[name], processes, Path(work)/name.replace('/', '-'), devices=g or None, threads=threads)
+        finally: free.put(g)
+    with ThreadPoolExecutor(jobs) as ex:
+        futs = {name: ex.submit(one, name) for name in calls}
+        return {name: f.result() for name, f in progress(list(futs.items()), f'{fn} runs')}
 
 # %% ../nbs/05a_launch.ipynb #d33cf6ff
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,7 @@ Docs: https://emt-org.github.io/emt/llamafactory.html.md"""
 
 # %% ../nbs/11c_llamafactory.ipynb #c0b1dd1d
 from __future__ import annotations
-import os, shlex, shutil, subprocess
+import json, os, shlex, shutil, subprocess, time
 from pathlib import Path
 
 import yaml
@@ -17,7 +17,7 @@ from .params import Recipe
 
 # %% auto #0
 __all__ = ['LF_TEMPLATES', 'CHECKPOINT_FILES', 'lf_template', 'lf_config', 'write_lf_run', 'lf_command', 'run_lf',
-           'adopt_lf_checkpoint']
+           'adopt_lf_checkpoint', 'lf_report', 'midtrain_lf']
 
 # %% ../nbs/11c_llamafactory.ipynb #36571746
 LF_TEMPLATES = {'internvl': 'intern_vl', 'qwen3_vl': 'qwen3_vl', 'qwen2_5_vl': 'qwen2_vl'}  # emt arch -> LLaMA-Factory's chat template
@@ -108,3 +108,33 @@ def adopt_lf_checkpoint(output_dir: str|os.PathLike, # LLaMA-Factory's output fo
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns('checkpoint-*', 'runs', '*.log', 'trainer_log.jsonl'))
     shutil.rmtree(dest, ignore_errors=True); tmp.rename(dest)
     return dest
+
+# %% ../nbs/11c_llamafactory.ipynb #dc2ac5eb
+def lf_report(output_dir: str|os.PathLike, # LLaMA-Factory's output folder (its trainer_log.jsonl)
+              recipe: Recipe, processes: int, seconds: float,
+              ) -> dict:
+    "The midtrain stage's report of a LLaMA-Factory run: the loss curve from its trainer log, steps, time."
+    log = Path(output_dir)/'trainer_log.jsonl'
+    rows = [json.loads(l) for l in log.read_text().splitlines() if l.strip()] if log.is_file() else []
+    hist = [{'step': int(r['current_steps']), 'loss': float(r['loss'])} for r in rows if 'loss' in r and 'current_steps' in r]
+    if not hist: raise EmtError(f'{log} has no loss rows: did LLaMA-Factory train (it logs the loss every logging_steps)?')
+    return {'history': hist, 'steps': max(h['step'] for h in hist), 'first_loss': hist[0]['loss'], 'final_loss': hist[-1]['loss'],
+            'seconds': round(seconds, 1), 'tokens_per_s': None, 'params': None, 'processes': processes,
+            'accumulation': recipe.global_batch // (recipe.micro_batch * processes), 'mixed_precision': recipe.precision,
+            'skipped': 0, 'resumed_from': 0, 'engine': 'llamafactory'}
+
+def midtrain_lf(mixture, # the mixture (a `Dataset` of emt samples)
+                recipe: Recipe, base: str|os.PathLike, arch: str, # the recipe, the base VLM and its architecture
+                out: str|os.PathLike, # where the mid-trained VLM goes
+                work: str|os.PathLike, # the run's data, config, log and LLaMA-Factory's output (removed when adopted)
+                seed: int = 0, processes: int = 1, prefix: str = '', deepspeed: str|None = None,
+                ) -> dict:
+    "Mid-train `base` on `mixture` with LLaMA-Factory and adopt the result at `out`; the stage's report."
+    t0 = time.time()
+    config = write_lf_run(mixture, recipe, str(base), arch, work, seed=seed, processes=processes, deepspeed=deepspeed)
+    output = run_lf(config, prefix, processes)
+    report = lf_report(output, recipe, processes, time.time() - t0)
+    dest = adopt_lf_checkpoint(output, out)
+    shutil.copy(Path(config).with_name('llamafactory.log'), dest/'llamafactory.log')  # kept beside the model
+    shutil.rmtree(work, ignore_errors=True)
+    return report

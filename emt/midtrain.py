@@ -71,6 +71,11 @@ def midtrain_one(P: Params, # validated params (`midtrain.recipe`, `seed`)
                  num_workers: int = 1, # DataLoader workers encoding batches
                  ) -> dict:
     "Mid-train the base VLM on one mixture and store it as a plain HF checkpoint; the run's report."
+    if P.midtrain.engine == 'llamafactory':  # the paper's engine, in its own environment (`emt.llamafactory`)
+        from emt.llamafactory import midtrain_lf
+        E = P.midtrain.llamafactory
+        return midtrain_lf(mixture, P.midtrain.recipe, base, P.base_vlm.arch, out, work, P.seed, P.processes,
+                           E.command_prefix, E.deepspeed)
     if P.processes > 1:  # one process per GPU, under `accelerate launch`; the engine saves the model
         rep = launched('emt.sft:train_sft', dict(model=str(base), datasets=mixture, recipe=P.midtrain.recipe,
                                                  out_dir=str(work), seed=P.seed, on_error=P.data.on_error,

@@ -20,10 +20,10 @@ from .core import ARTIFACTS, EmtError, rpath, write_text
 # %% auto #0
 __all__ = ['GRIPPERS', 'BENCHMARK_GRIPPER', 'VLA_TASKS_MT10', 'KCount', 'KFraction', 'SCORERS', 'Method', 'Section', 'Recipe',
            'GripperConvention', 'Source', 'CorpusVLA', 'CorpusLibero', 'CorpusEmbodied', 'Corpus', 'Data', 'BaseVLM',
-           'Features', 'Gap', 'Estimator', 'Ppl', 'scores_file', 'Select', 'Midtrain', 'Ability', 'VLA', 'Benchmark',
-           'Eval', 'Report', 'Params', 'ParamsError', 'parse_params', 'load_params', 'hub_offline', 'source_groups',
-           'init_label', 'pool_and_vla', 'run_name', 'parse_run', 'override', 'profiles', 'use_profile',
-           'example_params', 'check_gpu']
+           'Features', 'Gap', 'Estimator', 'Ppl', 'scores_file', 'Select', 'LlamaFactoryEngine', 'Midtrain', 'Ability',
+           'VLA', 'Benchmark', 'Eval', 'Report', 'Params', 'ParamsError', 'parse_params', 'load_params', 'hub_offline',
+           'source_groups', 'init_label', 'pool_and_vla', 'run_name', 'parse_run', 'override', 'profiles',
+           'use_profile', 'example_params', 'check_gpu']
 
 # %% ../nbs/01_params.ipynb #e384ef69
 class Section(BaseModel):
@@ -258,10 +258,17 @@ class Select(Section):
     writers: list[Literal['hf', 'llava', 'sharegpt']] = Field(default_factory=lambda: ['hf'])
 
 # %% ../nbs/01_params.ipynb #6471e9a7
+class LlamaFactoryEngine(Section):
+    "LLaMA-Factory as the mid-training engine (`emt.llamafactory`), run in its own environment."
+    command_prefix: str = '' # runs `llamafactory-cli` there, e.g. 'conda run -n llamafactory' ('': on PATH)
+    deepspeed: str | None = None # a DeepSpeed config for the launch, e.g. LLaMA-Factory's ds_z2_config.json
+
 class Midtrain(Section):
     "midtrain stage: SFT of the base VLM on each selected mixture."
     methods: list[str] = Field(min_length=1) # selection methods whose mixtures are mid-trained
     recipe: Recipe
+    engine: Literal['emt', 'llamafactory'] = 'emt' # who trains: emt's engine, or LLaMA-Factory's CLI (the paper's)
+    llamafactory: LlamaFactoryEngine = LlamaFactoryEngine() # engine: llamafactory
 
 # %% ../nbs/01_params.ipynb #b3f23ee4
 class Ability(Section):
@@ -284,8 +291,10 @@ class VLA(Section):
     heldout_max: int = Field(default=512, gt=0) # held-out frames evaluated at most (a fixed seeded subset)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1) # a VLA per seed (head init, data order);
                                                                         # the held-out split stays the project seed's
-    jobs: int = Field(default=1, gt=0) # VLA runs trained at once in one CPU process each, on cores/jobs threads
-                                       # (a grid of small runs on a many-core CPU; 1 under `accelerate launch`)
+    jobs: int = Field(default=1, gt=0) # VLA runs trained at once, each on its own GPU(s) (`launch.gpu_slots`), or
+                                       # on a CPU in a process of its own on cores/jobs threads (1 under `accelerate launch`)
+    processes: int | None = Field(default=None, gt=0) # processes (GPUs) per VLA run (None: the top-level `processes`);
+                                                      # jobs x processes GPUs are busy at once
     recipe: Recipe
 
     @field_validator('seeds')

@@ -22,7 +22,7 @@ from .backbones import ARCHS, check_prompt_fits, load_processor, load_vlm, n_par
 from .core import (ARTIFACTS, DataError, EmtError, progress, project_relative, rng, rpath, save_figure, save_table,
                       seed_everything, write_json)
 from .data import load_dataset_dir
-from .launch import launched
+from .launch import launch_pool, run_pool
 from .params import Params, Recipe, Source, check_gpu, init_label, load_params, override, parse_run, run_name
 from .policy import (VLA, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla,
                         tiny_backbone)
@@ -571,34 +571,17 @@ def frame_episodes(datasets: dict[str, Dataset], # VLA sources by name
         out.update({i: f'{name}/{e}' for i, e in zip(cols['id'], cols['episode_index'])})
     return out
 
-def _train_in_child(threads: int, kwargs: dict) -> dict:
-    torch.set_num_threads(threads)
-    return train_vla(**kwargs)
-
 def train_vlas(calls: dict[str, dict], # run name -> `train_vla` keyword arguments
-               jobs: int = 1, # runs at once, each in a process of its own on cores/jobs threads (1: in this process)
-               processes: int = 1, # above 1: each run under `accelerate launch` on this many processes, one run at a time
+               jobs: int = 1, # runs at once: each on its own GPU(s), or its share of the cores (1: in this process)
+               processes: int = 1, # above 1: each run under `accelerate launch` on this many processes (GPUs)
                ) -> dict[str, dict]:
     "Train VLA runs, `jobs` at a time; their reports by run name, in the order of `calls`. A failed run stops the others."
+    jobs = min(jobs, len(calls))
     if processes > 1:
-        return {name: launched('emt.vla:train_vla', kw, processes, rpath('.emt/launch')/name.replace('/', '-'))
-                for name, kw in progress(list(calls.items()), 'vla runs')}
-    if jobs <= 1 or len(calls) <= 1:
-        return {name: train_vla(**kw) for name, kw in progress(list(calls.items()), 'vla runs')}
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from emt.vla import _train_in_child  # the package's, which a spawned process can import (not a notebook's)
-    threads = max(1, torch.get_num_threads() // jobs)
-    out = {}
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn')) as ex:
-        futs = {ex.submit(_train_in_child, threads, kw): name for name, kw in calls.items()}
-        try:
-            for f in progress(as_completed(futs), 'vla runs', total=len(futs)): out[futs[f]] = f.result()
-        except BaseException:  # a failed run (or Ctrl-C) stops the others now, not when they finish
-            for p in list(getattr(ex, '_processes', {}).values()): p.terminate()
-            ex.shutdown(wait=False, cancel_futures=True)
-            raise
-    return {name: out[name] for name in calls}
+        return launch_pool('emt.vla:train_vla', calls, processes, jobs, rpath('.emt/launch'))
+    if jobs <= 1: return {name: train_vla(**kw) for name, kw in progress(list(calls.items()), 'vla runs')}
+    from emt.vla import train_vla as fn  # the package's, which a spawned process can import (not a notebook's)
+    return run_pool(fn, calls, jobs, desc='vla runs')
 
 def run_vla(P: Params, # validated params
             inits: Sequence[str] | None = None, # initialisations to train (None: 'base' and every midtrain method, and
@@ -636,7 +619,7 @@ def run_vla(P: Params, # validated params
                                                 heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max,
                                                 num_workers=workers, gripper=grip)
              for init, path, bench, ds, cfg, grip, rec, seed in runs}
-    reports = train_vlas(calls, jobs, P.processes)
+    reports = train_vlas(calls, jobs, P.vla.processes or P.processes)
     summary = {}
     for init, path, bench, ds, cfg, grip, _, seed in runs:
         name = run_name(init, bench, seed)

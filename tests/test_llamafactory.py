@@ -87,3 +87,41 @@ def test_llamafactorys_own_parser_takes_the_config(tmp_path):
                        env={**os.environ, 'DISABLE_VERSION_CHECK': '1', 'HF_HUB_OFFLINE': '1'})
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [10, 4, 512, 'intern_vl', 'full']
+
+
+STAGE_STAND_IN = STAND_IN.split("(out/'trainer_log.jsonl')")[0] + textwrap.dedent('''\
+    (out/'trainer_log.jsonl').write_text(''.join(json.dumps({{'current_steps': s, 'loss': 2.0 / s}}) + '\\n'
+                                                 for s in range(1, cfg['max_steps'] + 1)))
+    print('prefix:', os.environ.get('STAND_IN_PREFIX'))
+    assert 'emt' not in sys.modules
+''')
+
+
+def test_the_midtrain_stage_on_llamafactory(tmp_project, monkeypatch):
+    "midtrain.engine: llamafactory: the stage writes each run, launches the CLI under the prefix, adopts the VLM and reads its log."
+    from emt.midtrain import _toy_project, run_midtrain
+    from emt.params import load_params, override
+    assert 'current_steps' in STAGE_STAND_IN
+    P = _toy_project(tmp_project, load_params(REPO/'params.yaml'))
+    P = override(P, 'midtrain', engine='llamafactory', llamafactory={'command_prefix': 'env STAND_IN_PREFIX=used'})
+    bin_dir = tmp_project/'bin'; bin_dir.mkdir()
+    (bin_dir/'llamafactory-cli').write_text(STAGE_STAND_IN.format(python=sys.executable)); (bin_dir/'llamafactory-cli').chmod(0o755)
+    monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+    m = run_midtrain(P)
+    base, _ = load_vlm(tmp_project/'artifacts/base_vlm')
+    for method in ('estimator', 'random'):
+        d = tmp_project/'artifacts/midtrain'/method
+        assert 'prefix: used' in (d/'llamafactory.log').read_text()
+        model, _ = load_vlm(d)
+        assert any((p - q).abs().max() > 0 for p, q in zip(model.parameters(), base.parameters()))
+        rep = m['methods'][method]
+        assert rep['steps'] == P.midtrain.recipe.steps and rep['first_loss'] == 2.0 and rep['final_loss'] == 0.5
+    assert not (tmp_project/'artifacts/midtrain_train').exists()
+    rows = (tmp_project/'metrics/midtrain_loss.csv').read_text().splitlines()
+    assert len(rows) == 1 + 2 * P.midtrain.recipe.steps
+
+
+def test_a_run_without_a_loss_log_is_an_error(tmp_path):
+    from emt.llamafactory import lf_report
+    (tmp_path/'trainer_log.jsonl').write_text('{"current_steps": 1}\n')
+    with pytest.raises(EmtError, match='no loss rows'): lf_report(tmp_path, RECIPE, 1, 1.0)

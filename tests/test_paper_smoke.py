@@ -82,6 +82,7 @@ def paper_project(d: Path) -> tuple[Path, dict]:
     raw['offline'] = True
     raw['require_gpu'] = False  # the paper's code paths on a CPU
     raw['processes'] = 1  # in the stage's own process (the rehearsal launches two processes under dvc repro)
+    raw['vla'].update(jobs=1, processes=None)  # the VLAs too, one after another (the rehearsal runs two at once)
     raw['base_vlm'].update(model=str(ck['qwen3_vl']), arch='qwen3_vl')  # mid-trained, fine-tuned: Qwen3-VL ...
     raw['features']['model'] = str(ck['internvl'])   # ... on the mixture selected in InternVL's feature space
     raw['features'].update(batch_size=8, shard_size=8, num_workers=0)
