@@ -472,9 +472,14 @@ def run_features(params: Params, # validated params
                  answers: bool | None = None, # embed VLM samples with their answers (None: `features.answers`)
                  num_workers: int | None = None, # DataLoader workers per process (None: `features.num_workers`)
                  ) -> dict:
-    "Compute (or resume) the features of every source; write the manifests and metrics/features.json."
+    """Compute (or resume) the features of every source; write the manifests and metrics/features.json. With
+    `processes` above 1 in params, called in one process, it launches itself on that many (one per GPU)."""
     check_gpu(params, 'features')
     f, t0, state = params.features, time.time(), _distributed()
+    if params.processes > 1 and state.num_processes == 1:  # the stage's kernel: the shards split over the GPUs
+        from emt.launch import launched
+        return launched('emt.features:run_features', dict(params=params, model=model, data=data, out=out, answers=answers,
+                                                          num_workers=num_workers), params.processes, rpath('.emt/launch/features'))
     answers = f.answers if answers is None else answers
     num_workers = f.num_workers if num_workers is None else num_workers
     model = model or f.model or ARTIFACTS['base_vlm']

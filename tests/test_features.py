@@ -139,6 +139,21 @@ def test_two_processes_write_the_features_of_one(in_project, tmp_path):
     assert one['total']['samples'] == 17
 
 
+def test_the_stage_launches_itself_on_its_processes(in_project):
+    "processes: 2 in params: the stage's own call (one process, as papermill runs it) launches itself on two."
+    one = run_features(load_params(), out='artifacts/one', num_workers=0)
+    P = load_params().model_copy(update={'processes': 2})
+    two = run_features(P, out='artifacts/staged', num_workers=0)
+    assert two['total']['computed_samples'] == 17
+    assert 0 < sum(s['computed_shards_main_process'] for s in two['sources'].values()) < 5  # split over two processes
+    for source in SOURCES:
+        ids1, x1 = load_features(source, root='artifacts/one')
+        ids2, x2 = load_features(source, root='artifacts/staged')
+        assert ids1 == ids2
+        np.testing.assert_allclose(np.asarray(x1, np.float32), np.asarray(x2, np.float32), atol=2e-3)
+    assert one['total']['samples'] == 17
+
+
 def test_features_in_dataset_order_with_dim(in_project):
     m = run_features(load_params(), out='artifacts/order', num_workers=0)
     ids, x = load_features('pics', root='artifacts/order')
