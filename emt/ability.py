@@ -17,11 +17,12 @@ from .backbones import encode_prompt, load_vlm
 from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_table, write_json
 from .data import load_dataset_dir, open_image
 from .ingest import HELDOUT
+from .launch import run_pool, visible_gpus
 from .params import Params, Source, check_gpu, load_params
 
 # %% auto #0
 __all__ = ['UNGRADABLE', 'answer_kind', 'score_answer', 'prior', 'interval', 'first_turn', 'gradable', 'heldout_questions',
-           'answer_questions', 'run_ability']
+           'answer_questions', 'vlm_answers', 'run_ability']
 
 # %% ../nbs/11a_ability.ipynb #d50c4dd9
 _NUM = r'-?\d+(?:\.\d+)?'
@@ -144,10 +145,20 @@ def answer_questions(model, processor, # a VLM and its processor
         out += processor.tokenizer.batch_decode(gen[:, b['input_ids'].shape[1]:], skip_special_tokens=True)
     return [o.strip() for o in out]
 
+def vlm_answers(path: str|Path, # a VLM checkpoint
+                qs: dict[str, list[dict]], # source -> held-out questions
+                max_new_tokens: int = 32,
+                ) -> dict[str, list[str]]:
+    "source -> the VLM's answers, on the GPU this process sees (or the CPU)."
+    model, proc = load_vlm(path, dtype=torch.float32)
+    model.to('cuda' if torch.cuda.is_available() else 'cpu')
+    return {src: answer_questions(model, proc, rows, max_new_tokens) for src, rows in qs.items()}
+
 # %% ../nbs/11a_ability.ipynb #378bc8b8
 def run_ability(P: Params, # validated params (`ability` section)
                 base: str = ARTIFACTS['base_vlm'], # the base VLM
                 midtrain: str = ARTIFACTS['midtrain'], # the mid-trained VLMs, one folder per method
+                jobs: int | None = None, # VLMs answering at once, each in a process on its own GPU (None: one per visible GPU)
                 ) -> dict:
     "The ability stage: held-out questions of every VLM source, answered by every VLM and scored; table and metrics."
     check_gpu(P, 'ability')
@@ -159,16 +170,14 @@ def run_ability(P: Params, # validated params (`ability` section)
     qs, none, ungradable = heldout_questions(P, A.per_source)
     if not qs: raise EmtError('no VLM source has held-out rows: ability.per_source is 0, or every source has one row')
     group = {s.name: s.group for s in P.data.vlm_sources}
-    scores, answers = {}, {}
-    for name, path in progress(vlms.items(), 'ability'):
-        model, proc = load_vlm(path, dtype=torch.float32)
-        model.to('cuda' if torch.cuda.is_available() else 'cpu')
-        scores[name], answers[name] = {}, {}
-        for src, rows in qs.items():
-            pred = answer_questions(model, proc, rows, A.max_new_tokens)
-            answers[name][src] = pred
-            scores[name][src] = [score_answer(p, first_turn(r)[1]) for p, r in zip(pred, rows)]
-        del model
+    jobs = min(len(vlms), jobs or max(1, len(visible_gpus())))
+    calls = {n: dict(path=p, qs=qs, max_new_tokens=A.max_new_tokens) for n, p in vlms.items()}
+    if jobs > 1:
+        from emt.ability import vlm_answers as fn  # the package's, which a spawned process can import
+        answers = run_pool(fn, calls, jobs, desc='ability')
+    else: answers = {n: vlm_answers(**kw) for n, kw in progress(calls.items(), 'ability')}
+    scores = {n: {src: [score_answer(p, first_turn(r)[1]) for p, r in zip(answers[n][src], rows)] for src, rows in qs.items()}
+              for n in vlms}
     priors = {s: prior([first_turn(r)[1] for r in rows]) for s, rows in qs.items()}
     units = {s: [s] for s in qs} | {f'{g} (mean of sources)': [s for s in qs if group[s] == g] for g in ('general', 'embodied')}
     units = {u: ss for u, ss in units.items() if ss}
