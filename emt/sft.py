@@ -26,10 +26,10 @@ from .params import Recipe
 
 # %% auto #0
 __all__ = ['accumulation_steps', 'Mixture', 'micro_batch_positions', 'MicroBatches', 'label_tokens', 'token_loss_sum',
-           'check_labelled', 'warmup_steps', 'optimizer_and_schedule', 'weights_digest', 'run_fingerprint',
-           'checkpoints', 'checkpoint_state', 'save_checkpoint', 'mixed_precision_mode', 'make_accelerator',
-           'fp32_master', 'resume_point', 'resume_training', 'step_loader', 'OptStep', 'optimizer_steps', 'train_sft',
-           'main', 'in_ipython']
+           'check_labelled', 'warmup_steps', 'optimizer_and_schedule', 'enable_checkpointing', 'weights_digest',
+           'run_fingerprint', 'checkpoints', 'checkpoint_state', 'save_checkpoint', 'mixed_precision_mode',
+           'make_accelerator', 'fp32_master', 'resume_point', 'resume_training', 'step_loader', 'OptStep',
+           'optimizer_steps', 'train_sft', 'main', 'in_ipython']
 
 # %% ../nbs/05_sft.ipynb #9de7114a
 def accumulation_steps(global_batch: int, # samples per optimiser step, over all processes
@@ -167,6 +167,17 @@ def optimizer_and_schedule(model: torch.nn.Module, recipe: Recipe) -> tuple:
     return opt, get_scheduler(name, opt, num_warmup_steps=warmup_steps(recipe), num_training_steps=recipe.steps,
                               scheduler_specific_kwargs=extra or None)
 
+# %% ../nbs/05_sft.ipynb #eca3296b
+def enable_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
+    "Gradient checkpointing on every submodule that supports it (a VLM's language model and vision tower)."
+    if not getattr(model, 'supports_gradient_checkpointing', False):
+        raise EmtError(f'{type(model).__name__} does not support gradient checkpointing: set recipe.gradient_checkpointing: false')
+    if hasattr(model, 'activation_checkpointing_enable'):  # transformers 5's name; gradient_checkpointing_enable before
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={'use_reentrant': False})
+    else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    model.config.use_cache = False
+    return model
+
 # %% ../nbs/05_sft.ipynb #23408d64
 def _ids_hash(ds: Dataset) -> str:
     "A hash of a dataset's sample ids (its length if it has none)."
@@ -187,7 +198,7 @@ def run_fingerprint(model: torch.nn.Module, mixture: Mixture, recipe: Recipe, se
     order, so a run (or its checkpoint) made on 8 GPUs is adopted by the same run on 1, and the other way round."""
     parts = [model.config.to_json_string(use_diff=False), weights_digest(model), str(len(mixture)),
              *[_ids_hash(d) for d in mixture.datasets],
-             recipe.model_dump_json(), str(seed)]
+             recipe.result_json(), str(seed)]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 
 def checkpoints(out_dir: str | os.PathLike) -> list[Path]:
@@ -343,6 +354,7 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
     P, k, out_dir = acc.num_processes, acc.gradient_accumulation_steps, Path(out_dir)
     seed_everything(seed + acc.process_index)
     net, processor = _model_and_processor(model)
+    if recipe.gradient_checkpointing: enable_checkpointing(net)
     mix = Mixture(datasets, seed)
     fingerprint = run_fingerprint(net, mix, recipe, seed)
     net.train()

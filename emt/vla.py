@@ -26,7 +26,7 @@ from .launch import launch_pool, run_pool
 from .params import Params, Recipe, Source, check_gpu, init_label, load_params, override, parse_run, run_name
 from .policy import (VLA, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla,
                         tiny_backbone)
-from .sft import (fp32_master, in_ipython, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
+from .sft import (enable_checkpointing, fp32_master, in_ipython, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
                      save_checkpoint, step_loader, weights_digest)
 
 # %% auto #0
@@ -246,7 +246,7 @@ def _vlm_and_processor(vlm) -> tuple:
 
 def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, datasets: dict, extra) -> str:
     "What determines a VLA run (as `emt.sft.run_fingerprint`: not the process count, which leaves the global batches as they are)."
-    parts = [vlm.config.to_json_string(use_diff=False), weights_digest(vlm), json.dumps(cfg.to_dict(), sort_keys=True), recipe.model_dump_json(),
+    parts = [vlm.config.to_json_string(use_diff=False), weights_digest(vlm), json.dumps(cfg.to_dict(), sort_keys=True), recipe.result_json(),
              str(seed), json.dumps(extra, sort_keys=True)]
     for name, ds in datasets.items():
         parts += [name, hashlib.sha256('\n'.join(map(str, ds['id'])).encode()).hexdigest() if 'id' in ds.column_names else str(len(ds))]
@@ -288,6 +288,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     acc = make_accelerator(recipe)
     P, k, out_dir = acc.num_processes, acc.gradient_accumulation_steps, Path(out_dir)
     net, processor = _vlm_and_processor(vlm)
+    if recipe.gradient_checkpointing: enable_checkpointing(net)
     check_arch(net, vlm if isinstance(vlm, (str, os.PathLike)) else None)
     data = _as_datasets(datasets)
     ss = seed if split_seed is None else split_seed

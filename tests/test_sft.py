@@ -233,3 +233,19 @@ def test_a_step_below_a_bf16_ulp_still_changes_a_bf16_saved_model(setup, tmp_pat
     small = moved < half_ulp
     lost = (a.to(torch.bfloat16).float() == b)[small].float().mean()
     assert lost > 0.99, f'only {lost:.3f} of the small moves would round away in bf16'
+
+
+def test_gradient_checkpointing_trains_the_same_run(setup, tmp_path, monkeypatch):
+    "recipe.gradient_checkpointing recomputes activations: the same losses and weights, the same run fingerprint."
+    import transformers.modeling_utils as tm
+    from emt.params import Recipe
+    recipe = {**RECIPE, 'steps': 4, 'save_every': 0}
+    plain = in_process(setup, tmp_path/'plain', Recipe(**recipe))
+    calls, real = [], tm.checkpoint  # what transformers checkpoints each layer with
+    monkeypatch.setattr(tm, 'checkpoint', lambda *a, **k: calls.append(1) or real(*a, **k))
+    ckpt = in_process(setup, tmp_path/'ckpt', Recipe(**recipe, gradient_checkpointing=True))
+    assert len(calls) >= 4  # layers ran under checkpointing, at every training step
+    assert [h['loss'] for h in ckpt['history']] == pytest.approx([h['loss'] for h in plain['history']], abs=1e-5)
+    assert_same_weights(tmp_path/'plain', tmp_path/'ckpt')
+    assert Recipe(**recipe).result_json() == Recipe(**recipe, gradient_checkpointing=True).result_json()
+    assert Recipe(**recipe).result_json() != Recipe(**{**recipe, 'lr': 1e-3}).result_json()
