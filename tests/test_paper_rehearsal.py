@@ -39,7 +39,7 @@ def test_the_rehearsal_changes_only_sizes():
     sizes = {'batch_size', 'shard_size', 'num_workers', 'per_source', 'permutations', 'tsne_perplexity', 'max_steps',
              'eval_every', 'seeds', 'distance_vla_samples', 'k', 'steps', 'global_batch', 'micro_batch', 'save_every',
              'warmup_steps', 'max_new_tokens', 'head_hidden', 'heldout_max', 'workers', 'videos_per_task',
-             'processes'}  # the GPUs of a node, two gloo processes here
+             'processes', 'jobs'}  # the GPUs of a node (two gloo processes here) and how many runs share them
     assert changed and all(p[-1] in sizes for p in changed), [p for p in changed if p[-1] not in sizes]
     assert [b['name'] for b in reh['eval']['benchmarks']] == ['libero']
 
@@ -75,7 +75,7 @@ def rehearsed(tmp_path_factory):
     write_sources(yaml.safe_load((d/'params.yaml').read_text()), d)
     hub = hub_cache(d/'.hub-cache')
     repro = run(['dvc', 'repro', '--pull'], d, env, timeout=1800)
-    status = run(['dvc', 'status'], d, env)
+    status = run(['dvc', 'status', 'dvc.yaml'], d, env)  # the pipeline (data-grounded.dvc, a profile's corpus, is not pulled here)
     return d, env, hub, repro, status
 
 
