@@ -10,7 +10,7 @@ export PYOPENGL_PLATFORM ?= egl
 GPU ?= 0
 LOCK := $(if $(filter 1,$(GPU)),requirements-gpu.lock,requirements.lock)
 
-.PHONY: install lock repro test quick check-nbs docs browser clean-venv
+.PHONY: install lock repro test quick check-nbs docs browser clean-venv hooks
 
 # A virtual environment with exactly the lock's packages, each file checked against the lock's hashes: pip, setuptools
 # and wheel first, so that the rest installs with the locked pip and the three that PyPI has only as source
@@ -27,6 +27,11 @@ $(VENV)/.emt-installed: $(LOCK) requirements-interop.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
+
+# Notebook tooling for people who edit the notebooks: git merges notebooks cell by cell (nbdev-merge) and diffs them
+# as notebooks (.gitattributes, .gitconfig), and Jupyter cleans a notebook when it is saved (jupyter_hooks).
+hooks: install
+	source $(BIN)/activate && nbdev-install-hooks
 
 clean-venv:
 	rm -rf $(VENV)
