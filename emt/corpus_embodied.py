@@ -669,12 +669,16 @@ def robot_direction(delta: np.ndarray, # target minus gripper, world metres (x r
 # %% ../nbs/03d_corpus_embodied.ipynb #ac161417
 def _task(fr: Frame) -> str: return f"The robot's task: {sim.instruction(fr.task)}."
 
-def ask_task_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
-    "spatial_refer: point to the thing the robot must act on."
+def _target_point(fr: Frame, question: str, kind: str) -> list[Candidate]:
+    "A pointing question about the target (`question` formatted with its name), answered by its pixel."
     if (t := task_target(fr)) is None: return []
     name, p, uv = t
-    return [(f'{_task(fr)} Point to the {name} it must act on.' + _POINT_HINT, fmt_point(uv, fr.size),
-             dict(kind='task_target', target=name, point=np.round(p, 5).tolist()))]
+    return [(f'{_task(fr)} {question.format(name)}' + _POINT_HINT, fmt_point(uv, fr.size),
+             dict(kind=kind, target=name, point=np.round(p, 5).tolist()))]
+
+def ask_task_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+    "spatial_refer: point to the thing the robot must act on."
+    return _target_point(fr, 'Point to the {} it must act on.', 'task_target')
 
 _SIDES = (('robot_side', 0, 'As the robot faces the table, is the {} to the left or to the right of the gripper?', ['left', 'right']),
           ('robot_reach', 1, 'Is the {} farther from the robot than the gripper, or closer to it?', ['farther', 'closer']),
@@ -704,10 +708,7 @@ def ask_task_direction(fr: Frame, r: np.random.Generator) -> list[Candidate]:
 
 def ask_task_reach(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "affordance_point: where the gripper should go first."
-    if (t := task_target(fr)) is None: return []
-    name, p, uv = t
-    return [(f'{_task(fr)} Point to where the gripper should go first.' + _POINT_HINT, fmt_point(uv, fr.size),
-             dict(kind='task_reach', target=name, point=np.round(p, 5).tolist()))]
+    return _target_point(fr, 'Point to where the gripper should go first.', 'task_reach')
 
 TASK_QUESTIONS: dict[str, Callable[[Frame, np.random.Generator], list[Candidate]]] = dict(
     spatial_refer=ask_task_refer, embodied_spatial_qa=ask_task_sides,
