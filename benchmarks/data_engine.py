@@ -7,7 +7,7 @@
    not the disk. Peak extra memory of ours is one chunk.
 2. The unbiased MMD^2 matrix of G sources of n samples (`emt.gap.mmd2_matrix`: one pass of kernel row blocks) against
    a plain loop over pairs with batched `torch.cdist` for k(x,x), k(y,y) and k(x,y).
-3. Top-K of M scores with ties broken by id (`emt.select.top_k`) against a full `np.lexsort`.
+3. Top-K of M scores with ties broken by id (`emt.scores.top_k`) against a full `np.lexsort`.
 
     python benchmarks/data_engine.py                    # 1M x 1024 scoring, 8 x 2000 MMD, 10M top-K
     python benchmarks/data_engine.py --n 200000         # smaller scoring run
@@ -21,7 +21,7 @@ import torch
 
 from emt.estimator import ProximityEstimator, score_features
 from emt.gap import mmd2_matrix, median_bandwidth
-from emt.select import rank_order, top_k
+from emt.scores import rank_order, top_k
 
 
 def best_of(fn, repeat=3):

@@ -15,13 +15,14 @@ import torch
 
 from .backbones import encode_prompt, load_vlm
 from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_table, write_json
+from .stats import interval
 from .data import load_dataset_dir, open_image
 from .ingest import HELDOUT
 from .launch import run_pool, visible_gpus
 from .params import Params, Source, check_gpu, load_params
 
 # %% auto #0
-__all__ = ['UNGRADABLE', 'answer_kind', 'score_answer', 'prior', 'interval', 'first_turn', 'gradable', 'heldout_questions',
+__all__ = ['UNGRADABLE', 'answer_kind', 'score_answer', 'prior', 'first_turn', 'gradable', 'heldout_questions',
            'answer_questions', 'vlm_answers', 'run_ability']
 
 # %% ../nbs/11a_ability.ipynb #d50c4dd9
@@ -80,17 +81,6 @@ def prior(references: Sequence[str], # the reference answers of one source's que
     scored = [(float(np.mean([score_answer(c, r) for r in refs])), -i, c) for i, c in enumerate(cands)]
     s, _, c = max(scored)
     return c, s
-
-def interval(scores: dict[str, Sequence[float]], # source -> the question scores (one source: its mean's interval)
-             seed: int = 0, n_boot: int = 2000,
-             ) -> tuple[float, float, float]:
-    "The mean over sources of each source's mean score, and its 95% bootstrap interval (questions resampled within each source)."
-    g = rng(seed, 'ability-interval', *sorted(scores))
-    arrs = [np.asarray(v, float) for v in scores.values() if len(v)]
-    mean = float(np.mean([a.mean() for a in arrs]))
-    draws = np.mean([a[g.integers(0, len(a), (n_boot, len(a)))].mean(1) for a in arrs], axis=0)
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return mean, float(lo), float(hi)
 
 # %% ../nbs/11a_ability.ipynb #9b62e9c7
 def first_turn(sample: dict) -> tuple[str, str]:

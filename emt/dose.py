@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
 
-from .ability import answer_questions, first_turn, heldout_questions, interval, prior, score_answer
+from .ability import answer_questions, first_turn, heldout_questions, prior, score_answer
 from .backbones import load_vlm, save_vlm
 from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_table, write_json
+from .stats import interval
 from .data import load_dataset_dir
 from .midtrain import load_mixture
 from .params import Params, Recipe

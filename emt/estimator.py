@@ -14,48 +14,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .core import ARTIFACTS, DataError, EmtError, atomic_path, progress, rng, rpath, save_figure, save_table, write_json
+from .scores import resolve_k, top_k, write_scores
+from .stats import platt, reliability
 from .features import FeatureSet, check_finite, iter_features, load_features, read_manifest
 from .gap import sq_dists, toy_params, toy_features
 from .params import SCORERS, Params, load_params, pool_and_vla, scores_file, source_groups
 
 # %% auto #0
-__all__ = ['write_scores', 'read_scores', 'split_groups', 'split_rows', 'balanced_draw', 'ProximityEstimator',
-           'fold_standardisation', 'train_estimator', 'reliability', 'calibration_figure', 'platt', 'score_features',
-           'score_sources', 'mean_distances', 'vla_episode_groups', 'topk_jaccard', 'run_estimator']
-
-# %% ../nbs/09_estimator.ipynb #11481e31
-def write_scores(path: str | os.PathLike, # the parquet file to produce
-                 ids: list[str], sources: list[str], # one per pool sample
-                 score: np.ndarray, # higher = closer to the VLA data
-                 **extra: np.ndarray, # more per-sample columns
-                 ) -> Path:
-    "Check and write one method's scores of the pool (atomically)."
-    import pyarrow as pa, pyarrow.parquet as pq
-    score = np.asarray(score, dtype=np.float64)
-    if not (len(ids) == len(sources) == len(score)):
-        raise EmtError(f'{path}: {len(ids)} ids, {len(sources)} sources and {len(score)} scores; they must match')
-    if not np.isfinite(score).all():
-        i = int(np.flatnonzero(~np.isfinite(score))[0])
-        raise DataError(f'{int((~np.isfinite(score)).sum())} non-finite score(s), first for {ids[i]!r}', file=path, row=i,
-                        field='score')
-    if len(set(ids)) != len(ids): raise DataError('duplicate sample ids in the scores', file=path, field='id')
-    table = pa.table({'id': pa.array(ids, pa.string()), 'source': pa.array(sources, pa.string()),
-                      'score': pa.array(score), **{k: pa.array(np.asarray(v)) for k, v in extra.items()}})
-    with atomic_path(path) as tmp: pq.write_table(table, tmp)
-    return Path(path)
-
-def read_scores(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    "A scores file as columns (`id`, `source` as object arrays, `score` as float64, and any extras)."
-    import pyarrow.parquet as pq
-    path = Path(path)
-    if not path.is_file():
-        have = sorted(p.stem for p in path.parent.glob('*.parquet')) if path.parent.is_dir() else []
-        stage = SCORERS[path.stem][0] if path.stem in SCORERS else 'that writes them'
-        raise EmtError(f'no scores at {path} (scores exist for {have}): run the stage {stage} (dvc repro {stage})')
-    t = pq.read_table(path)
-    missing = {'id', 'source', 'score'} - set(t.column_names)
-    if missing: raise DataError(f'not a scores file: columns {sorted(missing)} missing', file=path)
-    return {c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names}
+__all__ = ['split_groups', 'split_rows', 'balanced_draw', 'ProximityEstimator', 'fold_standardisation', 'train_estimator',
+           'calibration_figure', 'score_features', 'score_sources', 'mean_distances', 'vla_episode_groups',
+           'topk_jaccard', 'run_estimator']
 
 # %% ../nbs/09_estimator.ipynb #597aaf15
 def split_groups(groups: np.ndarray, # a group label per row: a group's rows all land on one side
@@ -211,19 +179,6 @@ def _toy_sets(root: Path, seed: int = 0) -> tuple:
     return ['gen_a', 'emb_a'], ['vla_a', 'vla_b']
 
 # %% ../nbs/09_estimator.ipynb #981ffdd3
-def reliability(logits: np.ndarray, y: np.ndarray, bins: int = 10, seed: int = 0) -> dict:
-    "Reliability curve and ECE of held-out predictions, on a class-balanced subsample."
-    g = rng(seed, 'reliability')
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    k = min(len(pos), len(neg))
-    idx = np.r_[g.choice(pos, k, replace=False), g.choice(neg, k, replace=False)]
-    p, t = 1 / (1 + np.exp(-logits[idx])), y[idx]
-    b = np.minimum((p * bins).astype(int), bins - 1)
-    rows = [{'bin': i, 'mean_predicted': float(p[b == i].mean()), 'fraction_vla': float(t[b == i].mean()),
-             'count': int((b == i).sum())} for i in range(bins) if (b == i).any()]
-    ece = sum(r['count'] * abs(r['mean_predicted'] - r['fraction_vla']) for r in rows) / max(1, len(idx))
-    return {'bins': rows, 'ece': float(ece), 'n': int(len(idx))}
-
 def calibration_figure(rel: dict, curve: list[dict]):
     "Reliability diagram and the validation accuracy over training steps."
     import matplotlib.pyplot as plt
@@ -236,13 +191,6 @@ def calibration_figure(rel: dict, curve: list[dict]):
     b.set(xlabel='step', ylabel='balanced validation accuracy', title='training', ylim=(0.4, 1.02))
     fig.tight_layout()
     return fig
-
-# %% ../nbs/09_estimator.ipynb #1e9875b8
-def platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    "Platt scaling (a, b): P(VLA) = sigmoid(a * logit + b), fitted on held-out predictions."
-    from sklearn.linear_model import LogisticRegression
-    lr = LogisticRegression(C=1e6, class_weight='balanced').fit(np.asarray(logits)[:, None], y)
-    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
 # %% ../nbs/09_estimator.ipynb #7339b1f0
 def score_features(model: ProximityEstimator, x: np.ndarray, # (n, D) features, e.g. a memmap
@@ -302,7 +250,6 @@ def topk_jaccard(scores: list[np.ndarray], # one score vector of the pool per es
                  k: int, # the selection size
                  ) -> dict:
     "How stable the top-K selection is across seeds: mean and smallest pairwise Jaccard overlap."
-    from emt.select import top_k
     tops = [set(top_k(s, ids, k).tolist()) for s in scores]
     js = [len(a & b) / len(a | b) for i, a in enumerate(tops) for b in tops[i + 1:]]
     return {'mean': float(np.mean(js)) if js else None, 'min': float(np.min(js)) if js else None, 'k': int(k),
@@ -339,7 +286,6 @@ def run_estimator(P: Params, # validated params
     ids, srcs, logits = score_sources(model, vlm, features)
     score_s = time.time() - t1
     if ids != pool.all_ids(): raise EmtError('the pool features changed while the estimator stage ran: rerun it')
-    from emt.select import resolve_k
     x_pool = pool.rows(np.arange(len(pool)))
     reseeded = [score_features(train_estimator(pool, vla, E, P.seed + i, split_seed=P.seed, vla_groups=vla_groups)[0], x_pool)
                 for i in progress(range(1, E.seeds), 'estimator seeds')]

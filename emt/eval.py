@@ -16,13 +16,14 @@ import numpy as np
 
 from .params import BENCHMARK_GRIPPER, check_gpu, init_label, parse_run
 from .core import ARTIFACTS, EmtError, DataError, atomic_path, progress, rng, rpath, write_json, write_text, save_table, save_figure
+from .stats import wilson
 from .vla import by_init_axis, plot_interval
 
 # %% auto #0
 __all__ = ['REFERENCE', 'EPISODE_COLUMNS', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'rollout', 'run_episode',
-           'LineEnv', 'ConstantPolicy', 'wilson', 'summarize', 'episode_key', 'ResultsLog', 'write_video',
-           'episode_seed', 'Job', 'plan_jobs', 'job_units', 'evaluate', 'LineBench', 'push_right', 'make_adapter',
-           'VLACheckpoint', 'check_gripper', 'vla_policies', 'success_rows', 'plot_success', 'success_curve_figure',
+           'LineEnv', 'ConstantPolicy', 'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job',
+           'plan_jobs', 'job_units', 'evaluate', 'LineBench', 'push_right', 'make_adapter', 'VLACheckpoint',
+           'check_gripper', 'vla_policies', 'success_rows', 'plot_success', 'success_curve_figure',
            'reference_policies', 'result_key', 'pooled_results', 'run_eval']
 
 # %% ../nbs/13_eval.ipynb #d893e5a3
@@ -126,16 +127,6 @@ class ConstantPolicy:
     def predict(self, images: list[np.ndarray], instruction: str) -> np.ndarray: return self.chunk
 
 # %% ../nbs/13_eval.ipynb #ebe43322
-def wilson(k: int, # successes
-           n: int, # trials
-           z: float = 1.959964, # the normal quantile (1.96: 95%)
-           ) -> tuple[float, float]:
-    "The Wilson score interval of a success rate k/n."
-    if n == 0: return (0.0, 1.0)
-    p, z2 = k / n, z * z
-    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
 def summarize(records: Sequence[dict], # episode records from a results log
               tasks: Sequence[str]|None = None, # the tasks to report (default: those in `records`)
               ) -> dict:

@@ -20,11 +20,12 @@ from .core import ARTIFACTS, DataError, EmtError, atomic_path, progress, rpath, 
 from .data import load_dataset_dir, raw_rows, samples_to_dataset
 from .features import model_inputs
 from .params import Params, Recipe, SCORERS, check_gpu, load_params, override, scores_file
+from .scores import write_scores
 from .sft import train_sft
 
 # %% auto #0
-__all__ = ['ActionStyle', 'SCORE_COLUMNS', 'actions_to_text', 'vla_to_chat', 'vla_chat_dataset', 'perplexities', 'vla_lm_recipe',
-           'ppl_figure', 'run_ppl']
+__all__ = ['ActionStyle', 'actions_to_text', 'vla_to_chat', 'vla_chat_dataset', 'perplexities', 'vla_lm_recipe', 'ppl_figure',
+           'run_ppl']
 
 # %% ../nbs/09a_ppl.ipynb #f1f11a5b
 ActionStyle = Literal['decimal', 'bins']
@@ -108,40 +109,6 @@ def perplexities(model: torch.nn.Module, # the VLM (eval mode)
         warnings.warn(f'{int(bad.sum())} of {len(ppl)} samples have no assistant token within max_seq_len={max_seq_len} '
                       f'(perplexity NaN), e.g. {first}.')
     return ids, ppl
-
-# %% ../nbs/09a_ppl.ipynb #069ea5e4
-SCORE_COLUMNS = ('id', 'source', 'score')
-
-def _check_scores(ids, sources, scores, where) -> None:
-    if not len(ids) == len(sources) == len(scores):
-        raise EmtError(f'{where}: {len(ids)} ids, {len(sources)} sources and {len(scores)} scores; they must match.')
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if list(ids).count(i) > 1})[:5] if len(ids) < 10_000 else '...'
-        raise EmtError(f'{where}: sample ids are not unique (e.g. {dup}).')
-    bad = ~np.isfinite(np.asarray(scores, dtype=np.float64))
-    if bad.any(): raise EmtError(f'{where}: {int(bad.sum())} scores are not finite (e.g. sample {ids[int(np.argmax(bad))]!r}).')
-
-def _write_scores(path: str | os.PathLike, # the .parquet file to produce
-                  ids: Sequence[str], sources: Sequence[str], # one id and source per pool sample
-                  scores: Sequence[float], # higher = closer to the VLA data
-                  ) -> Path:
-    "Write a score file (id, source, score) atomically, after checking it."
-    import pyarrow as pa, pyarrow.parquet as pq
-    _check_scores(ids, sources, scores, path)
-    table = pa.table({'id': pa.array(list(ids), pa.string()), 'source': pa.array(list(sources), pa.string()),
-                      'score': pa.array(np.asarray(scores, dtype=np.float64), pa.float64())})
-    with atomic_path(rpath(path)) as tmp: pq.write_table(table, tmp)
-    return rpath(path)
-
-def _read_scores(path: str | os.PathLike):
-    "A score file as a pandas DataFrame (id, source, score), checked."
-    import pandas as pd
-    p = rpath(path)
-    if not p.is_file(): raise EmtError(f'No score file at {p}: run the stage that writes it.')
-    df = pd.read_parquet(p)
-    if list(df.columns[:3]) != list(SCORE_COLUMNS): raise DataError(f'columns {list(df.columns)}, expected {SCORE_COLUMNS}', file=p)
-    _check_scores(df['id'].tolist(), df['source'].tolist(), df['score'].to_numpy(), p)
-    return df
 
 # %% ../nbs/09a_ppl.ipynb #44545bdb
 def vla_lm_recipe(params: Params, # validated params
@@ -264,8 +231,8 @@ def run_ppl(params: Params, # validated params
     ids_b, _, ppl_base, s_base = _pool_ppl(base_model, base_proc, pool, batch_size, recipe.max_seq_len, 'base')
     if ids_b != ids: raise EmtError('The pool changed between the two perplexity passes.')
     table = pd.DataFrame({'id': ids, 'source': sources, 'ppl_vla': ppl_vla, 'ppl_base': ppl_base})
-    _write_scores(scores_file('vla_ppl', scores), ids, sources, -ppl_vla)
-    _write_scores(scores_file('delta_ppl', scores), ids, sources, -(ppl_vla - ppl_base))
+    write_scores(scores_file('vla_ppl', scores), ids, sources, -ppl_vla)
+    write_scores(scores_file('delta_ppl', scores), ids, sources, -(ppl_vla - ppl_base))
     with atomic_path(scores/'ppl.parquet') as tmp: table.to_parquet(tmp, index=False)
     fig = ppl_figure(table, list(pool)); save_figure(fig, 'ppl_baselines'); plt.close(fig)
     shutil.rmtree(work, ignore_errors=True)  # done: the checkpoints are no longer needed to resume

@@ -13,16 +13,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .core import EmtError, rng, rpath, save_figure, save_table, write_json
+from .stats import Z_POWER, bootstrap_mean_diff, paired_bootstrap, verdict
 from .eval import REFERENCE, plot_success, result_key
 from .vla import plot_heldout_loss
 from .params import Params, init_label, load_params
 
 # %% auto #0
-__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'Z_POWER', 'COMPARISON_COLUMNS', 'load_metrics', 'run_label',
-           'bench_key', 'final_success', 'paired_bootstrap', 'verdict', 'bootstrap_mean_diff', 'table1', 'table2',
-           'diversity_table', 'read_rows', 'run_data', 'success_by_pair', 'loss_by_pair', 'train_loss_by_pair',
-           'vla_benchmark', 'comparisons', 'findings', 'ability_findings', 'composition_vs_paper_figure',
-           'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
+__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'COMPARISON_COLUMNS', 'load_metrics', 'run_label', 'bench_key',
+           'final_success', 'table1', 'table2', 'diversity_table', 'read_rows', 'run_data', 'success_by_pair',
+           'loss_by_pair', 'train_loss_by_pair', 'vla_benchmark', 'comparisons', 'findings', 'ability_findings',
+           'composition_vs_paper_figure', 'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
 
 # %% ../nbs/14_report.ipynb #ea3ab2cc
 PAPER = {
@@ -84,75 +84,6 @@ def final_success(eval_metrics: dict) -> dict[str, dict[str, float]]:
             cur = out.setdefault(init, {}).get(key)
             if cur is None or step >= cur[0]: out[init][key] = (step, v)
     return {i: {b: v for b, (s, v) in bs.items()} for i, bs in out.items()}
-
-# %% ../nbs/14_report.ipynb #ced8ba13
-Z_POWER = 2.8016 # z_0.975 + z_0.8: the smallest detectable difference, in standard errors
-
-def paired_bootstrap(a: dict[tuple, float], # (seed, unit) -> value, one arm
-                     b: dict[tuple, float], # the same keys for the other arm (only common keys are used)
-                     n_boot: int = 2000, # bootstrap draws
-                     seed: int = 0,
-                     cluster: Callable | None = None, # unit -> its cluster, resampled as a whole (None: each unit alone)
-                     crossed: bool = False, # every seed measured the same clusters (False: each seed its own)
-                     ) -> dict:
-    """Mean of a - b over the pairs, its 95% interval, SE and detectable difference.
-
-    Seeds are resampled, and clusters of units: within each drawn seed (nested: seed k's own initial states), or
-    independently of the seeds (crossed: the held-out episodes every seed is scored on). With G seeds the
-    bootstrap's spread is widened by sqrt(G / (G - 1)), since resampling few seeds understates their variance."""
-    keys = sorted(set(a) & set(b), key=str)
-    if not keys: raise EmtError('no pairs in common: the two arms were not run on the same seeds and units')
-    cl = cluster or (lambda u: u)
-    seeds = sorted({k[0] for k in keys}, key=str)
-    clusters = sorted({(None if crossed else k[0], cl(k[1])) for k in keys}, key=str)
-    si, ci = {s: i for i, s in enumerate(seeds)}, {c: i for i, c in enumerate(clusters)}
-    S, N = np.zeros((len(seeds), len(clusters))), np.zeros((len(seeds), len(clusters)))
-    for k in keys:
-        i, j = si[k[0]], ci[(None if crossed else k[0], cl(k[1]))]
-        S[i, j] += a[k] - b[k]; N[i, j] += 1
-    own = [np.flatnonzero(N[i]) for i in range(len(seeds))]  # the clusters each seed measured
-    g = rng(seed, 'paired-bootstrap', len(keys))
-    draws = np.empty(n_boot)
-    for t in range(n_boot):
-        ws = np.bincount(g.integers(0, len(seeds), len(seeds)), minlength=len(seeds)).astype(np.float64)
-        if crossed:
-            wc = np.bincount(g.integers(0, len(clusters), len(clusters)), minlength=len(clusters)).astype(np.float64)
-            draws[t] = (ws @ S @ wc) / max(ws @ N @ wc, 1e-12)
-        else:
-            tot = cnt = 0.0
-            for i in np.flatnonzero(ws):
-                for _ in range(int(ws[i])):
-                    pick = own[i][g.integers(0, len(own[i]), len(own[i]))]
-                    tot += S[i, pick].sum(); cnt += N[i, pick].sum()
-            draws[t] = tot / cnt
-    mean = float(S.sum() / N.sum())
-    if len(seeds) > 1: draws = mean + (draws - mean) * np.sqrt(len(seeds) / (len(seeds) - 1))
-    se = float(draws.std(ddof=1)) if n_boot > 1 else float('nan')
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {'mean': mean, 'ci95': [float(lo), float(hi)], 'se': se, 'mde': Z_POWER * se, 'seeds': len(seeds),
-            'clusters': len(clusters), 'pairs': len(keys)}
-
-def verdict(ci: Sequence[float], # the 95% interval of the effect
-            better: int = 1, # +1: the claim is effect > 0; -1: effect < 0
-            margin: float | None = None, # an equivalence claim: |effect| < margin
-            ) -> str:
-    "'holds', 'does not hold' or 'inconclusive' for a claim about an effect with interval `ci`."
-    lo, hi = float(ci[0]), float(ci[1])
-    if margin is not None:
-        if -margin < lo and hi < margin: return 'holds'
-        if lo >= margin or hi <= -margin: return 'does not hold'
-        return 'inconclusive'
-    if better < 0: lo, hi = -hi, -lo
-    return 'holds' if lo > 0 else 'does not hold' if hi < 0 else 'inconclusive'
-
-def bootstrap_mean_diff(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
-    "mean(x) - mean(y) of two independent samples, with a 95% bootstrap interval (for source-level claims)."
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if not len(x) or not len(y): raise EmtError('a bootstrap needs values on both sides')
-    g = rng(seed, 'bootstrap-diff', len(x), len(y))
-    draws = np.array([x[g.integers(0, len(x), len(x))].mean() - y[g.integers(0, len(y), len(y))].mean() for _ in range(n_boot)])
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {'mean': float(x.mean() - y.mean()), 'ci95': [float(lo), float(hi)], 'se': float(draws.std(ddof=1))}
 
 # %% ../nbs/14_report.ipynb #dee779be
 def _cols(rows):

@@ -14,40 +14,14 @@ from datasets import concatenate_datasets
 
 from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_figure, save_table, write_json, write_text
 from .data import Skipped, load_dataset_dir, write_hf, write_llava, write_sharegpt
-from .estimator import read_scores, write_scores
+from .scores import rank_order, read_scores, resolve_k, top_k, write_scores
 from .features import FeatureSet
 from .gap import diversity, toy_params, toy_features
 from .params import Params, load_params, pool_and_vla, scores_file, source_groups
 
 # %% auto #0
-__all__ = ['resolve_k', 'rank_order', 'top_k', 'gumbel_keys', 'quota_select', 'select_indices', 'cluster_labels', 'violin_figure',
-           'shift_figure', 'composition_figure', 'examples_figure', 'source_examples', 'run_select']
-
-# %% ../nbs/10_select.ipynb #8f03cb4f
-def resolve_k(k: int | float, # a count, or a fraction of the pool in (0, 1]
-              n: int, # pool size
-              ) -> int:
-    "The number of samples to keep."
-    if n == 0: raise EmtError('the pool is empty: nothing to select (check data.vlm_sources)')
-    count = int(round(k * n)) if isinstance(k, float) else int(k)
-    if count < 1: raise EmtError(f'select.k = {k} keeps no sample of a pool of {n}')
-    if count > n: raise EmtError(f'select.k = {k} asks for {count} samples but the pool has only {n}: '
-                                 'lower select.k or give it as a fraction')
-    return count
-
-def rank_order(score: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    "All indices, best first: by score descending, ties by id ascending."
-    return np.lexsort((np.asarray(ids), -np.asarray(score, dtype=np.float64)))
-
-def top_k(score: np.ndarray, # higher = better
-          ids: np.ndarray, # tie-breaker (unique)
-          k: int) -> np.ndarray:
-    "Indices of the K best samples, best first, ties broken by id."
-    score = np.asarray(score, dtype=np.float64); n = len(score)
-    if k >= n: return rank_order(score, ids)
-    kth = np.partition(-score, k - 1)[k - 1]            # -(K-th largest score)
-    cand = np.flatnonzero(-score <= kth)                 # everything at least as good as the K-th (ties included)
-    return cand[rank_order(score[cand], np.asarray(ids)[cand])][:k]
+__all__ = ['gumbel_keys', 'quota_select', 'select_indices', 'cluster_labels', 'violin_figure', 'shift_figure',
+           'composition_figure', 'examples_figure', 'source_examples', 'run_select']
 
 # %% ../nbs/10_select.ipynb #b678697f
 def gumbel_keys(log_weight: np.ndarray, ids: np.ndarray, temperature: float, seed: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from datasets import Dataset
 from .backbones import ARCHS, check_prompt_fits, load_processor, load_vlm, n_params
 from .core import (ARTIFACTS, DataError, EmtError, progress, project_relative, rng, rpath, save_figure, save_table,
                       seed_everything, write_json)
+from .stats import seed_interval
 from .data import load_dataset_dir
 from .launch import launch_pool, run_pool
 from .params import Params, Recipe, Source, check_gpu, init_label, load_params, override, parse_run, run_name
@@ -33,8 +34,8 @@ from .sft import (enable_checkpointing, fp32_master, in_ipython, make_accelerato
 __all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'vla_config', 'vla_chunk', 'vla_recipe',
            'frame_table', 'toy_frames', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches',
            'heldout_loss', 'train_vla', 'finished_run', 'model_qid', 'main', 'vla_inits', 'vla_benchmarks',
-           'vla_datasets', 'vla_gripper', 'data_action_dim', 'seed_interval', 'plot_interval', 'by_init_axis',
-           'seed_losses', 'plot_heldout_loss', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'run_vla']
+           'vla_datasets', 'vla_gripper', 'data_action_dim', 'plot_interval', 'by_init_axis', 'seed_losses',
+           'plot_heldout_loss', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
@@ -465,15 +466,6 @@ def data_action_dim(datasets: dict[str, Dataset]) -> int:
     return next(iter(dims.values()))
 
 # %% ../nbs/12_vla.ipynb #1b135d4e
-def seed_interval(ys: np.ndarray, # one row per seed, one column per step
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "The mean over seeds (the rows of `ys`) and its 95% t interval, per column (no interval with one seed)."
-    from scipy import stats
-    ys = np.asarray(ys, float); m = ys.mean(0)
-    if len(ys) < 2: return m, m, m
-    h = stats.t.ppf(0.975, len(ys) - 1) * ys.std(0, ddof=1) / np.sqrt(len(ys))
-    return m, m - h, m + h
-
 def plot_interval(ax, # a matplotlib axis
                   x, y, lo, hi, # positions, values and their interval, one per checkpoint
                   label: str, color=None, marker: str = 'o'):

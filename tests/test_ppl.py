@@ -15,7 +15,8 @@ from emt.backbones import encode, load_vlm
 from emt.core import DataError
 from emt.data import load_dataset_dir, samples_to_dataset, toy_png_bytes
 from emt.params import load_params, override
-from emt.ppl import (_pool, _pool_ppl, _read_scores, _toy_ppl_project, _write_scores, actions_to_text, perplexities,
+from emt.scores import read_scores, write_scores
+from emt.ppl import (_pool, _pool_ppl, _toy_ppl_project, actions_to_text, perplexities,
                      run_ppl, vla_chat_dataset)
 
 MAIN = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def test_score_files_rows_order_direction(in_project):
     for method, expected in (('vla_ppl', -raw['ppl_vla']), ('delta_ppl', -(raw['ppl_vla'] - raw['ppl_base']))):
         path = d/'artifacts/ppl/scores'/f'{method}.parquet'
         assert [str(t) for t in pq.read_schema(path).types] == ['string', 'string', 'double']
-        df = _read_scores(path)
+        df = pd.DataFrame(read_scores(path))
         assert df['id'].tolist() == order
         assert df['source'].tolist() == [i.split('/')[0] for i in order]
         np.testing.assert_allclose(df['score'].to_numpy(), expected.to_numpy())
@@ -139,6 +140,6 @@ def test_actions_text_and_score_checks(tmp_path):
     centres = (np.array(text.split(), dtype=float) + 0.5) / 256 * 2 - 1
     np.testing.assert_allclose(centres, a[0], atol=1 / 256 + 1e-9)  # a bin index decodes to within half a bin
     assert actions_to_text(a, steps=1) == '-1.00 -0.34 +0.50 +1.00'
-    with pytest.raises(Exception, match='not finite'): _write_scores(tmp_path/'s.parquet', ['a'], ['x'], [np.inf])
-    with pytest.raises(Exception, match='not unique'): _write_scores(tmp_path/'s.parquet', ['a', 'a'], ['x', 'x'], [1, 2])
+    with pytest.raises(Exception, match='not finite'): write_scores(tmp_path/'s.parquet', ['a'], ['x'], [np.inf])
+    with pytest.raises(Exception, match='not unique'): write_scores(tmp_path/'s.parquet', ['a', 'a'], ['x', 'x'], [1, 2])
     assert not (tmp_path/'s.parquet').exists()

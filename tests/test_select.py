@@ -8,7 +8,8 @@ from PIL import Image
 
 from emt.core import DataError, EmtError
 from emt.data import save_dataset
-from emt.estimator import _toy_sets, read_scores, run_estimator
+from emt.estimator import _toy_sets, run_estimator
+from emt.scores import read_scores
 from emt.gap import toy_features, run_gap
 from emt.params import override
 from emt.params import load_params
