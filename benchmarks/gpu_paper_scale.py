@@ -86,7 +86,7 @@ def bench_training(model, proc, size, device, batch_size, steps) -> dict:
            'tokens_per_sample': tokens / batch_size, 'tflop_per_step': flops / 1e12,
            'param_dtype': str(next(model.parameters()).dtype),
            'peak_memory_gib': torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None}
-    del opt, sched
+
     return out
 
 

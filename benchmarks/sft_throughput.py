@@ -7,7 +7,7 @@ number of tokens per sample and tokens/s = samples x tokens-per-sample / trainin
 Runs alternate (ours, Trainer, ours, Trainer, ...) and the best of each is reported, to damp the noise of a shared
 machine. Usage: python benchmarks/sft_throughput.py [--steps 8] [--repeats 2] [--workers 1] [--threads 1] [--small]
 """
-import argparse, os, shutil, sys, tempfile, time
+import argparse, os, shutil, tempfile
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('EMT_PROGRESS', '0')
 

@@ -18,7 +18,7 @@ encoding in-process); each as seconds per optimiser step of the whole grid (wall
 Usage: python benchmarks/vla_throughput.py [--steps 6] [--repeats 2] [--workers 1] [--threads 1] [--small] [--gpu]
        python benchmarks/vla_throughput.py --grid --vlm artifacts/base_vlm --data artifacts/data/metaworld_mt10 --steps 20
 """
-import argparse, os, shutil, statistics, sys, tempfile, time
+import argparse, os, shutil, statistics, tempfile, time
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('EMT_PROGRESS', '0')
 
@@ -30,7 +30,8 @@ from emt.backbones import load_vlm, n_params, save_vlm, tiny_vlm, train_tokenize
 from emt.params import Recipe
 from emt.sft import optimizer_and_schedule
 from emt.policy import VLAConfig, build_vla, frame_batch, load_policy, save_vla
-from emt.vla import BalancedFrames, _prepare_data, action_loss_sums, toy_frames, train_vla
+from emt.vla import BalancedFrames, _prepare_data, action_loss_sums, train_vla
+from emt.fixtures import toy_frames
 
 
 def backbone(a):
@@ -61,7 +62,6 @@ def plain(a, ds, cfg, recipe) -> float:
     model.to(dev).train()
     opt, sched = optimizer_and_schedule(model, recipe)
     frames = BalancedFrames([ds], [splits['data'][0]], 0)
-    k = recipe.global_batch // recipe.micro_batch
     t0 = time.time()
     for step in range(recipe.steps):
         start = step * recipe.global_batch

@@ -4,14 +4,15 @@ import json, os
 os.environ['HF_HUB_OFFLINE'] = '1'
 from pathlib import Path
 
-from emt.ability import _toy_project, run_ability
+from emt.ability import run_ability
 from emt.params import load_params
+from emt.toy_projects import toy_ability_project
 
 MAIN = Path(__file__).resolve().parents[1]
 
 
 def test_two_vlms_at_once_answer_as_one_at_a_time(tmp_project):
-    P = _toy_project(tmp_project, load_params(MAIN/'params.yaml'))
+    P = toy_ability_project(tmp_project, load_params(MAIN/'params.yaml'))
     one = run_ability(P, jobs=1)
     answers_one = (tmp_project/'metrics/ability_answers.csv').read_text()
     two = run_ability(P, jobs=2)

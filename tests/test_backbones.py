@@ -1,5 +1,5 @@
 """Tiny VLM backbones: real checkpoints on disk, Auto-class reloads, label masks, training, faults."""
-import io, json, os
+import json, os
 os.environ['HF_HUB_OFFLINE'] = '1'
 
 import numpy as np

@@ -12,8 +12,8 @@ from datasets import Dataset
 
 from emt.core import DataError, EmtError
 from emt.data import (load_dataset_dir, load_source, read_hf, read_lerobot, read_libero_hdf5, read_llava,
-                      samples_to_dataset, save_dataset, Skipped, validate, write_hf, write_llava, write_sharegpt,
-                      write_toy_lerobot)
+                      samples_to_dataset, save_dataset, Skipped, validate, write_hf, write_llava, write_sharegpt)
+from emt.fixtures import write_toy_lerobot
 
 os.environ['HF_HUB_OFFLINE'] = '1'
 
@@ -137,7 +137,7 @@ def mixture(tmp_path):
     "A VLM mixture from two sources, with a JPEG, PNGs, a text-only and a two-image sample."
     f = write_llava_files(tmp_path/'src', llava_rows(3))
     ds, _ = read_llava(f, source='web', cache_dir=tmp_path/'cache')
-    jpg = save_img(tmp_path/'src'/'j.jpg', rgb(7, 16, 16), 'JPEG')
+    save_img(tmp_path/'src'/'j.jpg', rgb(7, 16, 16), 'JPEG')
     (tmp_path/'src'/'robo.jsonl').write_text(json.dumps(
         {'id': 'p1', 'image': 'j.jpg', 'conversations': [turn('human', 'Point at the cup. <image>'), turn('gpt', '(3, 4)')]}))
     ds2, _ = read_llava(tmp_path/'src'/'robo.jsonl', source='robopoint', cache_dir=tmp_path/'cache')

@@ -4,16 +4,16 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, Features, Image, List, Value
 
 from emt.core import DataError
-from emt.data import read_hf, read_lerobot, read_libero_hdf5, read_llava, write_toy_lerobot
+from emt.data import read_hf, read_lerobot, read_libero_hdf5, read_llava
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_data import EPISODES, LIBERO_NAME, _rewrite_data, write_libero, write_llava_files, llava_rows  # noqa: E402
+from emt.fixtures import write_toy_lerobot
 
 
 def truncate(path, keep=0.5):

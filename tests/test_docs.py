@@ -1,5 +1,5 @@
 "Build the docs site of a copy of the project, with toy notebooks in nbs/ and _runs/, and check the HTML."
-import base64, contextlib, io, json, os, re, shutil, socket, sys
+import base64, contextlib, io, json, os, re, shutil, socket
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit

@@ -11,8 +11,7 @@ from safetensors.torch import load_file
 
 from emt.backbones import save_vlm
 from emt.data import save_dataset
-from emt.policy import tiny_backbone
-from emt.vla import toy_frames
+from emt.fixtures import tiny_backbone, toy_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -2,7 +2,7 @@
 run in this environment, give the committed loss curve (`metrics/base_vlm_loss.csv`) to its six decimals. The
 embedded VLAs are sensitive to the seventh digit of their initialisation, so a different torch, numpy or tokenizers
 that moves the curve moves every later number; this test is where such a drift shows first. About a minute."""
-import csv, os, shutil, subprocess
+import csv, shutil, subprocess
 from pathlib import Path
 
 import pytest

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from emt.core import EmtError
-from emt.eval import LineBench, RandomPolicy, ResultsLog, evaluate, make_adapter, push_right, run_eval
+from emt.eval import RandomPolicy, ResultsLog, evaluate, make_adapter, run_eval
 from emt.metaworld import MetaWorldExpert
+from emt.fixtures import LineBench, LineEnv, push_right
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,9 +118,7 @@ def test_run_eval_writes_metrics_table_figure_and_videos(tmp_project):
 
 def test_run_eval_pairs_seeds_on_disjoint_blocks_of_the_same_initial_states(tmp_project):
     "Seed k of every initialisation runs initial states k*trials..; references run all of them; VLAs only their benchmark."
-    from emt.eval import LineBench, pooled_results
     from emt.params import load_params, override
-    import emt.eval as ev
     P = override(load_params(REPO/'params.yaml'), 'eval', workers=1, videos_per_task=0, references=['random'],
                  benchmarks=[{'name': 'metaworld', 'tasks': ['reach-v3'], 'trials': 2, 'max_steps': 5, 'image_size': 64}])
     P = override(P, 'vla', seeds=[3, 7])  # seed k's block is its place in vla.seeds
@@ -153,7 +152,7 @@ def test_run_eval_keeps_a_seeds_block_when_seeds_are_added_and_refuses_more_tria
 
 
 def test_reference_policies_random_binds_the_action_size_expert_only_where_one_exists():
-    from emt.eval import LineEnv, reference_policies, run_episode
+    from emt.eval import reference_policies, run_episode
     from emt.libero import LiberoPickPlace
     refs = reference_policies(['random', 'expert'], 'metaworld')
     assert set(refs) == {'reference/random', 'reference/expert'}

@@ -3,14 +3,14 @@
 CALVIN's does, run through `emt.eval.evaluate` with daemonic workers; SimplerEnv's rotation against scipy."""
 import json, multiprocessing as mp, os, sys, textwrap
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from emt.core import EmtError
-from emt.eval import ConstantPolicy, evaluate
+from emt.eval import evaluate
 from emt.eval_external import Calvin, calvin_chains, calvin_conf, euler_to_axis_angle, simpler_action
+from emt.fixtures import ConstantPolicy
 
 SUBTASKS = ['open_drawer', 'turn_on_led', 'move_slider_left', 'lift_red_block_table', 'place_in_drawer']
 FILES = {

@@ -11,9 +11,10 @@ os.environ['EMT_PROGRESS'] = '0'
 
 from emt.backbones import save_vlm, tiny_vlm, train_tokenizer
 from emt.core import DataError, EmtError
-from emt.data import samples_to_dataset, save_dataset, toy_png_bytes
+from emt.data import samples_to_dataset, save_dataset
 from emt.features import load_features, read_manifest, read_shard, run_features
 from emt.params import load_params, override
+from emt.fixtures import toy_png_bytes
 
 MAIN = Path(__file__).resolve().parents[1]
 SOURCES = {'pics': ('vlm', 10), 'frames': ('vla', 7)}  # shard_size 4: 3 + 2 shards

@@ -5,14 +5,14 @@ import json, os, subprocess, sys, textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 from emt.backbones import load_vlm, save_vlm
-from emt.policy import tiny_backbone
 from emt.core import EmtError
-from emt.data import samples_to_dataset, toy_png_bytes
+from emt.data import samples_to_dataset
 from emt.llamafactory import adopt_lf_checkpoint, lf_config, run_lf, write_lf_run
 from emt.params import Recipe
+from emt.fixtures import tiny_backbone, toy_png_bytes
+from emt.toy_projects import toy_midtrain_project
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = Recipe(steps=10, global_batch=8, micro_batch=2, lr=1e-4, warmup_ratio=0.1, max_seq_len=512, precision='bf16')
@@ -99,10 +99,10 @@ STAGE_STAND_IN = STAND_IN.split("(out/'trainer_log.jsonl')")[0] + textwrap.deden
 
 def test_the_midtrain_stage_on_llamafactory(tmp_project, monkeypatch):
     "midtrain.engine: llamafactory: the stage writes each run, launches the CLI under the prefix, adopts the VLM and reads its log."
-    from emt.midtrain import _toy_project, run_midtrain
+    from emt.midtrain import run_midtrain
     from emt.params import load_params, override
     assert 'current_steps' in STAGE_STAND_IN
-    P = _toy_project(tmp_project, load_params(REPO/'params.yaml'))
+    P = toy_midtrain_project(tmp_project, load_params(REPO/'params.yaml'))
     P = override(P, 'midtrain', engine='llamafactory', llamafactory={'command_prefix': 'env STAND_IN_PREFIX=used'})
     bin_dir = tmp_project/'bin'; bin_dir.mkdir()
     (bin_dir/'llamafactory-cli').write_text(STAGE_STAND_IN.format(python=sys.executable)); (bin_dir/'llamafactory-cli').chmod(0o755)

@@ -10,14 +10,15 @@ torch.set_num_threads(1)
 from safetensors.torch import load_file
 
 from emt.core import EmtError
-from emt.midtrain import _toy_project, run_midtrain
+from emt.midtrain import run_midtrain
 from emt.params import load_params, override
+from emt.toy_projects import toy_midtrain_project
 
 MAIN = Path(__file__).resolve().parents[1]
 
 
 def test_run_midtrain_writes_auto_loadable_checkpoints_metrics_and_curve(tmp_project):
-    P = _toy_project(tmp_project, load_params(MAIN/'params.yaml'))
+    P = toy_midtrain_project(tmp_project, load_params(MAIN/'params.yaml'))
     m = run_midtrain(P, num_workers=0)
     from transformers import AutoModelForImageTextToText, AutoProcessor
     base = load_file(str(tmp_project/'artifacts/base_vlm/model.safetensors'))
@@ -40,7 +41,7 @@ def test_run_midtrain_writes_auto_loadable_checkpoints_metrics_and_curve(tmp_pro
 
 
 def test_missing_mixture_names_the_stage_and_what_exists(tmp_project):
-    P = _toy_project(tmp_project, load_params(MAIN/'params.yaml'))
+    P = toy_midtrain_project(tmp_project, load_params(MAIN/'params.yaml'))
     P = override(P, 'midtrain', methods=['estimator', 'vla_ppl'])
     with pytest.raises(EmtError, match=r"'vla_ppl'.*dvc repro select.*\['estimator', 'random'\]"):
         run_midtrain(P, num_workers=0)
@@ -49,7 +50,7 @@ def test_missing_mixture_names_the_stage_and_what_exists(tmp_project):
 
 def test_two_processes_under_accelerate_launch_train_the_same_model(tmp_project):
     "With `processes: 2` each mixture is trained by `accelerate launch` on two (gloo) processes: the same run, and the stage's outputs as with one."
-    P = _toy_project(tmp_project, load_params(MAIN/'params.yaml'))
+    P = toy_midtrain_project(tmp_project, load_params(MAIN/'params.yaml'))
     P = override(P, 'midtrain', methods=['estimator'])
     one = run_midtrain(P, num_workers=0)['methods']['estimator']
     w1 = load_file(str(tmp_project/'artifacts/midtrain/estimator/model.safetensors'))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from paper_fixtures import HUB_IDS, REPO, hub_cache, write_sources
+from paper_fixtures import REPO, hub_cache, write_sources
 from paper_rehearsal import render
 
 pytestmark = pytest.mark.skipif(os.environ.get('EMT_SKIP_REHEARSAL') == '1', reason='EMT_SKIP_REHEARSAL=1')

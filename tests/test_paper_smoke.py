@@ -125,7 +125,7 @@ def test_paper_profile_runs_every_stage_on_tiny_inputs(tmp_path, read_keys, monk
         assert set(data['sources']) == {s['name'] for s in raw['data']['vlm_sources'] + raw['data']['vla_sources']}
         base = run_base_vlm(P, num_workers=0)
         assert base['arch'] == 'qwen3_vl'
-        feats = run_features(P)
+        run_features(P)
         assert json.loads((tmp_path/'artifacts/features/laion400m/manifest.json').read_text())['model'].endswith('InternVL3_5-tiny')
         run_gap(P)
         est = run_estimator(P)

@@ -1,6 +1,6 @@
 """The README's main job on a fresh clone: the corpus comes from the in-repo remote offline, the first stage runs, and a
 second run has nothing to do."""
-import os, shutil, subprocess, sys
+import os, subprocess, sys
 from pathlib import Path
 
 import pytest

@@ -13,11 +13,12 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared machi
 
 from emt.backbones import encode, load_vlm
 from emt.core import DataError
-from emt.data import load_dataset_dir, samples_to_dataset, toy_png_bytes
+from emt.data import samples_to_dataset
 from emt.params import load_params, override
 from emt.scores import read_scores, write_scores
-from emt.ppl import (_pool, _pool_ppl, _toy_ppl_project, actions_to_text, perplexities,
-                     run_ppl, vla_chat_dataset)
+from emt.ppl import _pool, _pool_ppl, actions_to_text, perplexities, run_ppl, vla_chat_dataset
+from emt.fixtures import toy_png_bytes
+from emt.toy_projects import toy_ppl_project
 
 MAIN = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def project(tmp_path_factory):
     old = os.environ.get('EMT_ROOT')
     os.environ['EMT_ROOT'] = str(d)
     try:
-        P = _toy_ppl_project(d, load_params(MAIN/'params.yaml'))
+        P = toy_ppl_project(d, load_params(MAIN/'params.yaml'))
         m = run_ppl(P, num_workers=0)
         yield d, P, m
     finally:

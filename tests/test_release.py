@@ -1,6 +1,6 @@
 """The release converters on fixtures written in each release's own layout (`release_fixtures.py` says where each
 layout comes from): what they keep, what they leave out and count, and the errors a user meets."""
-import io, json, os, subprocess, sys, tarfile
+import json, os, subprocess, sys
 from pathlib import Path
 
 import numpy as np

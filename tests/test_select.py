@@ -8,19 +8,20 @@ from PIL import Image
 
 from emt.core import DataError, EmtError
 from emt.data import save_dataset
-from emt.estimator import _toy_sets, run_estimator
+from emt.estimator import run_estimator
 from emt.scores import read_scores
-from emt.gap import toy_features, run_gap
+from emt.gap import run_gap
 from emt.params import override
 from emt.params import load_params
 from emt.select import run_select
+from emt.fixtures import toy_estimator_sets, toy_features
+from emt.fixtures import toy_params as fixture_params
 
 BASE = load_params(__import__('pathlib').Path(__file__).parents[1]/'params.yaml')
 
 
 def toy_params(vlm, vla, **sections):
-    from emt.gap import toy_params as make
-    return make(vlm, vla, base=BASE, **sections)
+    return fixture_params(vlm, vla, base=BASE, **sections)
 
 
 def _img(i):
@@ -43,7 +44,7 @@ def _datasets(root, sizes: dict[str, int]):
 
 @pytest.fixture
 def engine(tmp_project):
-    vlm, vla = _toy_sets(tmp_project)
+    vlm, vla = toy_estimator_sets(tmp_project)
     _datasets(tmp_project, {'gen_a': 300, 'emb_a': 300, 'vla_a': 400, 'vla_b': 50})
     P = toy_params(vlm, vla, select={'k': 0.25, 'methods': ['estimator', 'random', 'feature_distance'],
                                      'writers': ['hf', 'llava', 'sharegpt']})

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emt.policy import VLAConfig, action_stats, build_vla, load_policy, save_vla, tiny_backbone
+from emt.policy import VLAConfig, action_stats, build_vla, load_policy, save_vla
 from emt.policy_client import recv_msg, send_msg
+from emt.fixtures import tiny_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT = textwrap.dedent('''

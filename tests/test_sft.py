@@ -15,6 +15,7 @@ from emt.backbones import save_vlm, tiny_vlm, train_tokenizer
 from emt.core import DataError, EmtError
 from emt.data import save_dataset
 from emt.sft import checkpoints, train_sft
+from emt.toy_projects import toy_base_vlm_project
 
 WORDS = ['red', 'blue', 'green', 'cube', 'ball', 'left', 'right']
 SIZE = dict(hidden_size=32, layers=1, heads=2, vision_hidden_size=16, vision_layers=1, image_size=16, patch_size=8)
@@ -175,10 +176,10 @@ def test_other_runs_checkpoints_are_set_aside(setup, toy, tmp_path):
 
 def test_base_vlm_scratch_stage_writes_checkpoint_metrics_curve_and_figure(tmp_project):
     from emt.backbones import load_vlm
-    from emt.base_vlm import _toy_project, run_base_vlm
+    from emt.base_vlm import run_base_vlm
     from emt.params import load_params
     base = load_params(Path(__file__).parents[1]/'params.yaml')
-    P = _toy_project(tmp_project, base)
+    P = toy_base_vlm_project(tmp_project, base)
     m = run_base_vlm(P, num_workers=0)
     assert load_vlm(tmp_project/'artifacts/base_vlm')[0].config.model_type == 'internvl'
     saved = json.loads((tmp_project/'metrics/base_vlm.json').read_text())
@@ -191,7 +192,6 @@ def test_base_vlm_scratch_stage_writes_checkpoint_metrics_curve_and_figure(tmp_p
 
 
 def test_base_vlm_pretrained_copies_a_local_checkpoint_and_names_a_missing_one(setup, tmp_project):
-    from emt.backbones import load_vlm
     from emt.base_vlm import run_base_vlm
     from emt.core import EmtError
     from emt.params import load_params, override

@@ -12,8 +12,10 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest, and the only san
 from emt.backbones import ARCHS, save_vlm
 from emt.core import DataError, EmtError
 from emt.data import save_dataset
-from emt.policy import VLAConfig, action_stats, build_vla, frame_batch, load_policy, save_vla, tiny_backbone
-from emt.vla import frame_table, toy_frames, train_vla
+from emt.policy import VLAConfig, action_stats, build_vla, load_policy, save_vla
+from emt.vla import frame_table, train_vla
+from emt.fixtures import tiny_backbone, toy_frames
+from emt.toy_projects import toy_vla_project
 
 RECIPE = dict(steps=8, global_batch=8, micro_batch=4, lr=3e-3, warmup_steps=1, max_seq_len=48, save_every=4)
 CFG = dict(action_dim=4, chunk=4, head_hidden=32)
@@ -204,8 +206,8 @@ def test_bad_inputs_raise_clear_errors(setup, tmp_path):
 def test_vla_stage_on_a_toy_project(tmp_project):
     from emt.eval import vla_policies
     from emt.params import load_params
-    from emt.vla import _toy_project, run_vla
-    P = _toy_project(tmp_project, load_params(Path(__file__).parents[1]/'params.yaml'))
+    from emt.vla import run_vla
+    P = toy_vla_project(tmp_project, load_params(Path(__file__).parents[1]/'params.yaml'))
     (tmp_project/'artifacts/vla/old_method/any/seed0/step_000001').mkdir(parents=True)  # from a run with other methods
     (tmp_project/'artifacts/vla/base/step_000001').mkdir(parents=True)  # the layout before the grid
     m = run_vla(P, num_workers=0)
