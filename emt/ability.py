@@ -58,6 +58,7 @@ def answer_kind(reference: str) -> str:
     w = _words(r)
     return 'short' if len(w) == 1 or (w and w[0] in ('yes', 'no')) else 'caption'
 
+# %% ../nbs/11a_ability.ipynb #4e35bb82
 def _words(s: str) -> list[str]: return re.findall(r"[a-z0-9']+", s.lower())
 
 def _iou(a, b) -> float:
@@ -107,12 +108,14 @@ def first_turn(sample: dict) -> tuple[str, str]:
         raise EmtError(f"{sample.get('id')}: no user turn followed by an answer")
     return ms[0]['content'].replace('<image>', '').strip(), ms[1]['content'].strip()
 
+# %% ../nbs/11a_ability.ipynb #8108b549
 UNGRADABLE = re.compile(r'\ba free (spot|space|area)\b', re.I) # questions with many right answers
 
 def gradable(sample: dict) -> bool:
     "Whether one reference answer can grade the question (not one with many right answers, such as a free spot)."
     return not UNGRADABLE.search(first_turn(sample)[0])
 
+# %% ../nbs/11a_ability.ipynb #1beca460
 def heldout_questions(P: Params, # the params (`data.vlm_sources`)
                       per_source: int, # questions per source at most
                       data: str = ARTIFACTS['data'], # the data stage's output, which keeps the held-out rows aside
@@ -152,6 +155,7 @@ def answer_questions(model, processor, # a VLM and its processor
         out += processor.tokenizer.batch_decode(gen[:, b['input_ids'].shape[1]:], skip_special_tokens=True)
     return [o.strip() for o in out]
 
+# %% ../nbs/11a_ability.ipynb #b323ed14
 def vlm_answers(path: str|Path, # a VLM checkpoint
                 qs: dict[str, list[dict]], # source -> held-out questions
                 max_new_tokens: int = 32,

@@ -60,6 +60,7 @@ class ArchSpec:
     image_placeholder: str # what the chat template writes for one image
     extra_tokens: tuple = () # further special tokens (grid positions, ...)
 
+# %% ../nbs/04_backbones.ipynb #79841290
 ARCHS: dict[str, ArchSpec] = {
     'internvl': ArchSpec('internvl', dict(start_image_token='<img>', end_image_token='</img>',
                          context_image_token='<IMG_CONTEXT>', video_token='<video>'), '<IMG_CONTEXT>\n'),
@@ -74,6 +75,8 @@ ARCHS: dict[str, ArchSpec] = {
                         video_token='<video>'), '<image>',
                         tuple(f'<row_{r}_col_{c}>' for r in range(1, 7) for c in range(1, 7))),
 }
+
+# %% ../nbs/04_backbones.ipynb #77e13a0c
 CHAT_TOKENS = dict(pad_token='<|endoftext|>', bos_token='<|im_start|>', eos_token='<|im_end|>')
 
 # %% ../nbs/04_backbones.ipynb #154c775e
@@ -133,6 +136,7 @@ def train_tokenizer(texts: Iterable[str], # the corpus to learn merges from
                                    chat_template=chat_template(spec.image_placeholder), padding_side='left',
                                    model_max_length=1 << 20)
 
+# %% ../nbs/04_backbones.ipynb #7e1099be
 def arch_spec(arch: str) -> ArchSpec:
     "The `ArchSpec` of `arch`, or an error listing the supported ones."
     if arch not in ARCHS: raise EmtError(f'Unsupported architecture {arch!r}; supported: {sorted(ARCHS)}.')
@@ -256,6 +260,7 @@ def tiny_vlm(arch: Arch, # a key of `ARCHS`
         model = AutoModelForImageTextToText.from_config(cfg)
     return model.eval(), processor
 
+# %% ../nbs/04_backbones.ipynb #d5351b71
 def n_params(model: torch.nn.Module) -> int:
     "The number of parameters of `model`."
     return sum(p.numel() for p in model.parameters())
@@ -271,6 +276,7 @@ def save_vlm(model: torch.nn.Module, # the VLM
         save_processor(processor, tmp)
     return Path(path)
 
+# %% ../nbs/04_backbones.ipynb #9f518cba
 def save_processor(processor: ProcessorMixin, # a VLM's processor
                    folder: str | os.PathLike, # a checkpoint directory
                    ) -> Path:
@@ -280,6 +286,7 @@ def save_processor(processor: ProcessorMixin, # a VLM's processor
     if not video.exists(): video.write_text(json.dumps(video_processor_config(processor), indent=2, sort_keys=True))
     return Path(folder)
 
+# %% ../nbs/04_backbones.ipynb #0b15badf
 VIDEO_CONFIG = 'video_preprocessor_config.json'
 VIDEO_PROCESSORS = {'InternVLProcessor': 'InternVLVideoProcessor', 'Qwen2_5_VLProcessor': 'Qwen2VLVideoProcessor',
                     'Qwen3VLProcessor': 'Qwen3VLVideoProcessor', 'SmolVLMProcessor': 'SmolVLMVideoProcessor'}
@@ -295,6 +302,7 @@ def video_processor_config(processor: ProcessorMixin) -> dict:
     image = processor.image_processor.to_dict()
     return {'video_processor_type': VIDEO_PROCESSORS[name], **{k: image[k] for k in _SHARED_KEYS if k in image}}
 
+# %% ../nbs/04_backbones.ipynb #38c313c9
 def _local_folder(name: str) -> bool:
     "Whether `name` is a folder here or in the project root."
     if Path(name).is_dir(): return True
@@ -501,6 +509,7 @@ def load_processor(path_or_hub_id: str | os.PathLike, # a checkpoint directory o
     "A VLM checkpoint's processor alone (no weights), after the checks `load_vlm` makes."
     return AutoProcessor.from_pretrained(_checked_source(path_or_hub_id))
 
+# %% ../nbs/04_backbones.ipynb #9d87c419
 def check_prompt_fits(processor: ProcessorMixin, # the VLM's processor
                       sample: dict, # a sample (VLM or VLA frame) whose `images` are measured
                       max_seq_len: int, # the limit

@@ -45,12 +45,14 @@ def pretrain_sources(params: Params) -> list[str]:
                                  f'{params.base_vlm.pretrain_groups}: add sources or change the groups.')
     return names
 
+# %% ../nbs/06_base_vlm.ipynb #a88d9619
 def pretrain_datasets(params: Params, # validated params
                       data_dir: str | os.PathLike = ARTIFACTS['data'], # where the data stage stored the sources
                       ) -> dict[str, Dataset]:
     "The stored datasets of the pretraining sources, by name."
     return {n: load_dataset_dir(rpath(data_dir)/n, 'vlm') for n in pretrain_sources(params)}
 
+# %% ../nbs/06_base_vlm.ipynb #a2e69b5b
 def chat_texts(datasets: Iterable[Dataset], # VLM-schema datasets
                ) -> Iterator[str]:
     "Every message's text, image placeholders removed: the tokenizer's training corpus."
@@ -126,6 +128,7 @@ def check_pretrained(b, # the `base_vlm` params section
         raise EmtError(f'base_vlm.model={b.model!r} resizes images to {side} px, but base_vlm.image_size={b.image_size}: '
                        'set image_size to the processor\'s size (the VLA frames are resized to it).')
 
+# %% ../nbs/06_base_vlm.ipynb #aea269d1
 def _pretrain_scratch(params: Params, out: Path, work: Path, num_workers: int, curve: bool = True) -> dict:
     "Build the scratch VLM, pretrain it on the pretraining sources, store it; the run's numbers."
     data = pretrain_datasets(params)

@@ -99,6 +99,7 @@ def evaluate_calvin(dataset: str|os.PathLike, out: str|os.PathLike, port: int = 
     out.with_suffix('.summary.json').write_text(json.dumps(s, indent=1))
     return s
 
+# %% ../nbs/13f_calvin_client.ipynb #6558a9bd
 def main(argv: list[str]|None = None) -> None:
     "The command: `python calvin_client.py --dataset DIR --out FILE [--port 5555] [--chains 1000] [--replan N]`."
     p = argparse.ArgumentParser(description='CALVIN ABC->D against a VLA served by `emt serve`')

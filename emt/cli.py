@@ -59,6 +59,7 @@ def render_readme(nb_path: str|Path = 'nbs/index.ipynb') -> str:
             if out := _text_outputs(cell): parts.append(f'```\n{out}\n```')
     return '\n\n'.join(p for p in parts if p) + '\n'
 
+# %% ../nbs/90_cli.ipynb #0d93260e
 def write_readme(nb_path: str|Path = 'nbs/index.ipynb', out: str|Path = 'README.md') -> Path:
     "Render the index notebook into README.md."
     return write_text(rpath(out), render_readme(nb_path))
@@ -77,6 +78,7 @@ def params_warnings(P) -> list[str]:
         out.append(f'select.k: {k} keeps the whole pool, so every method selects the same mixture')
     return out
 
+# %% ../nbs/90_cli.ipynb #bdba8ec5
 def _edited(path: Path) -> bool:
     "Whether `path` holds text that no shipped profile holds (a hand-edited params file)."
     return path.exists() and all(path.read_text() != (rpath('profiles')/f'{n}.yaml').read_text() for n in profiles())
@@ -207,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument('--out', default=None); dp.set_defaults(fn=_docs)
     return ap
 
+# %% ../nbs/90_cli.ipynb #68410e7c
 def main(argv: list[str]|None = None) -> int:
     "Run the `emt` command; user errors exit 2 with one message."
     a = parser().parse_args(argv)

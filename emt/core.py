@@ -27,6 +27,7 @@ __all__ = ['PROJECT_MARKER', 'ARTIFACTS', 'STAGE_IO', 'EmtError', 'DataError', '
 class EmtError(Exception):
     "An error in the user's input, params or environment, with a message that says what to do."
 
+# %% ../nbs/00_core.ipynb #8efdafd7
 class DataError(EmtError, ValueError):
     "Bad input data, located by file, row and field."
     def __init__(self,
@@ -54,17 +55,20 @@ def root() -> Path:
         if (d/PROJECT_MARKER).exists(): return d
     raise EmtError(f'No {PROJECT_MARKER} in {here} or its parents: run from inside an emt project or set EMT_ROOT.')
 
+# %% ../nbs/00_core.ipynb #045a0807
 def rpath(*parts: str|os.PathLike) -> Path:
     "A path under the project root; absolute parts are returned as they are."
     p = Path(*parts)
     return p if p.is_absolute() else root()/p
 
+# %% ../nbs/00_core.ipynb #da442c95
 def project_relative(path: str|os.PathLike) -> str:
     "`path` relative to the project root when it lies under it (what metrics record), else as given."
     p = rpath(path)
     try: return p.resolve().relative_to(root()).as_posix()
     except ValueError: return str(path)
 
+# %% ../nbs/00_core.ipynb #b3df8002
 @contextlib.contextmanager
 def project_at(path: str|os.PathLike) -> Iterator[Path]:
     "Make `path` the project root (`$EMT_ROOT`) inside the block, as examples and tests on a throwaway project do."
@@ -106,11 +110,13 @@ def atomic_path(path: str|os.PathLike, # the file or directory to produce
         else: os.replace(tmp, path)
     finally: shutil.rmtree(tmp.parent, ignore_errors=True)
 
+# %% ../nbs/00_core.ipynb #86749547
 def write_text(path: str|os.PathLike, text: str) -> Path:
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp: tmp.write_text(text)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #e12ed30d
 def write_json(path: str|os.PathLike, obj: Any) -> Path:
     "Write `obj` as stable, sorted, indented JSON, atomically."
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + '\n')
@@ -129,6 +135,7 @@ def rng(seed: int, # the params seed
     words = [int.from_bytes(hashlib.sha256(str(k).encode()).digest()[:8], 'little') for k in keys]
     return np.random.default_rng([seed, *words])
 
+# %% ../nbs/00_core.ipynb #069dc463
 def seed_everything(seed: int) -> None:
     "Seed python, numpy and torch (if installed) for code that uses their global generators."
     random.seed(seed); np.random.seed(seed % 2**32)
@@ -161,6 +168,7 @@ def save_figure(fig, # a matplotlib figure
             out.append(path)
     return out
 
+# %% ../nbs/00_core.ipynb #f73ab3ac
 def markdown_table(rows: list[dict], # records with the same keys
                    floatfmt: str = '.3f', # format of float cells
                    columns: list[str]|None = None, # column order (default: the first row's keys)
@@ -172,6 +180,7 @@ def markdown_table(rows: list[dict], # records with the same keys
     lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join('---' for _ in cols) + '|']
     return '\n'.join(lines + ['| ' + ' | '.join(fmt(r.get(c, '')) for c in cols) + ' |' for r in rows]) + '\n'
 
+# %% ../nbs/00_core.ipynb #24d55a5f
 def save_table(rows: list[dict], # records with the same keys
                name: str, # file stem, e.g. 'table1_main'
                folder: str|os.PathLike = 'tables', # relative to the project root
@@ -205,6 +214,7 @@ class Digest:
         "The hex digest, its first `length` digits (None: all 64)."
         return self.h.hexdigest()[:length]
 
+# %% ../nbs/00_core.ipynb #af62a83f
 def digest(text: str, length: int|None = 16) -> str:
     "The fingerprint of one string: the first `length` hex digits of its sha256."
     return Digest().text(text).hex(length)

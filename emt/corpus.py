@@ -78,6 +78,7 @@ def jpeg_images(samples: Iterable[dict], # samples whose `images` are PIL images
             s = {**s, 'images': imgs}
         yield s
 
+# %% ../nbs/03_corpus.ipynb #c190e65c
 CORPUS_PARTS = ('vlm', 'vla', 'libero') # the VLM sources, the Meta-World demonstrations, the LIBERO demonstrations
 
 def build_corpus(p: Corpus, # the `corpus` section of params

@@ -92,12 +92,14 @@ def fmt_point(uv: np.ndarray, # a pixel position (u, v)
     x, y = np.clip(np.asarray(uv, float) / size, 0, 1)
     return f'({x:.2f}, {y:.2f})'
 
+# %% ../nbs/03d_corpus_embodied.ipynb #afc89583
 def fmt_box(box: np.ndarray, # pixel box (u1, v1, u2, v2)
             size: int, # image side
             ) -> str:
     "The answer text `[x1, y1, x2, y2]` of a pixel box, normalised to [0, 1] and clipped."
     return '[' + ', '.join(f'{c:.2f}' for c in np.clip(np.asarray(box, float) / size, 0, 1)) + ']'
 
+# %% ../nbs/03d_corpus_embodied.ipynb #c343a0b3
 def _numbers(text: str, n: int, opener: str, closer: str) -> list[float]:
     t = text.strip()
     if not (t.startswith(opener) and t.endswith(closer)):
@@ -112,6 +114,7 @@ def parse_point(text: str) -> tuple[float, float]:
     "The normalised `(x, y)` of an answer written by `fmt_point`."
     return tuple(_numbers(text, 2, '(', ')'))
 
+# %% ../nbs/03d_corpus_embodied.ipynb #a28b3496
 def parse_box(text: str) -> tuple[float, float, float, float]:
     "The normalised `(x1, y1, x2, y2)` of an answer written by `fmt_box`; raises if the corners are out of order."
     b = _numbers(text, 4, '[', ']')
@@ -133,6 +136,7 @@ _PUCK = Entity('red puck', ('obj',), ('body', 'obj'), parts=(('red puck', ('body
 _DRAWER = Entity('drawer', ('drawercase_link*',), ('center',), parts=(('drawer handle', ('obs', 4), 'grasp'),))
 _WINDOW = Entity('window', ('window*',), ('center',), parts=(('window handle', ('obs', 4), 'grasp'),))
 
+# %% ../nbs/03d_corpus_embodied.ipynb #383d50d9
 TASK_ENTITIES: dict[str, tuple[Entity, ...]] = {  # the things of each supported task, besides the gripper
     'reach-v3': (_PUCK,),
     'push-v3': (_PUCK,),
@@ -174,6 +178,7 @@ class View:
     camera: Camera
     camera_name: str # a named camera, or 'free'
 
+# %% ../nbs/03d_corpus_embodied.ipynb #e61964d9
 def random_camera(r: np.random.Generator, # random source
                   lookat: np.ndarray, # world point to look at, for free cameras
                   named_p: float = 0.35, # probability of a named Meta-World camera
@@ -185,6 +190,7 @@ def random_camera(r: np.random.Generator, # random source
     return dict(lookat=[float(v) for v in np.asarray(lookat) + r.normal(0, jitter, 3)], distance=float(r.uniform(0.7, 1.15)),
                 azimuth=float(az), elevation=float(r.uniform(-70, -30)))
 
+# %% ../nbs/03d_corpus_embodied.ipynb #ee14bee4
 def render_view(env: sim.SimEnv, # the environment, in the state to render
                 camera: str|dict, # a named camera or a `random_camera` dict
                 renderer: mujoco.Renderer|None = None, # another size's renderer of `env` (default: `env.renderer`)
@@ -291,6 +297,7 @@ class Seen:
         return dict(anchor=r(self.anchor), corners=r(self.corners), visible_box=fmt_box(self.box(), size) if self.pixels else None,
                     pixels=self.pixels, parts={k: dict(role=ro, point=r(p), unoccluded=ok) for k, (ro, p, _, ok) in self.parts.items()})
 
+# %% ../nbs/03d_corpus_embodied.ipynb #7f605a9b
 def _unoccluded(m, d, eye: tuple, p: np.ndarray, own: np.ndarray, tol: float = 0.03) -> bool:
     "Whether the first visible geom on the ray from `eye` to `p` is one of `own` and within `tol` of `p`, or none."
     vec, gid = np.asarray(p, float) - np.asarray(eye, float), np.full(1, -1, np.int32)
@@ -426,6 +433,7 @@ def answer_label(answer: str) -> str|None:
     w = a.rstrip('.').lower()
     return w if w and ' ' not in w and w[0].isalpha() else None
 
+# %% ../nbs/03d_corpus_embodied.ipynb #0f0a3883
 def reletter(q: str, # a question with lettered options, one per line
              a: str, # its answer, `X. option`
              letter: str, # the letter the right option should get
@@ -677,6 +685,7 @@ def task_target(fr: Frame) -> tuple[str, np.ndarray, np.ndarray]|None:
     if part is None: return ent, s.anchor, s.anchor_uv
     return next(((k, p, uv) for k, _, p, uv in s.shown_parts() if k == part), None)
 
+# %% ../nbs/03d_corpus_embodied.ipynb #a1b729a8
 _AXES = (('right', 'left'), ('forward', 'backward'), ('up', 'down'))
 
 def robot_direction(delta: np.ndarray, # target minus gripper, world metres (x right, y forward, z up)
@@ -702,6 +711,7 @@ def ask_task_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "spatial_refer: point to the thing the robot must act on."
     return _target_point(fr, 'Point to the {} it must act on.', 'task_target')
 
+# %% ../nbs/03d_corpus_embodied.ipynb #1e4017cf
 _SIDES = (('robot_side', 0, 'As the robot faces the table, is the {} to the left or to the right of the gripper?', ['left', 'right']),
           ('robot_reach', 1, 'Is the {} farther from the robot than the gripper, or closer to it?', ['farther', 'closer']),
           ('robot_height', 2, 'Is the {} above or below the gripper?', ['above', 'below']))
@@ -718,6 +728,7 @@ def ask_task_sides(fr: Frame, r: np.random.Generator) -> list[Candidate]:
         out.append((qq, a, dict(kind=kind, target=name, delta_m=np.round(d, 4).tolist())))
     return out
 
+# %% ../nbs/03d_corpus_embodied.ipynb #c816af2a
 def ask_task_direction(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "robot_frame_vqa: which way the gripper must move to reach the target, in the robot's frame."
     if (t := task_target(fr)) is None: return []
@@ -728,6 +739,7 @@ def ask_task_direction(fr: Frame, r: np.random.Generator) -> list[Candidate]:
              'or down? Left and right are as the robot faces the table.', way,
              dict(kind='robot_direction', target=name, delta_m=np.round(d, 4).tolist()))]
 
+# %% ../nbs/03d_corpus_embodied.ipynb #2c0bd9b8
 def ask_task_reach(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "affordance_point: where the gripper should go first."
     return _target_point(fr, 'Point to where the gripper should go first.', 'task_reach')
@@ -772,6 +784,7 @@ def spatial_refer(n: int, # samples
     "RefSpatial stand-in: point to or box named things, parts and the object left/right of another."
     return generate('spatial_refer', ask_spatial_refer, n, size, seed, **kw)
 
+# %% ../nbs/03d_corpus_embodied.ipynb #cd1969e2
 def embodied_spatial_qa(n: int, # samples
                         size: int = 96, # image side
                         seed: int = 0, # seed
@@ -780,6 +793,7 @@ def embodied_spatial_qa(n: int, # samples
     "EmbSpatial-Bench stand-in: multiple-choice closer / left-right / above-below questions."
     return generate('embodied_spatial_qa', ask_embodied_spatial_qa, n, size, seed, **kw)
 
+# %% ../nbs/03d_corpus_embodied.ipynb #73470f51
 def robot_frame_vqa(n: int, # samples
                     size: int = 96, # image side
                     seed: int = 0, # seed
@@ -788,6 +802,7 @@ def robot_frame_vqa(n: int, # samples
     "Robo2VLM stand-in: gripper state, holding, direction to move and task progress on rollout frames."
     return generate('robot_frame_vqa', ask_robot_frame_vqa, n, size, seed, **kw)
 
+# %% ../nbs/03d_corpus_embodied.ipynb #080cca53
 def affordance_point(n: int, # samples
                      size: int = 96, # image side
                      seed: int = 0, # seed
@@ -820,6 +835,7 @@ def draw_answer(sample: dict, # a VLM sample of these sources
         dr.rectangle([x1 * W * scale, y1 * H * scale, x2 * W * scale - 1, y2 * H * scale - 1], outline=(0, 255, 255), width=2)
     return im
 
+# %% ../nbs/03d_corpus_embodied.ipynb #efb893d5
 def contact_sheet(samples: list[dict], # samples to show
                   cols: int = 4, # images per row
                   scale: int = 2, # upscaling

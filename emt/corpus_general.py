@@ -74,6 +74,7 @@ def font(px: int, # the font size in pixels
     props = font_manager.FontProperties(family='DejaVu Sans', weight='bold' if bold else 'normal')
     return ImageFont.truetype(font_manager.findfont(props, fallback_to_default=True), max(int(px), 4))
 
+# %% ../nbs/03a_corpus_general.ipynb #a179606c
 def canvas(size: int, # the final side in pixels
            bg: tuple|str = 'white', # background colour
            ) -> tuple[Image.Image, ImageDraw.ImageDraw, float]:
@@ -81,16 +82,19 @@ def canvas(size: int, # the final side in pixels
     im = Image.new('RGB', (size*SUPERSAMPLE, size*SUPERSAMPLE), bg)
     return im, ImageDraw.Draw(im), size*SUPERSAMPLE/128
 
+# %% ../nbs/03a_corpus_general.ipynb #7169fc0d
 def finish(im: Image.Image, size: int) -> Image.Image:
     "Downsample a supersampled canvas to `size`."
     return im.resize((size, size), Image.LANCZOS)
 
+# %% ../nbs/03a_corpus_general.ipynb #8e79ecfe
 def fitted_font(draw: ImageDraw.ImageDraw, text: str, max_w: float, px: float, bold: bool = False):
     "The largest font of at most `px` pixels whose rendering of `text` is at most `max_w` wide."
     px = int(px)
     while px > 6 and draw.textlength(text, font=font(px, bold)) > max_w: px -= 1
     return font(px, bold)
 
+# %% ../nbs/03a_corpus_general.ipynb #31739de1
 def text_centered(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, px: float, max_w: float,
                   fill='black', bold: bool = False) -> None:
     "Draw `text` centred on `xy`, shrunk to fit `max_w`."
@@ -107,6 +111,7 @@ class Region:
     qa: tuple[tuple[str, str], ...] = () # questions and answers true of the region
     min_scale: float = 0.6 # the smallest crop, as a fraction of the region's shorter side
 
+# %% ../nbs/03a_corpus_general.ipynb #1975e2a7
 @dataclass(frozen=True)
 class Photo:
     "A scikit-image photo and its described regions."
@@ -252,6 +257,7 @@ PHOTOS: tuple[Photo, ...] = (
     ), flip=False),
 )
 
+# %% ../nbs/03a_corpus_general.ipynb #5e5b5c29
 @functools.cache
 def photo_array(name: str, # a `Photo.name`
                 ) -> np.ndarray:
@@ -295,10 +301,12 @@ def pick(r: np.random.Generator, seq):
     "One element of `seq`, drawn with `r`."
     return seq[int(r.integers(len(seq)))]
 
+# %% ../nbs/03a_corpus_general.ipynb #7e896331
 def photo_choice(r: np.random.Generator) -> tuple[Photo, Region]:
     "A photo and one of its regions, uniformly over all regions (photos of objects have more of them)."
     return pick(r, [(p, reg) for p in PHOTOS for reg in p.regions])
 
+# %% ../nbs/03a_corpus_general.ipynb #bdf7fb29
 def alt_text(caption: str, r: np.random.Generator) -> str:
     "`caption` dressed as scraped alt-text: a template, then maybe file-name or stock-photo noise and casing."
     c = pick(r, ('{}', '{}', 'photo of {}', 'a photo of {}', 'image of {}', '{} - stock photo', '{} picture')).format(caption)
@@ -309,6 +317,7 @@ def alt_text(caption: str, r: np.random.Generator) -> str:
     case = r.random()
     return c.title() if case < 0.15 else c.lower() if case < 0.5 else c
 
+# %% ../nbs/03a_corpus_general.ipynb #9ebc3ced
 def web_captions(n: int, # number of samples
                  size: int = 128, # image side in pixels
                  seed: int = 0, # the params seed
@@ -348,6 +357,7 @@ def document_truth(r: np.random.Generator) -> dict:
     keys = sorted(r.choice(list(values), 3, replace=False).tolist(), key=list(values).index)
     return dict(title=pick(r, DOC_TITLES), fields=[[k, values[k]] for k in keys])
 
+# %% ../nbs/03a_corpus_general.ipynb #906816dd
 def draw_document(t: dict, size: int) -> Image.Image:
     "A white page with the title in bold and one `key: value` line per field."
     im, d, u = canvas(size, (232, 232, 226))
@@ -358,6 +368,7 @@ def draw_document(t: dict, size: int) -> Image.Image:
         d.text((18*u, (52 + 25*j)*u), f'{k}: {v}', fill='black', font=fitted_font(d, f'{k}: {v}', 94*u, 15*u), anchor='lm')
     return finish(im, size)
 
+# %% ../nbs/03a_corpus_general.ipynb #974c1742
 FIELD_QUESTIONS = dict(Name='What name is written on the {d}?', Date='What date is on the {d}?',
                        Total='What is the total on the {d}?', Room='Which room number is given?',
                        Code='What is the code on the {d}?')
@@ -391,6 +402,7 @@ def chart_truth(r: np.random.Generator) -> dict:
     return dict(chart=kind, title=pick(r, CHART_TITLES), labels=list(labels), values=[int(v) for v in values],
                 colours=colours)
 
+# %% ../nbs/03a_corpus_general.ipynb #cb953fe7
 def draw_chart(t: dict, size: int) -> Image.Image:
     "Draw a bar, line or pie chart with its title and every value labelled."
     im, d, u = canvas(size)
@@ -419,6 +431,7 @@ def draw_chart(t: dict, size: int) -> Image.Image:
         d.text((x, y0 + 3*u), l, fill='black', font=fitted_font(d, l, step*0.95, 13*u), anchor='mt')
     return finish(im, size)
 
+# %% ../nbs/03a_corpus_general.ipynb #9727d201
 def chart_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
     "Questions about a chart, answered from its values: the largest and smallest, one value, a difference or trend."
     ls, vs = t['labels'], t['values']; unit = '%' if t['chart'] == 'pie' else ''
@@ -454,6 +467,7 @@ def scene_truth(r: np.random.Generator) -> dict:
         objs.append(dict(shape=pick(r, SHAPES), colour=pick(r, list(PALETTE)), box=[round(float(v), 1) for v in boxes[-1]]))
     return dict(objects=objs, background=pick(r, ('white', 'beige', 'grey')))
 
+# %% ../nbs/03a_corpus_general.ipynb #c097d849
 def draw_scene(t: dict, size: int) -> Image.Image:
     "Draw the shapes of a scene."
     im, d, u = canvas(size, dict(white=(255, 255, 255), beige=(236, 226, 200), grey=(200, 200, 200))[t['background']])
@@ -464,10 +478,12 @@ def draw_scene(t: dict, size: int) -> Image.Image:
         else: d.polygon([((x0 + x1)/2, y0), (x1, y1), (x0, y1)], fill=c, outline='black', width=max(1, int(u)))
     return finish(im, size)
 
+# %% ../nbs/03a_corpus_general.ipynb #0d9cec46
 def plural(n: int, word: str) -> str:
     "`word` with an s unless `n` is 1."
     return word if n == 1 else word + 's'
 
+# %% ../nbs/03a_corpus_general.ipynb #edf1ec94
 def scene_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
     "Counting, colour and presence questions about a shape scene, answered from its objects."
     objs = t['objects']; count = collections.Counter((o['colour'], o['shape']) for o in objs)
@@ -496,6 +512,7 @@ def book_truth(r: np.random.Generator) -> dict:
     return dict(title=' '.join(words), author=f'{pick(r, FIRST_NAMES)} {pick(r, LAST_NAMES)}',
                 cover=pick(r, list(COVER_COLOURS)))
 
+# %% ../nbs/03a_corpus_general.ipynb #3816cd37
 def draw_book(t: dict, size: int) -> Image.Image:
     "A book cover: title words stacked in bold, a rule, the author at the bottom."
     im, d, u = canvas(size, (235, 235, 235))
@@ -506,6 +523,7 @@ def draw_book(t: dict, size: int) -> Image.Image:
     text_centered(d, (64*u, 108*u), t['author'], 15*u, 90*u, fill=(255, 235, 170), bold=True)
     return finish(im, size)
 
+# %% ../nbs/03a_corpus_general.ipynb #1b0769ef
 def book_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
     "Questions about a book cover, then one text-only follow-up computed from the answer."
     first, last = t['author'].split()
@@ -528,6 +546,7 @@ def with_image_first(turns: list[tuple[str, str]], r: np.random.Generator) -> li
     (q, a), rest = turns[0], turns[1:]
     return [(f'{IMAGE}\n{q}' if r.random() < 0.7 else f'{q}\n{IMAGE}', a), *rest]
 
+# %% ../nbs/03a_corpus_general.ipynb #88095419
 def instruct_vqa(n: int, # number of samples
                  size: int = 128, # image side in pixels
                  seed: int = 0, # the params seed
@@ -668,6 +687,7 @@ def _crossing(d, u, r):
     people = _people(d, u, r, [r.uniform(32, 44)], 116, 'down', 0)
     return dict(people=people, focus=0)
 
+# %% ../nbs/03a_corpus_general.ipynb #39eecb76
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario('rain', 'Why is person {tag} holding an umbrella?', 'Because it is raining.',
              'Rain drops are falling from the grey clouds.', _rain, (170, 175, 190)),
@@ -706,10 +726,12 @@ def commonsense_truth(r: np.random.Generator, size: int) -> tuple[Image.Image, d
                  rationales=[rationales[j] for j in pr], rationale_index=int(np.argmin(pr)))
     return finish(im, size), truth
 
+# %% ../nbs/03a_corpus_general.ipynb #06cf2140
 def choices_text(options: list[str]) -> str:
     "Options as lettered lines."
     return '\n'.join(f'{l}. {o}' for l, o in zip(LETTERS, options))
 
+# %% ../nbs/03a_corpus_general.ipynb #0e5067f0
 def commonsense_turns(t: dict) -> list[tuple[str, str]]:
     "VCR's two steps: question to answer, then question and answer to rationale."
     a, ri = t['answer_index'], t['rationale_index']
@@ -718,6 +740,7 @@ def commonsense_turns(t: dict) -> list[tuple[str, str]]:
             (f"Which reason best supports that answer?\n{choices_text(t['rationales'])}",
              f"{LETTERS[ri]}. {t['rationales'][ri]}")]
 
+# %% ../nbs/03a_corpus_general.ipynb #76c7c4ab
 def commonsense_vqa(n: int, # number of samples
                     size: int = 128, # image side in pixels
                     seed: int = 0, # the params seed
@@ -741,6 +764,7 @@ def sample_text(s: dict, width: int = 40, max_lines: int = 11) -> str:
         lines += textwrap.wrap(('Q: ' if m['role'] == 'user' else 'A: ') + txt, width)
     return '\n'.join(lines[:max_lines] + (['...'] if len(lines) > max_lines else []))
 
+# %% ../nbs/03a_corpus_general.ipynb #4a934fd0
 def sample_sheet(samples: list[dict], # VLM samples to show
                  cols: int = 2, # samples per row
                  text_w: int = 240, # width of the text column beside each picture, in pixels

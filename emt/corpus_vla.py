@@ -36,6 +36,7 @@ class Episode:
     @property
     def success(self) -> bool: return self.success_step is not None
 
+# %% ../nbs/03c_corpus_vla.ipynb #fd7cad76
 def rollout(env: SimEnv, # an env from `make_env`, set to the variation to run
             policy, # a scripted expert: `.get_action(obs)` -> 4-dim action
             max_steps: int, # give up after this many steps
@@ -80,6 +81,7 @@ def variation_seed(seed: int, task: str, draw: int) -> int:
     "The `metaworld.MT1` seed of the `draw`-th set of 50 variations of `task` for the data set's `seed`."
     return int(rng(seed, 'metaworld', task, draw).integers(2**31))
 
+# %% ../nbs/03c_corpus_vla.ipynb #56c969a0
 def _too_many_failures(fails: int, tries: int, max_fail_rate: float) -> bool:
     return fails >= 3 and fails > max_fail_rate * tries
 

@@ -66,6 +66,7 @@ def image_bytes(img: str|os.PathLike|PIL.Image.Image|np.ndarray|bytes, # a file,
     buf = io.BytesIO(); img.save(buf, format='PNG')
     return {'bytes': buf.getvalue(), 'path': None}
 
+# %% ../nbs/02_data.ipynb #f67ae16c
 def open_image(value: dict|PIL.Image.Image|str|os.PathLike|bytes) -> PIL.Image.Image:
     "Decode an image in any form a sample may hold it; raises if it is corrupt."
     if isinstance(value, PIL.Image.Image): img = value
@@ -78,6 +79,7 @@ def open_image(value: dict|PIL.Image.Image|str|os.PathLike|bytes) -> PIL.Image.I
     img.load()
     return img
 
+# %% ../nbs/02_data.ipynb #722772eb
 def stored_image(v: Any, # an Arrow image value {bytes, path}, a PIL image or a path
                  root: Path|None = None, # what a relative path is relative to
                  field: str = 'images') -> dict:
@@ -102,12 +104,14 @@ def bad_row(reason: str, # a short category, e.g. 'missing image file'
     e.reason = reason
     return e
 
+# %% ../nbs/02_data.ipynb #a3662421
 def unreadable(err: BaseException, # the library's error (h5py, pyarrow, PIL, ...)
                file: str|os.PathLike|None = None, row: int|str|None = None, field: str|None = None,
                reason: str = 'unreadable file') -> DataError:
     "A library error met while reading `file` as a located `DataError` with a countable `.reason`."
     return bad_row(reason, f'{type(err).__name__}: {err}', file=file, row=row, field=field)
 
+# %% ../nbs/02_data.ipynb #4b25c075
 def locate(e: DataError, file: str|os.PathLike|None, row: int|str|None,
            id: str|None = None, # the row's sample id, where known
            ) -> DataError:
@@ -119,6 +123,7 @@ def locate(e: DataError, file: str|os.PathLike|None, row: int|str|None,
     out.reason, out.id = getattr(e, 'reason', e.msg), id
     return out
 
+# %% ../nbs/02_data.ipynb #fa509de0
 @dataclass
 class Skipped:
     "The rows a reader dropped, with where and why."
@@ -265,6 +270,7 @@ def raw_rows(ds: Dataset, # any dataset
     "The rows of `ds` as stored: images as `{'bytes', 'path'}` dicts, not decoded (no copy of the data set)."
     for t in ds.with_format('arrow').iter(batch_size=batch_size): yield from t.to_pylist()
 
+# %% ../nbs/02_data.ipynb #3d7b2bbd
 def validate(data: Dataset|Iterable[dict], # the samples to check
              kind: Kind, # 'vlm' or 'vla'
              file: str|os.PathLike, # where they came from, for the errors
@@ -299,6 +305,7 @@ def samples_to_dataset(samples: Iterable[dict], # samples in the `kind` schema
         raise
     return Dataset.from_file(path)
 
+# %% ../nbs/02_data.ipynb #ad69fdf7
 def _temp_arrow_dir() -> Path:
     "A new `emt-arrow-*` temporary directory, removed when the process exits."
     d = Path(tempfile.mkdtemp(prefix='emt-arrow-'))
@@ -321,6 +328,7 @@ def save_dataset(ds: Dataset, # the data set to store
         _content_fingerprint(tmp)
     return path
 
+# %% ../nbs/02_data.ipynb #aed2464d
 def _content_fingerprint(d: Path) -> str:
     "Replace the random `_fingerprint` `save_to_disk` writes by a hash of the data files, so equal data give equal bytes."
     state = json.loads((d/'state.json').read_text())
@@ -335,6 +343,7 @@ def ids_digest(ds: Dataset) -> str:
     if 'id' not in ds.column_names: return str(len(ds))
     return digest('\n'.join(map(str, ds['id'])), None)
 
+# %% ../nbs/02_data.ipynb #ee9faaef
 def load_dataset_dir(path: str|os.PathLike, # a directory written by `save_dataset`
                      kind: Kind|None = None, # check it has the columns of this schema
                      ) -> Dataset:
@@ -427,6 +436,7 @@ def llava_sample(raw: dict, # one parsed row
     return {'id': qualify_id(raw.get('id', f'{index:06d}'), src), 'source': src, 'messages': messages,
             'images': [_image_file(image_root, r, key) for r in rels], 'meta': _meta_json(raw, _LLAVA_KEYS)}
 
+# %% ../nbs/02_data.ipynb #c5925fce
 def read_llava(path: str|os.PathLike, # a .json list or a .jsonl file
                image_root: str|os.PathLike|None = None, # folder the image paths are relative to; default: the file's
                source: str|None = None, # the samples' source; default: the file's stem
@@ -455,6 +465,7 @@ def content_text(content: str|list|None) -> str:
         out.append(IMAGE if part['type'] == 'image' else (part.get('text') or ''))
     return '\n'.join(out)
 
+# %% ../nbs/02_data.ipynb #58c59ed0
 def hf_sample(raw: dict, # one row of the dataset, images undecoded
               index: int, source: str,
               root: Path|None = None, # what relative image paths are relative to
@@ -473,6 +484,7 @@ def hf_sample(raw: dict, # one row of the dataset, images undecoded
             'images': images, 'messages': messages,
             'meta': meta if isinstance(meta, str) else json.dumps(meta or {}, sort_keys=True, default=str)}
 
+# %% ../nbs/02_data.ipynb #e1f5a1ea
 def _hf_rows(path: Path) -> Iterator[tuple[Path, int|None, dict|DataError]]:
     "(file, row, raw row) of a save_to_disk directory or of each Parquet file; (file, None, error) for a file that does not open."
     if (path/'state.json').exists() or (path/'dataset_info.json').exists():
@@ -548,6 +560,7 @@ def lerobot_info(root: Path) -> dict:
         if k not in info: raise DataError('missing key', file=f, field=k)
     return info
 
+# %% ../nbs/02_data.ipynb #3ac61fac
 def lerobot_camera(info: dict, camera: str|None, file) -> tuple[str, str]:
     "The feature key and dtype ('image' or 'video') of the chosen camera."
     cams = {k: v['dtype'] for k, v in info['features'].items() if v.get('dtype') in ('image', 'video')}
@@ -558,6 +571,7 @@ def lerobot_camera(info: dict, camera: str|None, file) -> tuple[str, str]:
         if k not in cams: raise DataError(f'camera {camera!r} not found; cameras: {list(cams)}', file=file, field='features')
     return k, cams[k]
 
+# %% ../nbs/02_data.ipynb #07b0894d
 def lerobot_tasks(root: Path) -> dict[int, str]:
     "task_index -> task string, from `meta/tasks.parquet` (tasks as index or as a `task` column)."
     import pandas as pd
@@ -608,6 +622,7 @@ def import_av():
         raise EmtError('this LeRobot camera is stored as video, which needs PyAV to decode: pip install av') from None
     return av
 
+# %% ../nbs/02_data.ipynb #292e37e7
 def decode_video_frames(path: Path, # an mp4 file
                         times: list[float], # the timestamps (s) of the frames wanted
                         ) -> list[dict]:
@@ -707,12 +722,14 @@ def libero_task_name(path: str|os.PathLike) -> str:
     "The task name of a LIBERO demo file: its stem without `_demo`."
     return re.sub(r'_demo$', '', Path(path).stem)
 
+# %% ../nbs/02_data.ipynb #94faccae
 def instruction_from_filename(path: str|os.PathLike) -> str:
     "The instruction in a LIBERO file name: the words after the upper-case scene prefix."
     words = libero_task_name(path).split('_')
     while words and words[0].isupper(): words = words[1:]
     return ' '.join(words)
 
+# %% ../nbs/02_data.ipynb #8c8ab942
 def bddl_language(attrs: dict) -> str|None:
     "The `language_instruction` in a LIBERO file's `problem_info` attribute (its BDDL text), or None."
     info = attrs.get('problem_info')
@@ -721,6 +738,7 @@ def bddl_language(attrs: dict) -> str|None:
     except (json.JSONDecodeError, AttributeError): return None
     return str(text).strip() if text else None
 
+# %% ../nbs/02_data.ipynb #67fff2aa
 def flip_image(img: np.ndarray, # (H, W, 3) or (T, H, W, 3)
                flip: Flip) -> np.ndarray:
     "The image(s) flipped upright (`vertical`), rotated 180° (`rotate180`), or as they are."
@@ -813,6 +831,7 @@ def read_vla_dataset(path: str|os.PathLike, # a directory written by `save_datas
                         row=0, field='source')
     return validate(ds, 'vla', rpath(path), on_error)
 
+# %% ../nbs/02_data.ipynb #4b543a32
 def load_source(spec: dict, # {name, format, path, kind?, image_root?, camera?, chunk?}
                 on_error: OnError = 'raise', chunk: int|None = None, # default chunk for VLA formats
                 cache_dir: str|os.PathLike|None = None,
@@ -842,12 +861,14 @@ def write_hf(ds: Dataset, # a VLM mixture
     "Save the mixture as an HF dataset directory (`load_from_disk`/`read_hf` read it)."
     return save_dataset(ds, out)
 
+# %% ../nbs/02_data.ipynb #c817468d
 def image_file_name(sample_id: str, i: int, data: bytes) -> str:
     "A file name for image `i` of `sample_id`, with the extension of its encoded format."
     fmt = (PIL.Image.open(io.BytesIO(data)).format or 'PNG').lower()
     ext = {'jpeg': 'jpg'}.get(fmt, fmt)
     return re.sub(r'[^A-Za-z0-9._-]', '_', sample_id.replace('/', '__')) + f'_{i}.{ext}'
 
+# %% ../nbs/02_data.ipynb #3f429e05
 def _write_images(ds: Dataset, folder: Path, keep=None, # keep(sample) -> bool: False leaves the sample out
                   ) -> Iterator[tuple[dict, list[str]]]:
     "(sample, names of its image files in `folder`) for each sample kept, writing the files."
@@ -873,6 +894,7 @@ def llava_conversations(messages: list[dict]) -> list[dict]:
         msgs = [{'role': 'user', 'content': f"{system}\n\n{first['content']}" if system else first['content']}, *msgs[2:]]
     return [{'from': {'user': 'human', 'assistant': 'gpt'}[m['role']], 'value': m['content']} for m in msgs]
 
+# %% ../nbs/02_data.ipynb #67e4f35b
 def write_llava(ds: Dataset, # a VLM mixture (checked samples)
                 out_dir: str|os.PathLike, # gets data.json and images/
                 multi_image: MultiImage = 'raise', # a row with several images: stop, or skip it into `skipped`
@@ -892,6 +914,7 @@ def write_llava(ds: Dataset, # a VLM mixture (checked samples)
         (tmp/'data.json').write_text(json.dumps(rows, indent=1, ensure_ascii=False))
     return out_dir
 
+# %% ../nbs/02_data.ipynb #8d3bebe6
 def _one_image(s: dict, multi_image: MultiImage, skipped: Skipped|None) -> bool:
     "True if `s` has at most one image; otherwise raise, or count it in `skipped` and return False."
     if len(s['images']) <= 1: return True

@@ -76,6 +76,7 @@ def option_tags(opts: dict, # the cell's Quarto options, from `cell_options`
     if opts.get('code-fold') in (True, 'true', 'show'): tags.append('hide-input')
     return tags
 
+# %% ../nbs/91_docs.ipynb #ee1127ee
 def asis_markdown(cell: dict, # a processed code cell
                   ) -> str|None:
     "The Markdown a hidden `output: asis` cell writes into the page, or None if it is not such a cell."
@@ -165,6 +166,7 @@ def front_matter(nb: dict, # a notebook processed by nbdev
     m = re.match(r'^\s*---\s*\n(.*?)\n---\s*$', _join(cells[0]['source']), re.S)
     return (yaml.safe_load(m[1]) or {}) if m else {}
 
+# %% ../nbs/91_docs.ipynb #eb90dd0c
 def _md_cell(text: str) -> dict: return {'cell_type': 'markdown', 'metadata': {}, 'source': text}
 
 def _title_cell(fm: dict) -> dict|None:
@@ -200,6 +202,7 @@ def myst_cells(cell: dict, # one cell of a processed notebook
     return [{'cell_type': 'code', 'execution_count': cell.get('execution_count'), 'metadata': meta,
              'source': code, 'outputs': outputs}]
 
+# %% ../nbs/91_docs.ipynb #a49876dd
 def myst_notebook(nb: dict, # a notebook processed by nbdev
                   fix_md=lambda md: md, # function applied to every piece of Markdown
                   ) -> dict:
@@ -222,6 +225,7 @@ def page_name(nb_path: Path, # the notebook, relative to the directory it was fo
     return (nb_path.parent/name.with_suffix('')).as_posix() if name.suffix == '.html' else \
         (nb_path.parent/name).as_posix()
 
+# %% ../nbs/91_docs.ipynb #fa6ee530
 def nav_sections(pages: Sequence[tuple[str, dict]], # (page, front matter) of the notebooks of `nbs/`, in order
                  default: str = 'Modules', # the section of pages that name none
                  ) -> dict[str, list[str]]:
@@ -232,6 +236,7 @@ def nav_sections(pages: Sequence[tuple[str, dict]], # (page, front matter) of th
         else: rest.append(page)
     return {**named, **({default: rest} if rest else {})}
 
+# %% ../nbs/91_docs.ipynb #72646d62
 def toctree(caption: str, # the section's title in the navigation
             pages: Sequence[str], # the pages it lists, in order
             ) -> str:
@@ -273,6 +278,7 @@ def setup(app):
     app.add_html_math_renderer("emt_source", (_visit_math, None), (_visit_math, None))
 '''
 
+# %% ../nbs/91_docs.ipynb #c1b4789d
 CSS = """\
 /* emt.docs: a table wider than the page scrolls sideways in its wrapper instead of being cut */
 .table-wrapper, div.cell_output div.output.text_html, div.cell_output div.output.text_markdown {
@@ -309,6 +315,7 @@ def site_url(project: Path, # the project root
     cfg = _nbdev_config(project)
     return f"{cfg.get('doc_host', '').rstrip('/')}{cfg.get('doc_baseurl', '')}".rstrip('/') + '/'
 
+# %% ../nbs/91_docs.ipynb #54ede63c
 def notebooks(project: Path, # the project root
               ) -> list[Path]:
     "The notebooks of `nbs/` that nbdev documents (as `nbdev.doclinks.nbglob` finds them), relative, in order."
@@ -316,6 +323,7 @@ def notebooks(project: Path, # the project root
     nbs = _nbdev_config(project).nbs_path
     with contextlib.chdir(project): return sorted(Path(p).relative_to(nbs) for p in nbglob(nbs, func=Path))
 
+# %% ../nbs/91_docs.ipynb #de01a7e4
 def process_plain(path: Path, # a notebook
                   ) -> dict:
     "`path` through nbdev's processors that execute nothing (front matter, hidden cells, cleaning)."
@@ -329,6 +337,7 @@ def process_plain(path: Path, # a notebook
     NBProcessor(nb=nb, procs=procs, rm_directives='quarto').process()
     return json.loads(json.dumps(nb))
 
+# %% ../nbs/91_docs.ipynb #49e8c2af
 def _short(e: Exception) -> str:
     "The first and last lines of an error nbdev raised from a notebook's cell."
     lines = [l for l in str(e).strip().splitlines() if l.strip()] or [type(e).__name__]
@@ -348,6 +357,7 @@ def known_failures(project: Path, # the project root
     return {Path(rel): v['error'] for rel, v in old.get('failed', {}).items()
             if (cfg.nbs_path/rel).exists() and (cfg.nbs_path/rel).stat().st_mtime == v['mtime'] and lib <= old['time']}
 
+# %% ../nbs/91_docs.ipynb #952b9b63
 def process_nbs(project: Path, # the project root
                 ) -> tuple[dict[Path, dict], list[str]]:
     "Every notebook of `nbs/` processed by nbdev for the docs (cached in `_proc/`), and the problems met."
@@ -398,6 +408,7 @@ def with_run_outputs(nb: dict, # a processed notebook of `nbs/`
         if 'parameters' in c.get('metadata', {}).get('tags', []): out += injected; injected = []
     return {**nb, 'cells': out}
 
+# %% ../nbs/91_docs.ipynb #eb597539
 def results_first(nb: dict, # a processed notebook
                   heading: str = '## Run the stage', # how its results section starts
                   ) -> dict:
@@ -488,6 +499,7 @@ def run_sphinx(src: Path, # the staged sources (with conf.py)
     if app.statuscode: raise EmtError(f'Sphinx failed to build {src} into {out}:\n{warning.getvalue()[-3000:]}')
     return [w for w in warning.getvalue().splitlines() if w.strip()]
 
+# %% ../nbs/91_docs.ipynb #43e496e7
 def build_docs(out: str|os.PathLike|None = None, # where the site goes; default nbdev's `doc_path` (`_docs/`)
                ) -> Path:
     "Build the docs site from `nbs/` and `_runs/` offline; return its directory."

@@ -54,12 +54,14 @@ class Dose:
     @property
     def name(self) -> str: return f'ep{self.epochs}-lr{self.lr:g}'
 
+# %% ../nbs/11b_dose.ipynb #6b54b5f6
 def ladder(epochs=(1, 3, 10), # epochs over the mixture
            lrs=(1e-4, 1e-3), # peak learning rates
            ) -> list[Dose]:
     "Every dose of the study's ladder, smallest summed learning rate first (ties: fewer epochs first)."
     return sorted((Dose(e, lr) for e in epochs for lr in lrs), key=lambda d: (d.epochs * d.lr, d.epochs))
 
+# %% ../nbs/11b_dose.ipynb #b2d9e38c
 def dose_recipe(base: Recipe, # the profile's mid-training recipe (batch sizes, length, precision)
                 dose: Dose, n: int, # the dose, and the mixture's size
                 ) -> Recipe:
@@ -112,6 +114,7 @@ def ridge_r2(X: np.ndarray, y: np.ndarray, # training features (n, D) and target
     keep = sst > 0  # a constant action dimension has nothing to explain
     return float(np.mean(1 - ((yh - pred) ** 2).sum(0)[keep] / sst[keep]))
 
+# %% ../nbs/11b_dose.ipynb #def98160
 def action_probe(path: Path, # a VLM checkpoint
                  P: Params, # the params (`features`, `vla`, `seed`, the VLA sources)
                  n_train: int = 1500, n_heldout: int = 500, # frames embedded, at most

@@ -57,10 +57,12 @@ def split_groups(groups: np.ndarray, # a group label per row: a group's rows all
     if len(val) > max_val: val = np.sort(rng(seed, 'estimator-split-cap', key).choice(val, max_val, replace=False))
     return np.flatnonzero(~np.isin(inv, held)), val
 
+# %% ../nbs/09_estimator.ipynb #9078eaef
 def split_rows(n: int, val_fraction: float, max_val: int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
     "Seeded (train, validation) row indices of a set of `n` rows (each row its own group)."
     return split_groups(np.arange(n), val_fraction, max_val, seed, key)
 
+# %% ../nbs/09_estimator.ipynb #ee1453cd
 def balanced_draw(g: np.random.Generator, train: np.ndarray, # candidate global rows
                   source_of: np.ndarray, # the source index of each candidate
                   n: int, balance: bool) -> np.ndarray:
@@ -110,6 +112,7 @@ class ProximityEstimator(torch.nn.Module):
         m.load_state_dict(load_file(str(path/'model.safetensors')))
         return m.eval()
 
+# %% ../nbs/09_estimator.ipynb #445cfc54
 def fold_standardisation(model: ProximityEstimator, mean: torch.Tensor, scale: torch.Tensor) -> ProximityEstimator:
     "Rewrite a layer trained on (x - mean) / scale as the same function of raw x."
     with torch.no_grad():
@@ -201,6 +204,7 @@ def score_features(model: ProximityEstimator, x: np.ndarray, # (n, D) features, 
     for i in range(0, len(x), chunk): out[i:i + chunk] = np.asarray(x[i:i + chunk], dtype=np.float32) @ w + b
     return out
 
+# %% ../nbs/09_estimator.ipynb #c6413330
 def score_sources(model: ProximityEstimator, names: list[str],
                   features: str | os.PathLike = ARTIFACTS['features']) -> tuple[list[str], list[str], np.ndarray]:
     "ids, sources and logits of every sample of `names`, streamed shard by shard."
@@ -245,6 +249,7 @@ def vla_episode_groups(names: list[str], # the VLA sources, in FeatureSet order
                        'the features are stale (dvc repro features).')
     return np.array([ep[i] for i in ids])
 
+# %% ../nbs/09_estimator.ipynb #bf78a1c6
 def topk_jaccard(scores: list[np.ndarray], # one score vector of the pool per estimator seed
                  ids: np.ndarray, # the pool's ids (the tie-breaker of the selection)
                  k: int, # the selection size

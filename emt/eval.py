@@ -39,6 +39,7 @@ class Policy(Protocol):
     "What the harness drives: action chunks from camera frames and an instruction."
     def predict(self, images: list[np.ndarray], instruction: str) -> np.ndarray: ...
 
+# %% ../nbs/13_eval.ipynb #0cb62617
 class TaskEnv(Protocol):
     "One benchmark task, reset to official initial states and stepped with actions."
     instruction: str
@@ -48,6 +49,7 @@ class TaskEnv(Protocol):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, bool, bool]: ...
     def close(self) -> None: ...
 
+# %% ../nbs/13_eval.ipynb #155a4c7b
 class RandomPolicy:
     "Uniform random actions in [-1, 1]: the floor every benchmark's success should be near zero for."
     def __init__(self, action_dim: int|None = None, # the benchmark's action size (None: the env's, read in `bind`)
@@ -73,6 +75,7 @@ def check_chunk(chunk: Any, # what the policy returned
     if not np.isfinite(a).all(): raise EmtError('policy.predict returned non-finite actions')
     return a
 
+# %% ../nbs/13_eval.ipynb #f6405ace
 def rollout(env: TaskEnv, # a task env from an adapter
             trial: int, # which official initial state
             replan_every: int|None = None, # actions executed per chunk (None: the whole chunk)
@@ -100,6 +103,7 @@ def rollout(env: TaskEnv, # a task env from an adapter
     if hasattr(env, 'episode_info'): out.update(env.episode_info())
     return out | ({'frames': frames} if record else {})
 
+# %% ../nbs/13_eval.ipynb #c95cd72b
 def run_episode(env: TaskEnv, # a task env from an adapter
                 policy: Policy, # the policy to evaluate
                 trial: int, # which official initial state
@@ -141,6 +145,7 @@ def episode_key(task: str, trial: int) -> str:
     "The unique key of one episode in a results log."
     return f'{task}/{trial:04d}'
 
+# %% ../nbs/13_eval.ipynb #a0332ec9
 class ResultsLog:
     "An append-only JSONL file of episode records, keyed by (task, trial), that survives being killed."
     def __init__(self, path: str|os.PathLike): # the results.jsonl file
@@ -433,6 +438,7 @@ class VLACheckpoint:
         f = Path(self.path)/'action_stats.json'
         return json.loads(f.read_text()).get('gripper', 'close_positive') if f.is_file() else 'close_positive'
 
+# %% ../nbs/13_eval.ipynb #fb9e0e12
 def check_gripper(name: str, policy, benchmark: str) -> None:
     "Stop before a VLA commands a benchmark's gripper in another benchmark's convention."
     want = BENCHMARK_GRIPPER[benchmark]
@@ -546,6 +552,7 @@ def result_key(spec) -> str:
     "The key of an `eval.benchmarks` entry's results: its name, and its suite when it has one ('libero_libero_10')."
     return spec.name if spec.suite is None else f'{spec.name}_{spec.suite}'
 
+# %% ../nbs/13_eval.ipynb #5d065b9d
 def _grid_key(name: str) -> dict | None:
     "init, benchmark, seed, step of a VLA policy name; None for other policies."
     try: return parse_run(name)
@@ -564,6 +571,7 @@ def pooled_results(episodes: list[dict], # rows of EPISODE_COLUMNS
         out.setdefault(name, {})[bench] = {**summarize(rs), 'seeds': len({r['seed'] for r in rs})}
     return out
 
+# %% ../nbs/13_eval.ipynb #caec6ce9
 def run_eval(P, # the params
              policies: dict[str, Callable[[], Policy]]|None = None, # name -> picklable factory (None: `vla_policies()`)
              out: str|os.PathLike = ARTIFACTS['eval'], # results, protocols and videos go under here

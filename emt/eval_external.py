@@ -64,6 +64,7 @@ def euler_to_axis_angle(rpy: np.ndarray, # roll, pitch, yaw (rad) about the stat
     n = float(np.linalg.norm(q[1:]))
     return np.zeros(3) if n < 1e-12 else 2 * np.arctan2(n, q[0]) * q[1:] / n
 
+# %% ../nbs/13b_eval_external.ipynb #835d41f6
 def simpler_action(action: np.ndarray, # the VLA's Bridge action: delta xyz, delta roll-pitch-yaw, gripper
                    ) -> np.ndarray:
     "The action SimplerEnv's WidowX controller takes: delta xyz, axis-angle delta rotation, gripper."
@@ -71,6 +72,7 @@ def simpler_action(action: np.ndarray, # the VLA's Bridge action: delta xyz, del
     if a.shape != (7,): raise EmtError(f'a SimplerEnv-Bridge action has 7 numbers, not shape {a.shape}')
     return np.concatenate([a[:3], euler_to_axis_angle(a[3:6]), a[6:]])
 
+# %% ../nbs/13b_eval_external.ipynb #1b07d715
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
     return np.asarray(Image.fromarray(np.asarray(img, np.uint8)).resize((size, size), Image.BILINEAR))
@@ -103,6 +105,7 @@ class SimplerBridgeEnv:
 
     def close(self) -> None: self.env.close()
 
+# %% ../nbs/13b_eval_external.ipynb #1f1fd37f
 @dataclass(frozen=True)
 class SimplerBridge:
     "The SimplerEnv-Bridge adapter: 4 WidowX tasks x 24 episodes, visual matching (untested here)."
@@ -127,12 +130,14 @@ def calvin_conf(agent_init: str|os.PathLike, # `calvin_agent.__file__`
                        'repository checkout (pip install -e calvin_models), as its install.sh does')
     return conf
 
+# %% ../nbs/13b_eval_external.ipynb #9d0d711f
 def calvin_chains(n: int = CALVIN_CHAINS) -> tuple:
     "CALVIN's `n` evaluation chains, ((initial state, (5 subtasks)), ...), from its own `get_sequences`."
     require('calvin_agent', CALVIN_INSTALL)
     from calvin_agent.evaluation.multistep_sequences import get_sequences
     return tuple((init, tuple(chain)) for init, chain in get_sequences(n))
 
+# %% ../nbs/13b_eval_external.ipynb #46ab4c4e
 class CalvinEnv:
     "CALVIN's chains of 5 subtasks as one harness task env (untested here)."
     action_dim = 7
@@ -176,6 +181,7 @@ class CalvinEnv:
     def episode_info(self) -> dict: return {'completed': self.k}
     def close(self) -> None: self.env.close()
 
+# %% ../nbs/13b_eval_external.ipynb #8674af86
 @dataclass(frozen=True)
 class Calvin:
     "The CALVIN ABC->D adapter: 1,000 chains of 5 subtasks, average length (untested here)."

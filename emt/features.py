@@ -110,6 +110,7 @@ def truncate_rows(batch: dict, # a left-padded batch from a processor
     for k in keys: out[k] = torch.stack([torch.cat([x.new_full((n - len(x),), fill(k)), x]) for x in rows[k]])
     return out
 
+# %% ../nbs/07_features.ipynb #c5aabbb0
 def vla_inputs(processor, # the VLM's processor
                samples: list[dict], # VLA frames (id, images, instruction)
                max_seq_len: int, # tokens per row at most; the instruction is cut, image tokens never
@@ -131,11 +132,13 @@ def model_inputs(model: torch.nn.Module, # the VLM
         out['position_ids'] = (out['attention_mask'].long().cumsum(-1) - 1).clamp(min=0)
     return out
 
+# %% ../nbs/07_features.ipynb #349737db
 def n_hidden_states(model: torch.nn.Module) -> int:
     "How many hidden states the language model returns: its layers + 1 (the embeddings)."
     cfg = getattr(model.config, 'text_config', model.config)
     return cfg.num_hidden_layers + 1
 
+# %% ../nbs/07_features.ipynb #1d752c7e
 @torch.inference_mode()
 def embed_batch(model: torch.nn.Module, # the frozen VLM
                 batch: dict, # from `vlm_inputs` / `vla_inputs`
@@ -159,6 +162,7 @@ def shard_name(index: int) -> str:
     "The file name of shard `index`."
     return f'shard-{index:05d}.safetensors'
 
+# %% ../nbs/07_features.ipynb #947af208
 def write_shard(path: str | os.PathLike, # the shard file to produce
                 vectors: np.ndarray, # (n, D) features
                 ids: list[str], # the n sample ids
@@ -170,6 +174,7 @@ def write_shard(path: str | os.PathLike, # the shard file to produce
     with atomic_path(path) as tmp: save_file({'features': np.ascontiguousarray(vectors)}, str(tmp), metadata=info)
     return Path(path)
 
+# %% ../nbs/07_features.ipynb #82336b09
 _DTYPES = {'F16': np.float16, 'F32': np.float32, 'BF16': None, 'F64': np.float64}
 
 def _header(path: Path) -> tuple[dict, int]:
@@ -185,6 +190,7 @@ def shard_meta(path: str | os.PathLike) -> dict:
     try: return json.loads(head['__metadata__']['emt'])
     except (KeyError, ValueError) as e: raise DataError(f'not a features shard (no emt metadata: {e})', file=path) from e
 
+# %% ../nbs/07_features.ipynb #05594851
 def read_shard(path: str | os.PathLike, # a file written by `write_shard`
                mmap: bool = True, # memory-map the features (else read them)
                ) -> tuple[list[str], np.ndarray]:
@@ -211,6 +217,7 @@ class ShardTask:
     start: int # first dataset row
     stop: int # one past the last row
 
+# %% ../nbs/07_features.ipynb #b2a36135
 def plan_shards(sizes: dict[str, tuple[str, int]], # source -> (kind, rows)
                 shard_size: int, # rows per shard
                 ) -> list[ShardTask]:
@@ -218,10 +225,12 @@ def plan_shards(sizes: dict[str, tuple[str, int]], # source -> (kind, rows)
     return [ShardTask(name, kind, i, start, min(start + shard_size, n))
             for name, (kind, n) in sizes.items() for i, start in enumerate(range(0, n, shard_size))]
 
+# %% ../nbs/07_features.ipynb #2a1e7424
 def process_share(tasks: list[ShardTask], rank: int, world: int) -> list[ShardTask]:
     "The shards process `rank` of `world` computes."
     return tasks[rank::world]
 
+# %% ../nbs/07_features.ipynb #fd0f0ad8
 def is_done(path: Path, fingerprint: str) -> bool:
     "Whether the shard at `path` exists and was computed from the inputs `fingerprint` names."
     if not path.is_file(): return False
@@ -235,6 +244,7 @@ def model_fingerprint(path: str | os.PathLike) -> str:
     for f in sorted(path.glob('*.json')) + sorted(path.glob('*.safetensors')): d.text(f.name).file(f)
     return d.hex()
 
+# %% ../nbs/07_features.ipynb #83bee228
 def fingerprint(**parts) -> str:
     "A short stable hash of JSON-able `parts`."
     return digest(json.dumps(parts, sort_keys=True, default=str))
@@ -250,6 +260,7 @@ class Encoded:
     last: bool = False # the shard's last batch
     seconds: float = 0.0 # time spent reading and encoding
 
+# %% ../nbs/07_features.ipynb #7eca1412
 def _undecoded(ds: Dataset) -> Dataset:
     "`ds` read as Arrow: rows come with their images as stored bytes (decoded later, where errors are caught)."
     return ds.with_format('arrow')
@@ -354,6 +365,7 @@ def write_manifest(folder: str | os.PathLike, # the source's features folder
     write_json(folder/'manifest.json', manifest)
     return manifest
 
+# %% ../nbs/07_features.ipynb #5b91946f
 def read_manifest(source: str, # a source name
                   root: str | os.PathLike = ARTIFACTS['features'], # the features directory
                   ) -> dict:
@@ -365,6 +377,7 @@ def read_manifest(source: str, # a source name
                        'Run the features stage: dvc repro features.')
     return json.loads(path.read_text())
 
+# %% ../nbs/07_features.ipynb #502b50b1
 def iter_features(source: str, # a source name
                   root: str | os.PathLike = ARTIFACTS['features'], # the features directory
                   ) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -375,6 +388,7 @@ def iter_features(source: str, # a source name
         if len(ids) != s['n']: raise DataError(f"{len(ids)} rows, the manifest says {s['n']}", file=rpath(root)/source/s['file'])
         yield ids, x
 
+# %% ../nbs/07_features.ipynb #da639160
 def load_features(source: str, # a source name
                   root: str | os.PathLike = ARTIFACTS['features'], # the features directory
                   ) -> tuple[list[str], np.ndarray]:
@@ -399,6 +413,7 @@ def check_finite(x: np.ndarray, # (n, D) features
                         'recompute them (dvc repro features) or drop the source', file=file, row=i, field='features')
     return x
 
+# %% ../nbs/07_features.ipynb #bb0e45fb
 class FeatureSet:
     "The features of several sources, indexed as one set without copying them."
     def __init__(self, names: list[str], # source names
@@ -476,6 +491,7 @@ def default_workers() -> int:
     "DataLoader workers: one per spare CPU core, at most 4, at least 1."
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
+# %% ../nbs/07_features.ipynb #f434e09f
 def run_features(params: Params, # validated params
                  model: str | os.PathLike | None = None, # the frozen VLM (None: `features.model`, else the base VLM)
                  data: str | os.PathLike = ARTIFACTS['data'], # the data stage's datasets

@@ -40,6 +40,7 @@ def sq_dists(x: torch.Tensor, # (n, D)
     d = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T
     return d.clamp_min_(0)
 
+# %% ../nbs/08_gap.ipynb #118811ec
 def median_bandwidth(x: torch.Tensor, # (n, D) samples of every set being compared
                      max_n: int = 2000, # pairs are taken among at most this many samples
                      seed: int = 0) -> float:
@@ -51,6 +52,7 @@ def median_bandwidth(x: torch.Tensor, # (n, D) samples of every set being compar
     if not med > 0: raise EmtError('all features are identical: the median distance is 0, so no bandwidth can be set')
     return med
 
+# %% ../nbs/08_gap.ipynb #9d76c9ab
 def rbf(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
     "The Gaussian RBF kernel matrix exp(-||x - y||^2 / (2 sigma^2))."
     return torch.exp(-sq_dists(x, y) / (2 * sigma**2))
@@ -64,6 +66,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, sigma: float) -> float:
     return ((kxx.sum() - kxx.trace()) / (n * (n - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1))
             - 2 * kxy.mean()).item()
 
+# %% ../nbs/08_gap.ipynb #d9dcd49f
 def block_sums(x: torch.Tensor, # (N, D) the samples of all sets, concatenated
                sizes: list[int], # rows of each set, in order
                sigma: float,
@@ -78,6 +81,7 @@ def block_sums(x: torch.Tensor, # (N, D) the samples of all sets, concatenated
         s += (onehot[i:i + block].T @ (k @ onehot)).double()
     return s - torch.diag(torch.tensor(sizes, dtype=torch.float64, device=x.device))  # k(x, x) = 1 on the diagonal
 
+# %% ../nbs/08_gap.ipynb #9baaf9cb
 def mmd2_matrix(xs: list[torch.Tensor], # the samples of each set
                 sigma: float, block: int = 2048) -> np.ndarray:
     "The (G, G) matrix of unbiased MMD^2 between every pair of sets (0 on the diagonal)."
@@ -152,6 +156,7 @@ def mmd_figure(m: np.ndarray, # (G, G) MMD^2
     fig.tight_layout()
     return fig
 
+# %% ../nbs/08_gap.ipynb #e2e0724c
 def tsne_embedding(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     "A 2-D t-SNE of `x` (PCA to at most 50 dimensions first)."
     from sklearn.decomposition import PCA
@@ -161,6 +166,7 @@ def tsne_embedding(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     perplexity = min(perplexity, (len(x) - 1) / 3)
     return TSNE(2, perplexity=perplexity, init='pca', random_state=seed, max_iter=1000).fit_transform(x)
 
+# %% ../nbs/08_gap.ipynb #2e80d300
 def tsne_figure(z: np.ndarray, # (n, 2) embedding
                 labels: list[str], # source of each row
                 groups: dict[str, str]): # source -> group
@@ -202,6 +208,7 @@ def group_features(P: Params, features: str | os.PathLike = ARTIFACTS['features'
         if g != 'vla': out.setdefault('pool', []).append(x)
     return {g: np.concatenate(v) for g, v in out.items()}
 
+# %% ../nbs/08_gap.ipynb #d5549ab6
 def run_gap(P: Params, # validated params
             features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
             ) -> dict:

@@ -83,6 +83,7 @@ def heldout_rows(n: int, spec: Source, seed: int, heldout: int) -> np.ndarray:
     k = min(heldout, max(n - 1, 0)) if spec.group != 'vla' else 0
     return np.sort(rng(seed, 'ability-heldout', spec.name).choice(n, k, replace=False)) if k else np.zeros(0, int)
 
+# %% ../nbs/02b_ingest.ipynb #7cfbdeb8
 def _subset_rows(n: int, spec: Source, seed: int, heldout: int = 0) -> np.ndarray:
     "The rows the data stage stores: all but the held-out ones, then a seeded `spec.max_samples` subset, in order."
     rest = np.setdiff1d(np.arange(n), heldout_rows(n, spec, seed, heldout))
@@ -100,6 +101,7 @@ def heldout_subset(ds, spec: Source, seed: int, heldout: int):
     "The held-out rows of a VLM source (`ability.per_source` of them): data no stage trains or scores on."
     return ds.select(heldout_rows(len(ds), spec, seed, heldout).tolist())
 
+# %% ../nbs/02b_ingest.ipynb #7e149104
 SKIP_COLUMNS = ['source', 'file', 'row', 'field', 'reason', 'detail']
 
 def _save_skipped(rows: list[dict]) -> None:

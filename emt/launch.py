@@ -30,6 +30,7 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
+# %% ../nbs/05a_launch.ipynb #2be6327c
 def launch_command(fn: str, # 'module:function' of emt, e.g. 'emt.sft:train_sft'
                    spec: Path, result: Path, # the pickled keyword arguments, and where the report goes
                    processes: int, # processes (one per GPU)
@@ -41,6 +42,7 @@ def launch_command(fn: str, # 'module:function' of emt, e.g. 'emt.sft:train_sft'
             '--num_machines', '1', '--main_process_port', str(port), '--mixed_precision', 'no', '--dynamo_backend', 'no',
             '-m', 'emt.launch', fn, str(spec), str(result)]
 
+# %% ../nbs/05a_launch.ipynb #c8745080
 def launched(fn: str, # 'module:function' of emt: a training function whose report is a dict
              kwargs: dict[str, Any], # its keyword arguments (picklable: paths, datasets, recipes)
              processes: int, # processes (one per GPU; on a CPU machine, gloo processes sharing the cores)
@@ -78,6 +80,7 @@ def visible_gpus() -> list[str]:
     import torch
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
+# %% ../nbs/05a_launch.ipynb #d1e4a013
 def gpu_slots(devices: Sequence[str], # the GPUs to share out (`visible_gpus()`)
               jobs: int, # runs at once
               per_job: int | None = None, # GPUs per run (None: an equal share of `devices`)
@@ -97,6 +100,7 @@ def whoami() -> dict:
     "This process's id and the GPUs it sees (CUDA_VISIBLE_DEVICES): where a pool process runs."
     return {'pid': os.getpid(), 'gpus': os.environ.get('CUDA_VISIBLE_DEVICES')}
 
+# %% ../nbs/05a_launch.ipynb #028d8742
 def _take_slot(slots, threads: int) -> None:
     slot = slots.get()
     if slot: os.environ['CUDA_VISIBLE_DEVICES'] = ','.join(slot)

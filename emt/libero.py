@@ -46,6 +46,7 @@ def libero_paths() -> dict[str, str]:
     return {'benchmark_root': str(bench), 'bddl_files': str(bench/'bddl_files'), 'init_states': str(bench/'init_files'),
             'datasets': str(rpath('data/libero')), 'assets': str(asset_dir)}
 
+# %% ../nbs/13a_libero.ipynb #af6ba0ae
 def ensure_libero_config(folder: str|os.PathLike = '.libero', # project-relative folder for config.yaml
                          ) -> Path:
     "Write LIBERO's `config.yaml` (installed paths) into `folder` and point `LIBERO_CONFIG_PATH` at it."
@@ -74,6 +75,7 @@ def libero_suite(suite: str): # e.g. 'libero_10'
     with contextlib.redirect_stdout(io.StringIO()):  # it prints the task order
         return _benchmark().get_benchmark_dict()[suite]()
 
+# %% ../nbs/13a_libero.ipynb #a177b333
 def libero_tasks(suite: str) -> list[str]:
     "The task names of `suite`, in the suite's order."
     s = libero_suite(suite)
@@ -125,6 +127,7 @@ class LiberoEnv:
 
     def close(self) -> None: self.env.close()
 
+# %% ../nbs/13a_libero.ipynb #71845472
 @dataclass(frozen=True)
 class Libero:
     "The LIBERO adapter: one suite, the community protocol (fixed initial states, suite step limit, agentview)."

@@ -87,6 +87,7 @@ def lf_command(config: str|os.PathLike, # the train.yaml `write_lf_run` wrote
     "The command that trains `config` with LLaMA-Factory's CLI."
     return [*shlex.split(prefix), 'llamafactory-cli', 'train', str(config)]
 
+# %% ../nbs/11c_llamafactory.ipynb #bc878522
 def run_lf(config: str|os.PathLike, prefix: str = '', processes: int = 1, log: str|os.PathLike|None = None) -> Path:
     "Train with LLaMA-Factory (`processes` GPUs through torchrun); its output folder. Its log goes to `log`."
     env = {**os.environ, 'FORCE_TORCHRUN': '1' if processes > 1 else '0', 'NPROC_PER_NODE': str(processes)}
@@ -132,6 +133,7 @@ def lf_report(output_dir: str|os.PathLike, # LLaMA-Factory's output folder (its 
             'accumulation': recipe.global_batch // (recipe.micro_batch * processes), 'mixed_precision': recipe.precision,
             'skipped': 0, 'resumed_from': 0, 'engine': 'llamafactory'}
 
+# %% ../nbs/11c_llamafactory.ipynb #f03856fe
 def midtrain_lf(mixture, # the mixture (a `Dataset` of emt samples)
                 recipe: Recipe, base: str|os.PathLike, arch: str, # the recipe, the base VLM and its architecture
                 out: str|os.PathLike, # where the mid-trained VLM goes

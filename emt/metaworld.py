@@ -27,6 +27,7 @@ def metaworld_eval_seed(seed: int, task: str, draw: int) -> int:
     "The `metaworld.MT1` seed of the `draw`-th block of 50 evaluation variations (disjoint stream from the corpus')."
     return int(rng(seed, 'metaworld-eval', task, draw).integers(2**31))
 
+# %% ../nbs/13c_metaworld.ipynb #a9224406
 class MetaWorldEnv:
     "A Meta-World task as a harness task env: upright frames from one camera, 4-dim actions."
     action_dim = 4
@@ -50,6 +51,7 @@ class MetaWorldEnv:
 
     def close(self) -> None: self.sim.close()
 
+# %% ../nbs/13c_metaworld.ipynb #d2debfdd
 @dataclass(frozen=True)
 class MetaWorld:
     "The Meta-World adapter: MT10 tasks (or any Meta-World 3 task) with the embedded corpus' camera and resolution."
@@ -69,6 +71,7 @@ class MetaWorld:
     def make_env(self, task: str) -> MetaWorldEnv:
         return MetaWorldEnv(task, self.size, self.camera, self.max_steps, self.seed, self.shadows)
 
+# %% ../nbs/13c_metaworld.ipynb #eaeac27a
 class MetaWorldExpert:
     "Meta-World's scripted expert as a harness policy (privileged: it reads the env's state through `bind`)."
     needs_frames = False

@@ -42,6 +42,7 @@ def mixture_dir(select: str | os.PathLike, # the select stage's output folder
     "Where the select stage stored `method`'s mixture as an HF dataset."
     return rpath(select)/method/'hf'
 
+# %% ../nbs/11_midtrain.ipynb #cd656fcd
 def load_mixture(method: str, # a selection method of `midtrain.methods`
                  select: str | os.PathLike = ARTIFACTS['select'], # the select stage's output folder
                  ) -> Dataset:
@@ -61,6 +62,7 @@ def loss_rows(histories: dict[str, list[dict]], # method -> the SFT log rows (st
     "Rows of metrics/midtrain_loss.csv: method, step, loss."
     return [{'method': m, 'step': h['step'], 'loss': h['loss']} for m, hist in histories.items() for h in hist]
 
+# %% ../nbs/11_midtrain.ipynb #a49fe57c
 def loss_figure(rows: list[dict], # from `loss_rows`
                 ):
     "Mid-training loss (assistant tokens) against step, one curve per selection method."
@@ -104,6 +106,7 @@ def midtrain_one(P: Params, # validated params (`midtrain.recipe`, `seed`)
     shutil.rmtree(work, ignore_errors=True)  # finished: the optimiser state only existed to resume
     return rep
 
+# %% ../nbs/11_midtrain.ipynb #ff31edb0
 def run_midtrain(P: Params, # validated params
                  select: str = ARTIFACTS['select'], # the select stage's mixtures
                  base: str = ARTIFACTS['base_vlm'], # the base VLM

@@ -110,6 +110,7 @@ class ActionStats:
         out[..., self.gripper_dims] = GRIPPERS[self.gripper].command(gripper_logits > 0)
         return out
 
+# %% ../nbs/12a_policy.ipynb #54812ef6
 def action_stats(actions: np.ndarray, # (n, chunk, D) training actions
                  pad: np.ndarray, # (n, chunk) True where padded
                  gripper_dims: Sequence[int], # binary dimensions
@@ -137,6 +138,7 @@ def add_queries(batch: dict, # a left-padded prompt batch (from `emt.features.vl
             out[k] = torch.cat([v, v.new_full((len(v), n), fill)], 1)
     return out
 
+# %% ../nbs/12a_policy.ipynb #780a3132
 class ActionHead(nn.Module):
     "Two MLP branches on the control latent: a chunk of continuous arm actions, and a chunk of gripper logits."
     def __init__(self, latent: int, # control latent size (queries x hidden size)
@@ -167,6 +169,7 @@ def vlm_part(vlm: nn.Module, # a supported VLM
     core = getattr(vlm, 'model', vlm)
     return next((getattr(core, n) for n in names if hasattr(core, n)), None)
 
+# %% ../nbs/12a_policy.ipynb #032c4cc2
 def _lora_targets(vlm: nn.Module) -> list[str]:
     "Full names of the language model's linear layers."
     llm = vlm_part(vlm, LLM_PARTS)
@@ -190,6 +193,7 @@ def adapt_vlm(vlm: nn.Module, # the VLM, changed in place
         if (m := vlm_part(vlm, [part])) is not None: m.requires_grad_(False)
     return vlm
 
+# %% ../nbs/12a_policy.ipynb #41184410
 def plain_state_dict(vlm: nn.Module) -> dict[str, torch.Tensor]:
     "The VLM's weights under their Hugging Face names, LoRA adapters merged (the model itself is unchanged)."
     sd = {k.replace('.base_layer.', '.'): v for k, v in vlm.state_dict().items() if 'lora_' not in k}
@@ -207,10 +211,12 @@ def check_arch(vlm: nn.Module, where: str | os.PathLike | None = None) -> str:
                        f'{sorted(a.model_type for a in ARCHS.values())}.')
     return mt
 
+# %% ../nbs/12a_policy.ipynb #0a0a71e7
 def text_hidden_size(vlm: nn.Module) -> int:
     "The language model's hidden size."
     return vlm.config.get_text_config().hidden_size
 
+# %% ../nbs/12a_policy.ipynb #469bd68f
 class VLA(nn.Module):
     "A VLM, learnable action queries read from its last layer, and a two-branch action head."
     def __init__(self, vlm: nn.Module, # a supported VLM whose vocabulary holds `QUERY_TOKEN`
@@ -253,6 +259,7 @@ def query_token_id(processor) -> int:
     if QUERY_TOKEN not in tok.get_vocab(): tok.add_tokens([QUERY_TOKEN], special_tokens=True)
     return tok.convert_tokens_to_ids(QUERY_TOKEN)
 
+# %% ../nbs/12a_policy.ipynb #bcad7238
 def build_vla(vlm: nn.Module, # a supported VLM (changed in place)
               processor, # its processor (the tokenizer gains the query token)
               cfg: VLAConfig, # the VLA's shape
@@ -307,6 +314,7 @@ def save_vla(model: VLA, # the (unwrapped) VLA
         write_json(tmp/'training.json', info or {})
     return Path(path)
 
+# %% ../nbs/12a_policy.ipynb #a9f738e7
 def load_vla(path: str | os.PathLike, # a directory written by `save_vla`
              device: str | torch.device | None = None, # None: CUDA if available, else CPU
              ) -> tuple[VLA, object, ActionStats]:
@@ -352,6 +360,7 @@ class VLAPolicy:
         "(chunk, action_dim) actions for one observation."
         return self.predict_batch([images], [instruction])[0]
 
+# %% ../nbs/12a_policy.ipynb #36226f64
 def load_policy(path: str | os.PathLike, # a VLA checkpoint directory
                 device: str | torch.device | None = None, # None: CUDA if available, else CPU
                 ) -> VLAPolicy:

@@ -35,6 +35,7 @@ def send_msg(sock: socket.socket, header: dict, blobs: list[bytes] = ()) -> None
     head = json.dumps({**header, 'sizes': [len(b) for b in blobs]}).encode()
     sock.sendall(struct.pack('>I', len(head)) + head + b''.join(blobs))
 
+# %% ../nbs/13d_policy_client.ipynb #20a6f9f1
 def _read(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:

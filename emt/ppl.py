@@ -78,6 +78,7 @@ def vla_to_chat(sample: dict, # a VLA-schema frame: id, source, images, instruct
             'messages': [{'role': 'user', 'content': f"{IMAGE}\n{sample['instruction']}"},
                          {'role': 'assistant', 'content': answer}]}
 
+# %% ../nbs/09a_ppl.ipynb #ab0633bf
 def vla_chat_dataset(ds: Dataset, # a stored VLA-schema dataset
                      cache_dir: str | os.PathLike | None = None, # where the Arrow file goes (default: a temp dir)
                      **fmt, # how to write the actions: see `actions_to_text`

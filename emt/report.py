@@ -52,6 +52,8 @@ PAPER = {
     'estimator_stop_steps': (75, 100),
     'highest_mean_score': 'RefSpatial', 'lowest_mean_score': 'VCR',
 }
+
+# %% ../nbs/14_report.ipynb #1172d3a5
 METHOD_NAMES = {'estimator': 'learned proximity estimator', 'random': 'random', 'feature_distance':
                 'feature-space average distance', 'vla_ppl': 'VLA-conditioned perplexity', 'delta_ppl': 'delta perplexity'}
 BENCH_NAMES = {'calvin': 'CALVIN ABC->D (avg. len)', 'simpler_bridge': 'SimplerEnv-Bridge (%)', 'libero_10': 'LIBERO-10 (%)',
@@ -64,6 +66,7 @@ def load_metrics(folder: str | os.PathLike = 'metrics') -> dict[str, dict]:
     "Every stage's metrics/<stage>.json that exists."
     return {s: json.loads((rpath(folder)/f'{s}.json').read_text()) for s in STAGES if (rpath(folder)/f'{s}.json').is_file()}
 
+# %% ../nbs/14_report.ipynb #be164115
 def run_label(P: Params, m: dict) -> str:
     "'this run (<profile>: <model>, <pool> pool samples, K=<k>)'."
     n = m.get('base_vlm', {}).get('params')
@@ -72,10 +75,12 @@ def run_label(P: Params, m: dict) -> str:
     s = m.get('select', {})
     return f"this run ({P.profile}: {model}; pool {s.get('pool', '?')}, K={s.get('k', '?')})"
 
+# %% ../nbs/14_report.ipynb #daa8cb50
 def bench_key(b: str) -> str:
     "A benchmark result key of the eval stage ('libero_libero_10', 'metaworld', ...) as the paper's column."
     return 'libero_10' if b.endswith('libero_10') else b
 
+# %% ../nbs/14_report.ipynb #d5e44f91
 def final_success(eval_metrics: dict) -> dict[str, dict[str, float]]:
     "init -> benchmark -> mean success (%, or avg. length for CALVIN) of each initialisation's last checkpoint."
     out = {}
@@ -112,6 +117,7 @@ def table1(P: Params, m: dict) -> list[dict]:
                            **{BENCH_NAMES.get(bench_key(b), b): round(100 * v['mean'], 1) for b, v in r.items()}})
     return rows
 
+# %% ../nbs/14_report.ipynb #7ecf16b0
 def _vla_loss(m: dict, init: str) -> dict[str, float]:
     "Benchmark -> the final held-out action loss of `init`'s VLAs for it, the mean over its seeds."
     v: dict[str, list[float]] = {}
@@ -135,6 +141,7 @@ def table2(P: Params, m: dict) -> list[dict]:
         rows.append(r)
     return rows
 
+# %% ../nbs/14_report.ipynb #f94013bd
 def diversity_table(m: dict) -> list[dict]:
     "The appendix diversity table: paper and this run, one row per set."
     run = m.get('select', {}).get('diversity', {})
@@ -148,6 +155,7 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     if not p.is_file(): return []
     with p.open(newline='') as f: return list(csv.DictReader(f))
 
+# %% ../nbs/14_report.ipynb #64582367
 def _ci(r: dict, scale: float = 1.0, digits: int = 3) -> str:
     lo, hi = r['ci95']
     return f"{scale * r['mean']:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
@@ -157,6 +165,7 @@ def run_data(metrics: str | os.PathLike = 'metrics') -> dict[str, list[dict]]:
     return {'episodes': read_rows(Path(metrics)/'eval_episodes.csv'), 'frames': read_rows(Path(metrics)/'vla_heldout_frames.csv'),
             'train': [r for r in read_rows(Path(metrics)/'vla_loss.csv') if r.get('split') == 'train']}
 
+# %% ../nbs/14_report.ipynb #cb59be2d
 def _last_step(rows: list[dict], init: str, bench: str) -> dict[str, int]:
     "seed -> the last evaluated step of `init` on `bench`."
     out: dict[str, int] = {}
@@ -170,11 +179,13 @@ def success_by_pair(episodes: list[dict], init: str, bench: str) -> dict[tuple, 
     return {(r['seed'], (r['task'], int(r['trial']))): float(r['success']) for r in episodes
             if r['init'] == init and r['benchmark'] == bench and int(r['step']) == last.get(r['seed'])}
 
+# %% ../nbs/14_report.ipynb #650dea87
 def loss_by_pair(frames: list[dict], init: str, bench: str) -> dict[tuple, float]:
     "(seed, (episode, frame id)) -> the final held-out loss of `init`'s VLA of each seed."
     return {(r['seed'], (r.get('episode') or r['frame'], r['frame'])): float(r['loss']) for r in frames
             if r['init'] == init and r['benchmark'] == bench and r['loss'] not in ('', None)}
 
+# %% ../nbs/14_report.ipynb #babd2825
 def train_loss_by_pair(train: list[dict], init: str, bench: str, tail: float = 0.2) -> dict[tuple, float]:
     "(seed, step) -> training loss over the last `tail` of the logged steps of `init`'s VLAs."
     rows = [r for r in train if r['init'] == init and r['benchmark'] == bench]
@@ -182,10 +193,12 @@ def train_loss_by_pair(train: list[dict], init: str, bench: str, tail: float = 0
     top = max(int(r['step']) for r in rows)
     return {(r['seed'], int(r['step'])): float(r['loss']) for r in rows if int(r['step']) > (1 - tail) * top}
 
+# %% ../nbs/14_report.ipynb #6d3fd088
 def vla_benchmark(P: Params, bench: str) -> str:
     "The VLA benchmark (`vla` stage key) of an eval result key: 'libero_libero_10' -> 'libero'."
     return next((s.name for s in P.eval.benchmarks if result_key(s) == bench), bench)
 
+# %% ../nbs/14_report.ipynb #4d89eb5e
 def comparisons(P: Params, data: dict[str, list[dict]], benches: Sequence[str]) -> list[dict]:
     "Paired effects: every mid-trained init vs base, and the estimator vs every other method; success and held-out loss."
     methods = list(P.midtrain.methods)
@@ -208,6 +221,7 @@ def comparisons(P: Params, data: dict[str, list[dict]], benches: Sequence[str]) 
                             'verdict': verdict(r['ci95'], better), 'better': 'higher' if better > 0 else 'lower'})
     return out
 
+# %% ../nbs/14_report.ipynb #5588a1e8
 def _row(claim: str, paper: str, run: str, v: str) -> dict:
     return {'claim': claim, 'paper': paper, 'this run (effect [95% interval])': run, 'verdict': v}
 
@@ -291,6 +305,7 @@ def findings(P: Params, # the params
     out += ability_findings(P, m.get('ability', {}))
     return out
 
+# %% ../nbs/14_report.ipynb #4a8c862c
 def ability_findings(P: Params, ab: dict, # metrics/ability.json
                      margin: float = 5.0, # points: 'keeps' general ability = not worse by more than this
                      ) -> list[dict]:
@@ -344,6 +359,7 @@ def composition_vs_paper_figure(P: Params, m: dict, label: str):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/14_report.ipynb #da08f418
 def diversity_vs_paper_figure(rows: list[dict], label: str):
     "The diversity table as paired bars: paper and this run."
     import matplotlib.pyplot as plt
@@ -360,6 +376,7 @@ def diversity_vs_paper_figure(rows: list[dict], label: str):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/14_report.ipynb #379a12a4
 def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', label: str = 'this run'):
     """Fig. 3 of this run: held-out action loss (mean over seeds) and success (pooled over seeds), each with its 95%
     interval, with and without mid-training: curves with bands over checkpoints, points when there is one checkpoint."""

@@ -88,6 +88,7 @@ def rank_order(score: np.ndarray, ids: np.ndarray) -> np.ndarray:
     "All indices, best first: by score descending, ties by id ascending."
     return np.lexsort((np.asarray(ids), -np.asarray(score, dtype=np.float64)))
 
+# %% ../nbs/08a_scores.ipynb #005de91b
 def top_k(score: np.ndarray, # higher = better
           ids: np.ndarray, # tie-breaker (unique)
           k: int) -> np.ndarray:

@@ -43,6 +43,7 @@ def gumbel_keys(log_weight: np.ndarray, ids: np.ndarray, temperature: float, see
     u = np.empty(len(ids)); u[order] = rng(seed, 'gumbel').random(len(ids))
     return np.asarray(log_weight, np.float64) / temperature - np.log(-np.log(np.clip(u, 1e-300, 1.0)))
 
+# %% ../nbs/10_select.ipynb #66e79bb4
 def quota_select(order: np.ndarray, # all indices, best first
                  groups: np.ndarray, # the group of each index
                  k: int) -> np.ndarray:
@@ -78,6 +79,7 @@ def select_indices(scores: dict[str, np.ndarray], # a scores file's columns (`re
     if quota_groups is None: return top_k(key, ids, k)
     return quota_select(rank_order(key, ids), np.asarray(quota_groups), k)
 
+# %% ../nbs/10_select.ipynb #8371426c
 def cluster_labels(pool: FeatureSet, clusters: int, seed: int) -> np.ndarray:
     "k-means cluster of every pool sample (mini-batch k-means on the standardised features, seeded)."
     from sklearn.cluster import MiniBatchKMeans

@@ -110,6 +110,7 @@ def serve_forever(self: PolicyServer) -> None:
             if batch := self._next_batch(): self._answer(batch)
     finally: self.close()
 
+# %% ../nbs/13e_serve.ipynb #c9561a2a
 @patch
 def close(self: PolicyServer) -> None:
     "Stop serving and release the port."

@@ -154,6 +154,7 @@ def label_tokens(batch: dict | None) -> int:
     "How many next-token targets `batch` has (labels other than -100 after the shift)."
     return 0 if batch is None else int((batch['labels'][:, 1:] != -100).sum())
 
+# %% ../nbs/05_sft.ipynb #455e9bd8
 def token_loss_sum(logits: torch.Tensor, # [batch, length, vocab]
                    labels: torch.Tensor, # [batch, length], -100 where there is no target
                    ) -> torch.Tensor:
@@ -179,6 +180,7 @@ def warmup_steps(recipe: Recipe) -> int:
     if recipe.warmup_steps is not None: return min(recipe.warmup_steps, recipe.steps)
     return round((recipe.warmup_ratio or 0.0) * recipe.steps)
 
+# %% ../nbs/05_sft.ipynb #1b53b548
 def optimizer_and_schedule(model: torch.nn.Module, recipe: Recipe) -> tuple:
     "AdamW (decay on weights of rank >= 2 only) and its warmup + decay schedule."
     params = [p for p in model.parameters() if p.requires_grad]
@@ -210,6 +212,7 @@ def weights_digest(model: torch.nn.Module) -> str:
         d.text(f'{name}:{t.dtype}:{tuple(t.shape)}').bytes(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return d.hex()
 
+# %% ../nbs/05_sft.ipynb #81e0cc80
 def run_fingerprint(model: torch.nn.Module, mixture: Mixture, recipe: Recipe, seed: int) -> str:
     """A hash of what determines a run: the model (config and weights), data size and fingerprints, recipe (global
     batch included), seed. Not the process count: every process count draws the same global batches in the same
@@ -219,11 +222,13 @@ def run_fingerprint(model: torch.nn.Module, mixture: Mixture, recipe: Recipe, se
              recipe.result_json(), str(seed)]
     return digest('\n'.join(parts))
 
+# %% ../nbs/05_sft.ipynb #9d2b491d
 def checkpoints(out_dir: str | os.PathLike) -> list[Path]:
     "The complete checkpoints under `out_dir/checkpoints`, oldest first."
     d = Path(out_dir)/'checkpoints'
     return sorted(p for p in d.glob('step_*') if p.is_dir() and (p/'trainer_state.json').exists()) if d.exists() else []
 
+# %% ../nbs/05_sft.ipynb #9ec5a88e
 def checkpoint_state(path: str | os.PathLike) -> dict:
     "The `trainer_state.json` of a checkpoint directory; a clear error if it is not one."
     p = Path(path)
@@ -257,6 +262,7 @@ def mixed_precision_mode(precision: str) -> str:
     if precision == 'bf16': return 'bf16'
     return 'bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'no'
 
+# %% ../nbs/05_sft.ipynb #72f796e5
 def make_accelerator(recipe: Recipe) -> Accelerator:
     "A fresh `Accelerator` for `recipe`: its mixed precision, the accumulation that makes its global batch, CPU processes where there is no GPU."
     AcceleratorState._reset_state()  # each run picks its own mixed precision
@@ -266,11 +272,13 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
                                                                       PartialState(cpu=cpu).num_processes),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
+# %% ../nbs/05_sft.ipynb #5e3fc182
 def fp32_master(model: torch.nn.Module) -> torch.nn.Module:
     "`model` with fp32 parameters, whatever dtype it was saved in: the master weights and optimiser state of training."
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in model.parameters()): model.float()
     return model
 
+# %% ../nbs/05_sft.ipynb #0648d0fa
 def _model_and_processor(model) -> tuple:
     if isinstance(model, (str, os.PathLike)): net, processor = load_vlm(model, dtype=torch.float32)
     elif isinstance(model, (tuple, list)) and len(model) == 2: net, processor = model
@@ -298,12 +306,14 @@ def resume_point(out_dir: Path, resume: bool | str | os.PathLike, fingerprint: s
     acc.wait_for_everyone()
     return match
 
+# %% ../nbs/05_sft.ipynb #f1e5da71
 def resume_training(acc: Accelerator, out_dir: Path, resume: bool | str | os.PathLike, fingerprint: str) -> dict | None:
     "Load the checkpoint to resume from into `acc`; its trainer state (step, history, ...), or None to start afresh."
     if (ck := resume_point(out_dir, resume, fingerprint, acc)) is None: return None
     acc.load_state(str(ck))
     return checkpoint_state(ck)
 
+# %% ../nbs/05_sft.ipynb #1c21bb8a
 def step_loader(batches: torch.utils.data.Dataset, # micro-batch i of the run is batches[i]
                 start: int, # the first optimiser step to run
                 recipe: Recipe, k: int, # the run's recipe; micro-batches per step on this process
@@ -313,6 +323,7 @@ def step_loader(batches: torch.utils.data.Dataset, # micro-batch i of the run is
                                             num_workers=num_workers, collate_fn=_identity, persistent_workers=False,
                                             prefetch_factor=2 if num_workers else None))
 
+# %% ../nbs/05_sft.ipynb #287bfe0c
 @dataclass
 class OptStep:
     "What one optimiser step leaves for its caller to log."
@@ -323,6 +334,7 @@ class OptStep:
     total: Any # what `count` gave for the global batch
     items: list # this process's micro-batches
 
+# %% ../nbs/05_sft.ipynb #2f91df53
 def optimizer_steps(acc: Accelerator, model, opt, sched, recipe: Recipe,
                     micro_batches: Iterator, # from `step_loader`
                     start: int, # steps already done

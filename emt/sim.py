@@ -35,6 +35,7 @@ __all__ = ['MT10_TASKS', 'MT50_TASKS', 'INSTRUCTIONS', 'N_VARIATIONS', 'DEFAULT_
 MT10_TASKS: tuple[str, ...] = tuple(MT10_V3)
 MT50_TASKS: tuple[str, ...] = tuple(MT50_V3)
 
+# %% ../nbs/03b_sim.ipynb #6ed10a56
 INSTRUCTIONS: dict[str, str] = {
     'assembly-v3': 'pick up the nut and place it over the peg',
     'basketball-v3': 'pick up the ball and dunk it into the basket',
@@ -88,12 +89,14 @@ INSTRUCTIONS: dict[str, str] = {
     'window-close-v3': 'slide the window closed',
 }
 
+# %% ../nbs/03b_sim.ipynb #2e7f9120
 def check_task(task: str) -> str:
     "Return `task` if Meta-World 3 has it, else raise an `EmtError` that lists the valid names."
     if task not in ALL_V3_ENVIRONMENTS:
         raise EmtError(f'Unknown Meta-World task {task!r}; use one of: {", ".join(MT50_TASKS)}.')
     return task
 
+# %% ../nbs/03b_sim.ipynb #19c1d0f9
 def instruction(task: str) -> str:
     "The natural-language instruction for a Meta-World `task`."
     return INSTRUCTIONS[check_task(task)]
@@ -162,6 +165,7 @@ class SimEnv:
     def __exit__(self, *exc): self.close()
     def __repr__(self): return f'SimEnv({self.task!r}, seed={self.seed}, variation={self.variation}, size={self.size}, camera={self.camera!r})'
 
+# %% ../nbs/03b_sim.ipynb #28ed8ec7
 def make_env(task: str, # a Meta-World task name, e.g. 'pick-place-v3'
              seed: int, # seed of the MT1 benchmark that draws the task's variations
              size: int = 128, # rendered images are size x size pixels
@@ -187,6 +191,7 @@ def upside_down(env: SimEnv, camera: str|None = None) -> bool:
     "Whether MuJoCo renders `camera` (default: the env's) upside down: its image-up axis points down in the world."
     return bool(env.data.cam_xmat[_camera_id(env, camera)].reshape(3, 3)[2, 1] < 0)
 
+# %% ../nbs/03b_sim.ipynb #a6143033
 def render(env: SimEnv, # an env from `make_env`
            camera: str|None = None, # a camera name; default the env's camera
            ) -> np.ndarray:
@@ -282,6 +287,7 @@ def body_points(env: SimEnv, # an env from `make_env`
     world = np.einsum('gij,gkj->gki', rot, local) + env.data.geom_xpos[geoms][:, None]
     return world.reshape(-1, 3)
 
+# %% ../nbs/03b_sim.ipynb #7c8beca1
 def body_box(env: SimEnv, # an env from `make_env`
              body_names: str|Sequence[str], # bodies whose subtrees to box
              camera: str|None = None, # a camera name; default the env's camera
@@ -293,6 +299,7 @@ def body_box(env: SimEnv, # an env from `make_env`
     lo, hi = np.clip(uv.min(0), 0, env.size), np.clip(uv.max(0), 0, env.size)
     return np.array([lo[0], lo[1], hi[0], hi[1]])
 
+# %% ../nbs/03b_sim.ipynb #164be497
 def box_area(box: np.ndarray) -> float:
     "Area in pixels of a box [x0, y0, x1, y1] (0 when it lies outside the image)."
     return float(max(box[2] - box[0], 0) * max(box[3] - box[1], 0))
@@ -311,10 +318,12 @@ TASK_OBJECTS: dict[str, dict[str, str]] = {  # task -> {noun used in text: body 
     'window-close-v3': {'window': 'window'},
 }
 
+# %% ../nbs/03b_sim.ipynb #3cb7783f
 def task_objects(task: str) -> dict[str, str]:
     "The named object bodies of `task`: {noun used in text: MuJoCo body name} (empty where not curated)."
     return dict(TASK_OBJECTS.get(check_task(task), {}))
 
+# %% ../nbs/03b_sim.ipynb #72e66f33
 def object_states(env: SimEnv) -> dict[str, Any]:
     "Ground-truth state: hand and object positions, goal, gripper opening, and each named object body's position."
     e, d = env.env, env.data

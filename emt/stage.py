@@ -51,6 +51,7 @@ class StageSpec:
         "The outputs a failed run must give back as they were (all but the resumable training state)."
         return [o for o in self.outs if o not in RESUMABLE]
 
+# %% ../nbs/15_stage.ipynb #8bb331c4
 def _path(entry) -> str: return entry if isinstance(entry, str) else next(iter(entry))
 
 def stage_spec(name: str, # a stage of dvc.yaml
@@ -136,10 +137,12 @@ def record_path(name: str) -> str:
     "The stage's full record of what it did (read by later stages and the report)."
     return 'metrics/ppl.json' if name == 'ppl_baselines' else f'metrics/{name}.json'
 
+# %% ../nbs/15_stage.ipynb #e99d3dca
 def summary_path(name: str) -> str:
     "The stage's summary numbers: what `dvc metrics show` and `dvc exp show` compare."
     return f'metrics/summary/{name}.json'
 
+# %% ../nbs/15_stage.ipynb #62aff07d
 def summarise(name: str, # a stage of dvc.yaml
               record: dict, # what the stage wrote to `record_path(name)`
               ) -> dict:
@@ -147,6 +150,7 @@ def summarise(name: str, # a stage of dvc.yaml
     if name not in SUMMARIES: raise EmtError(f'no summary for stage {name!r}; stages: {", ".join(SUMMARIES)}')
     return SUMMARIES[name](record)
 
+# %% ../nbs/15_stage.ipynb #4ccd1594
 def leaves(d: dict, prefix: str = '') -> dict:
     "The flat `a.b.c` keys of a nested dict, as DVC shows them."
     out = {}
@@ -232,6 +236,7 @@ def give_back_interrupted(spec: StageSpec) -> None:
     if (backup := rpath('.emt/backup')/spec.name).exists():
         print(f'emt stage {spec.name}: putting back {_give_back(spec, backup)} output(s) kept by a run that did not finish')
 
+# %% ../nbs/15_stage.ipynb #34b1c8d9
 @contextlib.contextmanager
 def outputs_kept(spec: StageSpec) -> Iterator[Path]:
     "Move the stage's outputs aside; a failure puts them back, success drops them. A run killed in between leaves them in `.emt/backup/`, for `give_back_interrupted`."
@@ -253,6 +258,7 @@ def outputs_kept(spec: StageSpec) -> Iterator[Path]:
 class StageFailed(EmtError):
     "A stage's notebook failed; its previous outputs are back in place."
 
+# %% ../nbs/15_stage.ipynb #693defbc
 def run_stage(name: str, # a stage of dvc.yaml
               params_file: str = 'params.yaml', # the params the stage runs with
               parameters: dict[str, str]|None = None, # more papermill parameters of the notebook (`-p key value`)

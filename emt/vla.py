@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse, json, os, shutil, time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ def vla_config(P: Params, # validated params (`vla` section)
     return VLAConfig(action_dim, chunk or v.chunk, list(gripper_dims), v.head_hidden, v.action_queries, v.huber_delta,
                      v.gripper_weight, v.freeze, v.lora_rank, lora_alpha, v.recipe.max_seq_len)
 
+# %% ../nbs/12_vla.ipynb #5fa45f93
 def _agreed(sources: Sequence[Source], field: str, default: int, what: str) -> int:
     found = {s.name: getattr(s, field) or default for s in sources}
     if len(set(found.values())) > 1:
@@ -72,6 +73,7 @@ def vla_chunk(sources: Sequence[Source], default: int) -> int:
     "The action chunk of one VLA's sources (their `vla_chunk`, else `default`); they must agree."
     return _agreed(sources, 'vla_chunk', default, 'chunks')
 
+# %% ../nbs/12_vla.ipynb #0f1f3653
 def vla_recipe(sources: Sequence[Source], recipe: Recipe) -> Recipe:
     "The training recipe of one VLA's sources: `recipe` with their `vla_steps` (they must agree), else as it is."
     steps = _agreed(sources, 'vla_steps', recipe.steps, 'step counts')
@@ -169,6 +171,7 @@ class BalancedFrames:
         except Exception as e:
             raise DataError(f'frame cannot be decoded ({type(e).__name__}: {e}).', file=_file_of(self.datasets[s]), row=row) from e
 
+# %% ../nbs/12_vla.ipynb #fc2f4b3c
 class FrameBatches(torch.utils.data.Dataset):
     "This process's encoded training micro-batches, item `step * accumulation + slot`."
     def __init__(self, frames: BalancedFrames, processor, cfg: VLAConfig, query_id: int, stats: ActionStats,
@@ -255,7 +258,59 @@ def _log_row(step, loss, arm, grip, lr, grad_norm, sps) -> dict:
     return {'step': step, 'loss': round(loss, 6), 'arm_loss': round(arm, 6), 'gripper_loss': round(grip, 6), 'lr': lr,
             'grad_norm': None if grad_norm is None else round(float(grad_norm), 6), 'samples_per_s': round(sps, 2)}
 
-# %% ../nbs/12_vla.ipynb #bd36c75e
+# %% ../nbs/12_vla.ipynb #6c25c9a4
+def _fresh_or_resumed(acc, out_dir: Path, resume, fp: str) -> dict:
+    "The training state to start from: a checkpoint of this run (`resume`), or a fresh state with an earlier run's files removed."
+    st = resume_training(acc, out_dir, resume, fp)
+    if st is None and acc.is_main_process:  # a fresh run: checkpoints of an earlier run must not pass for this one's
+        for old in out_dir.glob('step_*'): shutil.rmtree(old, ignore_errors=True)
+        for f in (REPORT_FILE, 'heldout_frames.json'): (out_dir/f).unlink(missing_ok=True)
+    return st or {'step': 0, 'history': [], 'heldout': []}
+
+def _heldout_rows(names: list[str], splits: dict, heldout_max: int, split_seed: int) -> list[tuple[int, int]]:
+    "(source index, row) of the held-out frames: every held-out episode's frames, or a seeded subset of `heldout_max`."
+    held = [(s, int(r)) for s, n in enumerate(names) for r in splits[n][1]]
+    if len(held) <= heldout_max: return held
+    return [held[i] for i in sorted(rng(split_seed, 'vla-heldout-subset').choice(len(held), heldout_max, replace=False))]
+
+# %% ../nbs/12_vla.ipynb #ef11561c
+def _loss_fns(acc, model, cfg: VLAConfig, n_proc: int, k: int) -> tuple[Callable, Callable]:
+    "The step's loss denominator (valid frames over the global batch) and a micro-batch's scaled loss with its parts."
+    def count(items):
+        return acc.reduce(torch.tensor(float(sum(int(m['valid'].sum()) for m in items)), device=acc.device,
+                                       dtype=torch.float64), 'sum').item()
+    def micro_loss(m, n_valid):
+        with acc.autocast(): arm, grip = model({kk: v.to(acc.device) for kk, v in m['inputs'].items()})
+        hub, bce = action_loss_sums(arm, grip, m, cfg)
+        return (hub + cfg.gripper_weight * bce) * (n_proc * k / max(n_valid, 1.0)), torch.stack([hub.detach(), bce.detach()]).double()
+    return count, micro_loss
+
+# %% ../nbs/12_vla.ipynb #f6de49d4
+def _write_run_files(out_dir: Path, history: list, heldout: list, keep_state: bool, single_process: bool, frame_losses,
+                     fp: str, steps: int, held_ids: list[str]) -> None:
+    "On the main process: drop the resume state (unless kept), write the log and the final per-frame held-out losses."
+    if not keep_state: shutil.rmtree(out_dir/'checkpoints', ignore_errors=True); shutil.rmtree(out_dir/'checkpoints.stale', ignore_errors=True)
+    write_json(out_dir/'log.json', {'history': history, 'heldout': heldout})
+    if single_process and frame_losses is not None:  # the paired comparisons of the report bootstrap over these frames
+        write_json(out_dir/'heldout_frames.json', {'step': steps, 'fingerprint': fp, 'ids': held_ids, 'loss': frame_losses})
+
+def _run_report(acc, recipe: Recipe, start: int, seconds: float, history: list, heldout: list, model, frames, held: list,
+                stats, cfg: VLAConfig, fp: str, out_dir: Path) -> dict:
+    "The run's report (`REPORT_FILE`): losses, timing, sizes, action statistics, config and checkpoints."
+    trained = recipe.steps - start
+    return {'steps': recipe.steps, 'resumed_from': start, 'first_loss': history[0]['loss'] if history else None,
+            'final_loss': history[-1]['loss'] if history else None, 'heldout': heldout,
+            'seconds': round(seconds, 2), 'samples_per_s': round(trained * recipe.global_batch / max(seconds, 1e-9), 2),
+            'seconds_per_step': round(seconds / max(trained, 1), 4),
+            'processes': acc.num_processes, 'accumulation': acc.gradient_accumulation_steps,
+            'mixed_precision': acc.mixed_precision,
+            'params': n_params(model), 'trainable': sum(p.numel() for p in model.parameters() if p.requires_grad),
+            'train_frames': len(frames), 'heldout_frames': len(held), 'action_stats': asdict(stats),
+            'config': cfg.to_dict(), 'history': history, 'fingerprint': fp,
+            'checkpoints': sorted(p.name for p in out_dir.glob('step_*') if (p/'config.json').exists())}  # under out_dir:
+                                                                  # a reused report stays true when the project moves
+
+# %% ../nbs/12_vla.ipynb #094da123
 def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a (model, processor) pair
               datasets: Dataset | Sequence[Dataset] | dict[str, Dataset], # VLA-schema training data (sources, mixed in equal parts)
               cfg: VLAConfig, # the VLA's shape
@@ -274,7 +329,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     "Fine-tune a VLM into a VLA with `recipe`; loadable checkpoints under `out_dir`; the run's report."
     recipe = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
     acc = make_accelerator(recipe)
-    P, k, out_dir = acc.num_processes, acc.gradient_accumulation_steps, Path(out_dir)
+    n_proc, k, out_dir = acc.num_processes, acc.gradient_accumulation_steps, Path(out_dir)
     net, processor = _vlm_and_processor(vlm)
     if recipe.gradient_checkpointing: enable_checkpointing(net)
     check_arch(net, vlm if isinstance(vlm, (str, os.PathLike)) else None)
@@ -288,31 +343,16 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     model.train()
     opt, sched = optimizer_and_schedule(model, recipe)
     model, opt, sched = acc.prepare(model, opt, sched)
-    st = resume_training(acc, out_dir, resume, fp)
-    if st is None and acc.is_main_process:  # a fresh run: checkpoints of an earlier run must not pass for this one's
-        for old in out_dir.glob('step_*'): shutil.rmtree(old, ignore_errors=True)
-        for f in (REPORT_FILE, 'heldout_frames.json'): (out_dir/f).unlink(missing_ok=True)
-    st = st or {'step': 0, 'history': [], 'heldout': []}
+    st = _fresh_or_resumed(acc, out_dir, resume, fp)
     start, history, heldout = st['step'], st['history'], st['heldout']
     names = list(data)
     frames = BalancedFrames([data[n] for n in names], [splits[n][0] for n in names], seed)
-    held = [(s, int(r)) for s, n in enumerate(names) for r in splits[n][1]]
-    if len(held) > heldout_max: held = [held[i] for i in sorted(rng(ss, 'vla-heldout-subset').choice(len(held), heldout_max, replace=False))]
-    mine = held[acc.process_index::P]
-    bs = recipe.micro_batch
+    held = _heldout_rows(names, splits, heldout_max, ss)
+    mine, bs = held[acc.process_index::n_proc], recipe.micro_batch
     held_batches = [frame_batch(processor, [frames.sample(s, r) for s, r in mine[i:i + bs]], cfg, model_qid(model), stats)
                     for i in range(0, len(mine), bs)]
-    batches = FrameBatches(frames, processor, cfg, model_qid(model), stats, recipe.micro_batch, k, acc.process_index, P, recipe.steps)
-
-    def count(items):  # frames with a valid target over the global batch: the loss denominator
-        return acc.reduce(torch.tensor(float(sum(int(m['valid'].sum()) for m in items)), device=acc.device,
-                                       dtype=torch.float64), 'sum').item()
-
-    def micro_loss(m, n_valid):
-        with acc.autocast(): arm, grip = model({kk: v.to(acc.device) for kk, v in m['inputs'].items()})
-        hub, bce = action_loss_sums(arm, grip, m, cfg)
-        return (hub + cfg.gripper_weight * bce) * (P * k / max(n_valid, 1.0)), torch.stack([hub.detach(), bce.detach()]).double()
-
+    batches = FrameBatches(frames, processor, cfg, model_qid(model), stats, recipe.micro_batch, k, acc.process_index, n_proc, recipe.steps)
+    count, micro_loss = _loss_fns(acc, model, cfg, n_proc, k)
     micro_batches = step_loader(batches, start, recipe, k, num_workers)
     frame_losses = None  # the final checkpoint's per-frame held-out losses
     t_run, t0, seen = time.time(), time.time(), 0
@@ -340,28 +380,16 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     seconds = time.time() - t_run
     acc.wait_for_everyone()
     if acc.is_main_process:
-        if not keep_state: shutil.rmtree(out_dir/'checkpoints', ignore_errors=True); shutil.rmtree(out_dir/'checkpoints.stale', ignore_errors=True)
-        write_json(out_dir/'log.json', {'history': history, 'heldout': heldout})
         ids = {n: data[n]['id'] for n in names}
-        if P == 1 and frame_losses is not None:  # the paired comparisons of the report bootstrap over these frames
-            write_json(out_dir/'heldout_frames.json', {'step': recipe.steps, 'fingerprint': fp,
-                                                        'ids': [ids[names[s]][r] for s, r in held], 'loss': frame_losses})
+        _write_run_files(out_dir, history, heldout, keep_state, n_proc == 1, frame_losses, fp, recipe.steps,
+                         [ids[names[s]][r] for s, r in held])
     acc.wait_for_everyone()
-    trained = recipe.steps - start
-    rep = {'steps': recipe.steps, 'resumed_from': start, 'first_loss': history[0]['loss'] if history else None,
-            'final_loss': history[-1]['loss'] if history else None, 'heldout': heldout,
-            'seconds': round(seconds, 2), 'samples_per_s': round(trained * recipe.global_batch / max(seconds, 1e-9), 2),
-            'seconds_per_step': round(seconds / max(trained, 1), 4),
-            'processes': P, 'accumulation': k, 'mixed_precision': acc.mixed_precision,
-            'params': n_params(unwrapped), 'trainable': sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
-            'train_frames': len(frames), 'heldout_frames': len(held), 'action_stats': asdict(stats),
-            'config': cfg.to_dict(), 'history': history, 'fingerprint': fp,
-            'checkpoints': sorted(p.name for p in out_dir.glob('step_*') if (p/'config.json').exists())}  # under out_dir:
-                                                                  # a reused report stays true when the project moves
+    rep = _run_report(acc, recipe, start, seconds, history, heldout, unwrapped, frames, held, stats, cfg, fp, out_dir)
     if acc.is_main_process: write_json(out_dir/REPORT_FILE, rep)  # written last: its presence marks the run complete
     acc.wait_for_everyone()
     return rep
 
+# %% ../nbs/12_vla.ipynb #b5f85958
 REPORT_FILE = 'report.json' # a finished VLA run's report, beside its checkpoints
 
 def finished_run(out_dir: str | os.PathLike, # a VLA run's folder
@@ -374,6 +402,7 @@ def finished_run(out_dir: str | os.PathLike, # a VLA run's folder
     if rep.get('fingerprint') != fingerprint or not (Path(out_dir)/f"step_{rep['steps']:06d}"/'config.json').is_file(): return None
     return {**rep, 'resumed_from': rep['steps'], 'reused': True}
 
+# %% ../nbs/12_vla.ipynb #1cfb97e6
 def model_qid(model) -> int:
     "The query token id of a (possibly wrapped) VLA."
     return getattr(model, 'module', model).query_id
@@ -416,6 +445,7 @@ def vla_inits(P: Params, # the params (`midtrain.methods`)
             raise EmtError(f'no VLM checkpoint for initialisation {name!r} at {p}: run `dvc repro {stage}` first.')
     return inits
 
+# %% ../nbs/12_vla.ipynb #eb1c0e69
 ANY_BENCHMARK = 'any' # the benchmark key of VLA sources that name none (their VLA is evaluated on every benchmark)
 
 def vla_benchmarks(P: Params) -> dict[str, list[Source]]:
@@ -424,6 +454,7 @@ def vla_benchmarks(P: Params) -> dict[str, list[Source]]:
     for s in P.data.vla_sources: out.setdefault(s.benchmark or ANY_BENCHMARK, []).append(s)
     return out
 
+# %% ../nbs/12_vla.ipynb #04bfe632
 def vla_datasets(sources: Sequence[Source], # VLA sources (`data.vla_sources`, or one benchmark's)
                  data: str = ARTIFACTS['data'], # where the data stage stored the sources
                  ) -> dict[str, Dataset]:
@@ -435,6 +466,7 @@ def vla_datasets(sources: Sequence[Source], # VLA sources (`data.vla_sources`, o
         out[s.name] = load_dataset_dir(p, 'vla')
     return out
 
+# %% ../nbs/12_vla.ipynb #198f4478
 def vla_gripper(sources: Sequence[Source]) -> str:
     "The gripper convention of one VLA's sources (`emt.params.GRIPPERS`); they must share one."
     found = {s.name: s.gripper_convention() for s in sources}
@@ -443,6 +475,7 @@ def vla_gripper(sources: Sequence[Source]) -> str:
                        "benchmark; give each source the benchmark it trains for (data.vla_sources' benchmark).")
     return next(iter(found.values()), 'close_positive')
 
+# %% ../nbs/12_vla.ipynb #6b55bb7e
 def data_action_dim(datasets: dict[str, Dataset]) -> int:
     "The action size of the VLA sources (one frame read per source); an error if they differ."
     dims = {n: len(ds[0]['actions'][0]) for n, ds in datasets.items() if len(ds)}
@@ -462,6 +495,7 @@ def plot_interval(ax, # a matplotlib axis
     line, = ax.plot(x, y, marker=marker, ms=4, color=color, label=label)
     ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
 
+# %% ../nbs/12_vla.ipynb #c1f33bc4
 def by_init_axis(ax, # a matplotlib axis whose points sit at 0, 1, ...
                  labels: Sequence[str], # what each position is (an initialisation)
                  step: int, # the one checkpoint
@@ -471,6 +505,7 @@ def by_init_axis(ax, # a matplotlib axis whose points sit at 0, 1, ...
     ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.set_xlabel(f'initialisation (one checkpoint: step {step})')
 
+# %% ../nbs/12_vla.ipynb #45e05b4b
 def seed_losses(rows: list[dict], # from `loss_rows` (or metrics/vla_loss.csv)
                 split: str, # 'train' or 'heldout'
                 ) -> dict[tuple[str, str], tuple[list[int], np.ndarray]]:
@@ -485,6 +520,7 @@ def seed_losses(rows: list[dict], # from `loss_rows` (or metrics/vla_loss.csv)
         out[key] = steps, np.array([[v[s] for s in steps] for v in per_seed.values()])
     return out
 
+# %% ../nbs/12_vla.ipynb #ebff80e3
 def plot_heldout_loss(ax, # a matplotlib axis
                       rows: list[dict], # from `loss_rows` (or metrics/vla_loss.csv)
                       ) -> None:
@@ -514,6 +550,7 @@ def loss_rows(reports: dict[str, dict]) -> list[dict]:
                  if h.get('loss') is not None]
     return rows
 
+# %% ../nbs/12_vla.ipynb #02476e1d
 def _trailing_mean(y: np.ndarray, smooth: int) -> np.ndarray:
     c = np.concatenate([[0.0], np.cumsum(y)])
     lo = np.maximum(np.arange(len(y)) + 1 - smooth, 0)
@@ -551,6 +588,7 @@ def frame_episodes(datasets: dict[str, Dataset], # VLA sources by name
         out.update({i: f'{name}/{e}' for i, e in zip(cols['id'], cols['episode_index'])})
     return out
 
+# %% ../nbs/12_vla.ipynb #ccffc0b9
 def train_vlas(calls: dict[str, dict], # run name -> `train_vla` keyword arguments
                jobs: int = 1, # runs at once: each on its own GPU(s), or its share of the cores (1: in this process)
                processes: int = 1, # above 1: each run under `accelerate launch` on this many processes (GPUs)
@@ -563,6 +601,7 @@ def train_vlas(calls: dict[str, dict], # run name -> `train_vla` keyword argumen
     from emt.vla import train_vla as fn  # the package's, which a spawned process can import (not a notebook's)
     return run_pool(fn, calls, jobs, desc='vla runs')
 
+# %% ../nbs/12_vla.ipynb #3d6747cf
 def run_vla(P: Params, # validated params
             inits: Sequence[str] | None = None, # initialisations to train (None: 'base' and every midtrain method, and
                                                 # the VLAs no longer in the grid are removed from `out`)
