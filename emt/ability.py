@@ -61,12 +61,14 @@ def answer_kind(reference: str) -> str:
 # %% ../nbs/11a_ability.ipynb #4e35bb82
 def _words(s: str) -> list[str]: return re.findall(r"[a-z0-9']+", s.lower())
 
+# %% ../nbs/11a_ability.ipynb #9b7b1152
 def _iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0])); iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
     area = lambda x: max(0.0, x[2] - x[0]) * max(0.0, x[3] - x[1])
     return inter / max(area(a) + area(b) - inter, 1e-12)
 
+# %% ../nbs/11a_ability.ipynb #77a23e5d
 def score_answer(prediction: str, # the VLM's answer
                  reference: str, # the source's answer
                  point_tolerance: float = 0.1, # normalised distance for a point to count

@@ -159,6 +159,7 @@ class TinySize:
         "Language-model tokens per image after the 2x2 merge."
         return (self.image_size // self.patch_size // 2) ** 2
 
+# %% ../nbs/04_backbones.ipynb #77c24b46
 def _text_config(s: TinySize, tok, **kw) -> dict:
     return dict(vocab_size=len(tok), hidden_size=s.hidden_size, intermediate_size=4*s.hidden_size,
                 num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.heads,
@@ -185,12 +186,14 @@ def _mrope(s: TinySize) -> dict:
     t = half - 2 * (3 * half // 8)
     return dict(rope_type='default', rope_theta=10000.0, mrope_section=[t, 3*half//8, 3*half//8])
 
+# %% ../nbs/04_backbones.ipynb #42340b7f
 def _qwen_image_processor(s: TinySize):
     from transformers import Qwen2VLImageProcessorPil
     px = s.image_size ** 2
     return Qwen2VLImageProcessorPil(patch_size=s.patch_size, merge_size=2, temporal_patch_size=2,
                                     size={'shortest_edge': px, 'longest_edge': px})
 
+# %% ../nbs/04_backbones.ipynb #22f0dac7
 def _qwen2_5_vl(s: TinySize, tok) -> tuple:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
     cfg = Qwen2_5_VLConfig(
@@ -204,6 +207,7 @@ def _qwen2_5_vl(s: TinySize, tok) -> tuple:
     return cfg, Qwen2_5_VLProcessor(image_processor=_qwen_image_processor(s), tokenizer=tok,
                                     chat_template=tok.chat_template)
 
+# %% ../nbs/04_backbones.ipynb #cb89b88c
 def _qwen3_vl(s: TinySize, tok) -> tuple:
     from transformers import Qwen3VLConfig, Qwen3VLProcessor
     cfg = Qwen3VLConfig(
@@ -367,6 +371,7 @@ def _render(processor: ProcessorMixin, conv: list, add_generation_prompt: bool =
     "`conv` rendered by the processor's chat template, as text (image parts as the template writes them)."
     return ProcessorMixin.apply_chat_template(processor, conv, tokenize=False, add_generation_prompt=add_generation_prompt)
 
+# %% ../nbs/04_backbones.ipynb #398c606a
 def reply_spans(processor: ProcessorMixin, # its chat template renders the conversation
                 conv: list[dict], # chat turns in the HF content-list form
                 sample_id: str | None = None, # named in errors
@@ -390,6 +395,7 @@ def _text_mask(processor: ProcessorMixin, text: str, spans: list[tuple[int, int]
     enc = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return enc['input_ids'], [any(a <= s < b for a, b in spans) for s, _ in enc['offset_mapping']]
 
+# %% ../nbs/04_backbones.ipynb #1c2e7f6f
 def _expand_mask(row: list[int], text_ids: list[int], text_mask: list[bool], sample_id) -> list[bool]:
     "`text_mask` carried onto `row`, the processor's ids: `text_ids` with image tokens (and markers) inserted."
     out, j = [False] * len(row), 0
@@ -400,6 +406,7 @@ def _expand_mask(row: list[int], text_ids: list[int], text_mask: list[bool], sam
                         'so the assistant tokens cannot be located.', row=sample_id, field='messages')
     return out
 
+# %% ../nbs/04_backbones.ipynb #636d569e
 def assistant_mask(processor: ProcessorMixin, # the processor that made `input_ids`
                    convs: list[list[dict]], # one conversation per row
                    input_ids: torch.Tensor, # [rows, length], left-padded
@@ -431,6 +438,7 @@ def _images(sample: dict) -> list[Image.Image]:
                             field='images') from e
     return out
 
+# %% ../nbs/04_backbones.ipynb #0af3a492
 def _conversations(samples: list[dict]) -> tuple[list, list]:
     convs, images = [], []
     for s in samples:
@@ -463,6 +471,7 @@ def _truncate(batch: dict, image_token_id: int, pad_id: int, max_seq_len: int, i
     for k in per_token: batch[k] = repad(batch[k], pad_id if k == 'input_ids' else 0)
     return batch
 
+# %% ../nbs/04_backbones.ipynb #8c998cf3
 def _chat_batch(processor: ProcessorMixin, convs: list, **kw) -> dict:
     "Render, tokenize and pad `convs` with the processor's chat template."
     # SmolVLM's override reads video defaults from its video processor, absent without torchvision: skip it then
@@ -470,6 +479,7 @@ def _chat_batch(processor: ProcessorMixin, convs: list, **kw) -> dict:
     return dict(apply(processor, convs, tokenize=True, return_dict=True, return_tensors='pt',
                       processor_kwargs={'padding': True}, **kw))
 
+# %% ../nbs/04_backbones.ipynb #9067d48b
 def encode(processor: ProcessorMixin, # from `tiny_vlm` or `load_vlm`
            samples: list[dict], # VLM samples: id, images, messages
            max_seq_len: int, # tokens per row at most (image tokens are never cut)

@@ -38,19 +38,19 @@ __all__ = ['LOSS_COLUMNS', 'SELECTOR', 'pretrain_sources', 'pretrain_datasets', 
            'check_pretrained', 'run_base_vlm']
 
 # %% ../nbs/06_base_vlm.ipynb #a4ade774
-def pretrain_sources(params: Params) -> list[str]:
+def pretrain_sources(P: Params) -> list[str]:
     "Names of the VLM sources whose group is in `base_vlm.pretrain_groups`."
-    names = [s.name for s in params.data.vlm_sources if s.group in params.base_vlm.pretrain_groups]
+    names = [s.name for s in P.data.vlm_sources if s.group in P.base_vlm.pretrain_groups]
     if not names: raise EmtError(f'No VLM source in data.vlm_sources has a group in base_vlm.pretrain_groups='
-                                 f'{params.base_vlm.pretrain_groups}: add sources or change the groups.')
+                                 f'{P.base_vlm.pretrain_groups}: add sources or change the groups.')
     return names
 
 # %% ../nbs/06_base_vlm.ipynb #a88d9619
-def pretrain_datasets(params: Params, # validated params
+def pretrain_datasets(P: Params, # validated params
                       data_dir: str | os.PathLike = ARTIFACTS['data'], # where the data stage stored the sources
                       ) -> dict[str, Dataset]:
     "The stored datasets of the pretraining sources, by name."
-    return {n: load_dataset_dir(rpath(data_dir)/n, 'vlm') for n in pretrain_sources(params)}
+    return {n: load_dataset_dir(rpath(data_dir)/n, 'vlm') for n in pretrain_sources(P)}
 
 # %% ../nbs/06_base_vlm.ipynb #a2e69b5b
 def chat_texts(datasets: Iterable[Dataset], # VLM-schema datasets
@@ -62,15 +62,15 @@ def chat_texts(datasets: Iterable[Dataset], # VLM-schema datasets
                 for m in msgs: yield m['content'].replace(IMAGE, ' ').strip()
 
 # %% ../nbs/06_base_vlm.ipynb #a8bd265a
-def scratch_vlm(params: Params, # validated params (`base_vlm` section)
+def scratch_vlm(P: Params, # validated params (`base_vlm` section)
                 texts: Iterable[str], # the tokenizer's training text
                 ) -> tuple:
     "A random-weight VLM of `base_vlm.arch` and its processor, with a tokenizer trained on `texts`."
-    b = params.base_vlm
+    b = P.base_vlm
     tok = train_tokenizer(texts, b.vocab_size, b.arch)
     return tiny_vlm(b.arch, tok, hidden_size=b.hidden_size, layers=b.layers, heads=b.heads,
                     vision_hidden_size=b.vision_hidden_size, vision_layers=b.vision_layers,
-                    image_size=b.image_size, seed=params.seed)
+                    image_size=b.image_size, seed=P.seed)
 
 # %% ../nbs/06_base_vlm.ipynb #edaff4b5
 def loss_figure(history: list[dict], # rows of the SFT log: step, loss, lr
@@ -102,19 +102,21 @@ def _save_curve(history: list[dict], title: str) -> None:
     fig = loss_figure(history, title)
     save_figure(fig, 'base_vlm_loss'); plt.close(fig)
 
-def _copy_pretrained(params: Params, out: Path) -> dict:
+# %% ../nbs/06_base_vlm.ipynb #3ce114f4
+def _copy_pretrained(P: Params, out: Path) -> dict:
     "Load the off-the-shelf VLM and store it as a plain HF checkpoint."
-    try: model, processor = load_vlm(params.base_vlm.model)
+    try: model, processor = load_vlm(P.base_vlm.model)
     except (EmtError, OSError) as e:
-        raise EmtError(f'base_vlm.model={params.base_vlm.model!r} cannot be loaded: {e} At paper scale the '
+        raise EmtError(f'base_vlm.model={P.base_vlm.model!r} cannot be loaded: {e} At paper scale the '
                        'model must be in the local HF cache (download it once with `hf download ...`) or be a '
                        'local checkpoint directory.') from e
-    check_pretrained(params.base_vlm, model, processor)
+    check_pretrained(P.base_vlm, model, processor)
     save_vlm(model, processor, out)
-    _save_curve([], f'{params.base_vlm.model} (loaded, not trained here)')  # the stage's outputs exist either way
-    return {'model': params.base_vlm.model, 'arch': model.config.model_type, 'params': n_params(model),
-            'image_size': params.base_vlm.image_size}
+    _save_curve([], f'{P.base_vlm.model} (loaded, not trained here)')  # the stage's outputs exist either way
+    return {'model': P.base_vlm.model, 'arch': model.config.model_type, 'params': n_params(model),
+            'image_size': P.base_vlm.image_size}
 
+# %% ../nbs/06_base_vlm.ipynb #96958a0a
 def check_pretrained(b, # the `base_vlm` params section
                      model, processor) -> None:
     "Stop when the loaded VLM is not the `arch` params name, or its processor resizes to another size than `image_size`."
@@ -129,36 +131,37 @@ def check_pretrained(b, # the `base_vlm` params section
                        'set image_size to the processor\'s size (the VLA frames are resized to it).')
 
 # %% ../nbs/06_base_vlm.ipynb #aea269d1
-def _pretrain_scratch(params: Params, out: Path, work: Path, num_workers: int, curve: bool = True) -> dict:
+def _pretrain_scratch(P: Params, out: Path, work: Path, num_workers: int, curve: bool = True) -> dict:
     "Build the scratch VLM, pretrain it on the pretraining sources, store it; the run's numbers."
-    data = pretrain_datasets(params)
-    model, processor = scratch_vlm(params, chat_texts(data.values()))
-    rep = train_sft((model, processor), data, params.base_vlm.recipe, work, seed=params.seed,
-                    on_error=params.data.on_error, num_workers=num_workers, save_model=False)
+    data = pretrain_datasets(P)
+    model, processor = scratch_vlm(P, chat_texts(data.values()))
+    rep = train_sft((model, processor), data, P.base_vlm.recipe, work, seed=P.seed,
+                    on_error=P.data.on_error, num_workers=num_workers, save_model=False)
     save_vlm(model, processor, out)
-    if curve: _save_curve(rep['history'], f'{params.base_vlm.arch} pretraining on {"+".join(params.base_vlm.pretrain_groups)}')
+    if curve: _save_curve(rep['history'], f'{P.base_vlm.arch} pretraining on {"+".join(P.base_vlm.pretrain_groups)}')
     shutil.rmtree(work, ignore_errors=True)  # done: the checkpoints are no longer needed to resume
-    return {'arch': params.base_vlm.arch, 'params': rep['params'], 'sources': list(data),
+    return {'arch': P.base_vlm.arch, 'params': rep['params'], 'sources': list(data),
             'samples': sum(len(d) for d in data.values()), 'vocab_size': len(processor.tokenizer),
             **{k: rep[k] for k in ('steps', 'first_loss', 'final_loss', 'tokens_per_s', 'processes', 'accumulation',
                                    'mixed_precision', 'skipped', 'resumed_from')},
             'train_seconds': rep['seconds']}
 
+# %% ../nbs/06_base_vlm.ipynb #e11f05fe
 SELECTOR = 'selector' # <base_vlm>/selector: the VLM of `base_vlm.selector`, pretrained the same way
 
-def run_base_vlm(params: Params, # validated params
+def run_base_vlm(P: Params, # validated params
                  out: str = ARTIFACTS['base_vlm'], # the checkpoint directory to produce
                  work: str = ARTIFACTS['base_vlm_train'], # pretraining checkpoints (kept until the run ends, to resume)
                  num_workers: int = 1, # DataLoader workers encoding batches
                  ) -> dict:
     "Produce the base VLM checkpoint and write metrics/base_vlm.json (and, for scratch, its loss curve)."
-    t0, b = time.time(), params.base_vlm
-    if b.init == 'pretrained': m = _copy_pretrained(params, rpath(out))
-    else: m = _pretrain_scratch(params, rpath(out), rpath(work), num_workers)
+    t0, b = time.time(), P.base_vlm
+    if b.init == 'pretrained': m = _copy_pretrained(P, rpath(out))
+    else: m = _pretrain_scratch(P, rpath(out), rpath(work), num_workers)
     if b.selector is not None:  # the same pretraining, another architecture: the pool is scored in its feature space
-        sel = params.model_copy(update={'base_vlm': b.model_copy(update={'arch': b.selector, 'selector': None})})
+        sel = P.model_copy(update={'base_vlm': b.model_copy(update={'arch': b.selector, 'selector': None})})
         m['selector'] = {'path': f'{out}/{SELECTOR}',
                          **_pretrain_scratch(sel, rpath(out)/SELECTOR, rpath(work)/SELECTOR, num_workers, curve=False)}
-    metrics = {'profile': params.profile, 'init': b.init, **m, 'seconds': round(time.time() - t0, 1)}
+    metrics = {'profile': P.profile, 'init': b.init, **m, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/base_vlm.json'), metrics)
     return metrics

@@ -37,6 +37,7 @@ def _cell_source(cell: dict) -> str:
     src = cell['source']
     return ''.join(src) if isinstance(src, list) else src
 
+# %% ../nbs/90_cli.ipynb #bebda0a9
 def _text_outputs(cell: dict) -> str:
     out = []
     for o in cell.get('outputs', []):
@@ -45,6 +46,7 @@ def _text_outputs(cell: dict) -> str:
         elif 'text/plain' in o.get('data', {}): out.append(''.join(o['data']['text/plain']))
     return ''.join(out).strip('\n')
 
+# %% ../nbs/90_cli.ipynb #a1046a0f
 def render_readme(nb_path: str|Path = 'nbs/index.ipynb') -> str:
     "Markdown for README.md from the index notebook."
     nb = json.loads(rpath(nb_path).read_text())

@@ -121,6 +121,7 @@ def write_json(path: str|os.PathLike, obj: Any) -> Path:
     "Write `obj` as stable, sorted, indented JSON, atomically."
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + '\n')
 
+# %% ../nbs/00_core.ipynb #2c8b0a58
 def _json_default(o):
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, np.ndarray): return o.tolist()

@@ -61,8 +61,10 @@ def _versions() -> dict:
         except md.PackageNotFoundError: pass
     return out
 
+# %% ../nbs/03_corpus.ipynb #c8c8a0f8
 def _dir_bytes(p: Path) -> int: return sum(f.stat().st_size for f in p.rglob('*') if f.is_file())
 
+# %% ../nbs/03_corpus.ipynb #409b5910
 def jpeg_images(samples: Iterable[dict], # samples whose `images` are PIL images or arrays
                 quality: int|None, # JPEG quality; None keeps the images as they are (PNG when stored)
                 ) -> Iterator[dict]:
@@ -133,6 +135,7 @@ def build_corpus(p: Corpus, # the `corpus` section of params
     write_json(out/'corpus.json', manifest)
     return manifest
 
+# %% ../nbs/03_corpus.ipynb #0334f072
 def _store(samples: Iterable[dict], kind: str, dest: Path, scratch: str, t0: float) -> dict:
     "Write one source; its manifest entry."
     ds = samples_to_dataset(samples, kind, scratch)

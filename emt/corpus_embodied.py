@@ -110,6 +110,7 @@ def _numbers(text: str, n: int, opener: str, closer: str) -> list[float]:
         raise ValueError(f'{text!r} must hold {n} numbers in [0, 1]')
     return vals
 
+# %% ../nbs/03d_corpus_embodied.ipynb #8ea52220
 def parse_point(text: str) -> tuple[float, float]:
     "The normalised `(x, y)` of an answer written by `fmt_point`."
     return tuple(_numbers(text, 2, '(', ')'))
@@ -305,6 +306,7 @@ def _unoccluded(m, d, eye: tuple, p: np.ndarray, own: np.ndarray, tol: float = 0
     if frac < 0 or frac >= 1: return True
     return bool(gid[0] in own and (1 - frac) * np.linalg.norm(vec) <= tol)
 
+# %% ../nbs/03d_corpus_embodied.ipynb #2156b182
 def see(env, obs: np.ndarray, view: View, entity: Entity) -> Seen:
     "What `view` shows of `entity`."
     m, d = env.model, env.data
@@ -362,6 +364,7 @@ def _pick(cands: list[Candidate], r: np.random.Generator, counts: dict[str, int]
     of_kind = [c for c in cands if c[2]['kind'] == kind]
     return of_kind[int(r.integers(len(of_kind)))]
 
+# %% ../nbs/03d_corpus_embodied.ipynb #963d35cd
 def _sample(source: str, i: int, seed: int, fr: Frame, cand: Candidate) -> dict:
     q, a, truth = cand
     meta = dict(task=fr.task, mt1_seed=seed, variation=fr.variation, step=fr.step, camera=fr.view.camera.to_meta(),
@@ -371,6 +374,7 @@ def _sample(source: str, i: int, seed: int, fr: Frame, cand: Candidate) -> dict:
                 messages=[dict(role='user', content=f'<image>\n{q}'), dict(role='assistant', content=a)],
                 meta=json.dumps(meta, sort_keys=True))
 
+# %% ../nbs/03d_corpus_embodied.ipynb #51f05423
 def _lookat(env, task: str) -> np.ndarray:
     "A point between the gripper and the task's objects, for free cameras to look at."
     m, d = env.model, env.data
@@ -535,9 +539,11 @@ _BOX_HINT = ' Answer with a box [x1, y1, x2, y2], normalised to [0, 1] from the 
 
 def _choice(r: np.random.Generator, options: tuple[str, ...]) -> str: return options[int(r.integers(len(options)))]
 
+# %% ../nbs/03d_corpus_embodied.ipynb #975733f5
 def _touches_border(s: Seen) -> bool:
     return bool(s.mask[0].any() or s.mask[-1].any() or s.mask[:, 0].any() or s.mask[:, -1].any())
 
+# %% ../nbs/03d_corpus_embodied.ipynb #95c3cf99
 def ask_spatial_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "Point, box, part and left/right-of referring questions about the visible entities of `fr`."
     out, vis, S = [], [s for s in fr.seen if fr.visible(s)], fr.size
@@ -570,6 +576,7 @@ def _mc(question: str, options: list[str], right: int, r: np.random.Generator) -
     k = int(np.nonzero(order == right)[0][0])
     return q, f'{letters[k]}. {options[right]}'
 
+# %% ../nbs/03d_corpus_embodied.ipynb #8a7794f1
 def ask_embodied_spatial_qa(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "Closer/left-right/above-below multiple-choice questions about pairs of visible entities of `fr`."
     out, vis, S = [], [s for s in fr.seen if fr.visible(s)], fr.size
@@ -606,6 +613,7 @@ def _held(fr: Frame, s: Seen) -> bool|None:
     if dist > 0.08: return False
     return None
 
+# %% ../nbs/03d_corpus_embodied.ipynb #725d0d73
 def ask_robot_frame_vqa(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "Gripper, holding, direction and task-progress questions about `fr`."
     out, grip, S = [], fr.seen[0], fr.size
@@ -654,6 +662,7 @@ def _free_spot(fr: Frame, table: np.ndarray, r: np.random.Generator, tries: int 
             return p
     return None
 
+# %% ../nbs/03d_corpus_embodied.ipynb #cb77dcfd
 def ask_affordance_point(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "Grasp, press, insert and free-space pointing questions about `fr`."
     out, S = [], fr.size
@@ -753,6 +762,7 @@ def _placements(task: str, seed: int) -> np.ndarray:
     import pickle
     return np.array([pickle.loads(sim.task_variation(task, seed, v).data)['rand_vec'] for v in range(sim.N_VARIATIONS)])
 
+# %% ../nbs/03d_corpus_embodied.ipynb #1042cebc
 def check_disjoint_variations(seed: int, # the corpus seed (the embodied frames' MT1 seed)
                               tasks: tuple[str, ...]|None = None, # tasks to check (default: all of TASK_ENTITIES)
                               draws: int = 1, # blocks of 50 variations of the VLA data and of the evaluation checked

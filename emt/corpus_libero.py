@@ -56,6 +56,7 @@ def _axis_angle(q: np.ndarray) -> np.ndarray:
     s = np.sqrt(max(1.0 - w * w, 0.0))
     return np.zeros(3) if s < 1e-8 else q[:3] * (2.0 * np.arccos(w) / s)
 
+# %% ../nbs/03e_corpus_libero.ipynb #30e6e265
 def record_demo(env: LiberoEnv, # a task env (with the eye-in-hand camera in `cameras` to record it too)
                 trial: int, # the initial state
                 policy=None, # the scripted expert (None: a new `LiberoPickPlace`)

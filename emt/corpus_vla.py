@@ -85,6 +85,7 @@ def variation_seed(seed: int, task: str, draw: int) -> int:
 def _too_many_failures(fails: int, tries: int, max_fail_rate: float) -> bool:
     return fails >= 3 and fails > max_fail_rate * tries
 
+# %% ../nbs/03c_corpus_vla.ipynb #9541357f
 def generate_vla(tasks: Sequence[str], # Meta-World task names, e.g. `MT10_TASKS`
                  episodes_per_task: int, # successful episodes to keep per task
                  size: int, # images are size x size

@@ -265,6 +265,7 @@ def _require_rows(n: int, source: str, file, skipped: Skipped):
     raise bad_row('empty source', f'source {source!r} gave no samples: {why}; check the path and the format',
                   file=file)
 
+# %% ../nbs/02_data.ipynb #16bf04e1
 def raw_rows(ds: Dataset, # any dataset
              batch_size: int = 64) -> Iterator[dict]:
     "The rows of `ds` as stored: images as `{'bytes', 'path'}` dicts, not decoded (no copy of the data set)."
@@ -338,6 +339,7 @@ def _content_fingerprint(d: Path) -> str:
     (d/'state.json').write_text(json.dumps(state, indent=2, sort_keys=True))
     return state['_fingerprint']
 
+# %% ../nbs/02_data.ipynb #10e46756
 def ids_digest(ds: Dataset) -> str:
     "The full sha256 of a dataset's sample ids, one a line (its length if it has none)."
     if 'id' not in ds.column_names: return str(len(ds))
@@ -365,6 +367,7 @@ def qualify_id(raw: str|int, source: str) -> str:
     raw = str(raw)
     return raw if raw.startswith(f'{source}/') else f'{source}/{raw}'
 
+# %% ../nbs/02_data.ipynb #78ce0afd
 def _build(items: Iterable, kind: Kind, source: str, origin, on_error: OnError, cache_dir,
            images_checked: bool = False) -> tuple[Dataset, Skipped]:
     skipped = Skipped()
@@ -501,6 +504,7 @@ def _hf_rows(path: Path) -> Iterator[tuple[Path, int|None, dict|DataError]]:
         if 'messages' not in names: raise DataError(f'no messages column (has {names})', file=f, field='messages')
         yield from _guarded(f, (r for batch in pf.iter_batches(batch_size=256) for r in batch.to_pylist()))
 
+# %% ../nbs/02_data.ipynb #f2a643c9
 def _guarded(f: Path, rows: Iterator[dict]) -> Iterator[tuple[Path, int, dict]]:
     "(f, i, row) of `rows`; a library error part-way raises a `DataError` naming `f` and the row it broke at."
     i = 0
@@ -512,6 +516,7 @@ def _guarded(f: Path, rows: Iterator[dict]) -> Iterator[tuple[Path, int, dict]]:
                           're-download or remove the file', file=f, row=i) from None
         yield f, i, r; i += 1
 
+# %% ../nbs/02_data.ipynb #e466034c
 def read_hf(path: str|os.PathLike, # a save_to_disk directory or a directory of parquet files
             source: str|None = None, # the samples' source; default: the directory's name
             on_error: OnError = 'raise', cache_dir: str|os.PathLike|None = None,
@@ -537,6 +542,7 @@ def action_chunk(actions: np.ndarray, # (T, D) actions of one episode
     idx = np.arange(t, t + chunk)
     return actions[np.minimum(idx, T - 1)].astype(np.float32), idx >= T
 
+# %% ../nbs/02_data.ipynb #ea4be4ae
 def _check_chunk(chunk) -> int:
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise EmtError(f'chunk must be a positive int (the action chunk length C), not {chunk!r}')
@@ -548,6 +554,7 @@ def _read_json(path: Path) -> dict:
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise DataError(f'malformed JSON: {e}', file=path) from None
 
+# %% ../nbs/02_data.ipynb #3d3c0336
 def lerobot_info(root: Path) -> dict:
     "`meta/info.json` of a LeRobot v3 data set, checked."
     f = root/'meta'/'info.json'
@@ -653,6 +660,7 @@ def _episode_video(root: Path, info: dict, key: str, ep_meta: dict, ep: int, T: 
     try: return decode_video_frames(f, [t0 + i / info['fps'] for i in range(T)])
     except Exception as err: raise unreadable(err, f, f'episode {ep}', key) from None
 
+# %% ../nbs/02_data.ipynb #295e3c87
 def _lerobot_meta_episodes(root: Path) -> dict[int, dict]:
     out = {}
     for f in sorted((root/'meta'/'episodes').rglob('*.parquet')):
@@ -660,6 +668,7 @@ def _lerobot_meta_episodes(root: Path) -> dict[int, dict]:
         except Exception as err: raise unreadable(err, f) from None
     return out
 
+# %% ../nbs/02_data.ipynb #e3c76cf1
 def read_lerobot(root: str|os.PathLike, # the data set's directory (holding meta/ and data/)
                  source: str|None = None, # the samples' source; default: the directory's name
                  chunk: int = 1, # C, the action chunk length
@@ -751,6 +760,7 @@ def flip_image(img: np.ndarray, # (H, W, 3) or (T, H, W, 3)
 def _demo_keys(data) -> list[str]:
     return sorted((k for k in data.keys() if re.fullmatch(r'demo_\d+', k)), key=lambda k: int(k.split('_')[1]))
 
+# %% ../nbs/02_data.ipynb #afea441d
 def _libero_demo(data, k: str, camera: str) -> tuple[np.ndarray, np.ndarray]:
     "The (T,H,W,3) images and (T,D) actions of the demo group `data[k]`, checked."
     key, field = f'data/{k}', None
@@ -775,6 +785,7 @@ def _libero_demo(data, k: str, camera: str) -> tuple[np.ndarray, np.ndarray]:
         raise bad_row('bad images', f'{camera} is {obs.shape} {obs.dtype}, need (T,H,W,3) uint8', field=f'obs/{camera}')
     return obs, acts.astype(np.float32)
 
+# %% ../nbs/02_data.ipynb #3a294e7f
 def read_libero_hdf5(paths: str|os.PathLike|Iterable[str|os.PathLike], # LIBERO *_demo.hdf5 file(s) or folder(s)
                      source: str = 'libero', # the samples' source
                      chunk: int = 1, # C, the action chunk length

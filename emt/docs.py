@@ -87,10 +87,12 @@ def asis_markdown(cell: dict, # a processed code cell
     if not texts: return None
     return '\n\n'.join(_source_after_heading(re.sub(r'^\s*---\s*\n', '', t)) for t in texts)
 
+# %% ../nbs/91_docs.ipynb #8ca6847b
 def _source_after_heading(md: str) -> str:
     "`show_doc` Markdown with its `[source]` link moved under the heading (Quarto floats it beside it)."
     return re.sub(r'^(\[source\]\([^)]*\)(?:\{[^}\n]*\})?)\s*\n+(#{1,6} [^\n]*\n)', r'\2\n\1\n', md)
 
+# %% ../nbs/91_docs.ipynb #16d045f3
 def _join(text: str|list[str]) -> str: return text if isinstance(text, str) else ''.join(text)
 
 # %% ../nbs/91_docs.ipynb #038048bb
@@ -107,6 +109,7 @@ def _myst_div(fence: str, attrs: str, title: str|None) -> str:
     kind = kind if kind in _ADMONITIONS else 'note'
     return f'{fence}{{admonition}} {title}\n:class: {kind}' if title else f'{fence}{{{kind}}}'
 
+# %% ../nbs/91_docs.ipynb #e7716660
 def quarto_to_myst(md: str, # Markdown as nbdev leaves it for Quarto
                    ) -> str:
     "`md` with Quarto divs, callouts and Pandoc attributes rewritten as MyST."
@@ -427,6 +430,7 @@ def _stage_nb(nb: dict, page: str, src_dir: Path, project: Path, staged: Path, u
         return stage_images(relative_doclinks(quarto_to_myst(md), url, pages, page), src_dir, project, staged, page)
     return myst_notebook(nb, fix)
 
+# %% ../nbs/91_docs.ipynb #f4149705
 def _index_nb(project: Path, index: dict|None, sections: dict[str, list[str]]) -> dict:
     "The home page: the processed `index.ipynb` (or a stub) with the navigation's toctrees appended."
     cfg = _nbdev_config(project)
@@ -437,6 +441,7 @@ def _index_nb(project: Path, index: dict|None, sections: dict[str, list[str]]) -
     nb['cells'].append(_md_cell(trees))
     return nb
 
+# %% ../nbs/91_docs.ipynb #aa374747
 def _copy_assets(proc: Path, staged: Path) -> set[str]:
     "Copy the files nbdev put beside the processed notebooks (images) into `staged`; return their paths."
     done = set()
@@ -448,6 +453,7 @@ def _copy_assets(proc: Path, staged: Path) -> set[str]:
             dest.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(f, dest)
     return done
 
+# %% ../nbs/91_docs.ipynb #f40914ff
 def stage_sources(project: Path, # the project root
                   staged: Path, # where to write Sphinx's sources
                   ) -> tuple[dict[str, list[str]], list[str]]:

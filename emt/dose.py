@@ -82,6 +82,7 @@ def general_draw(P: Params, # the params (`data.vlm_sources`)
     if n > len(pool): raise EmtError(f'a general draw of {n} samples from a general pool of {len(pool)}')
     return pool.select(sorted(rng(seed, 'general-draw').choice(len(pool), n, replace=False).tolist()))
 
+# %% ../nbs/11b_dose.ipynb #018bd695
 def _read(f: Path) -> dict|None:
     try: return json.loads(f.read_text())
     except (OSError, ValueError): return None

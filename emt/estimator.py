@@ -128,9 +128,11 @@ def _balanced_eval(logits: np.ndarray, y: np.ndarray) -> dict:
     acc = 0.5 * ((pred[y == 1]).mean() + (~pred[y == 0]).mean())
     return {'accuracy': float(acc), 'auc': float(roc_auc_score(y, logits))}
 
+# %% ../nbs/09_estimator.ipynb #04616d01
 def _scores_of(model, x: np.ndarray, mean, scale) -> np.ndarray:
     with torch.inference_mode(): return model((torch.from_numpy(x) - mean) / scale).double().numpy()
 
+# %% ../nbs/09_estimator.ipynb #29f43195
 def train_estimator(pool: FeatureSet, # the VLM pool's features (negatives)
                     vla: FeatureSet, # the VLA sources' features (positives)
                     E, # the `estimator` params section
@@ -265,6 +267,7 @@ def _vla_sample(vla: FeatureSet, n: int | None, seed: int) -> np.ndarray:
     idx = np.arange(len(vla)) if n is None or n >= len(vla) else np.sort(rng(seed, 'distance-vla').choice(len(vla), n, replace=False))
     return vla.rows(idx)
 
+# %% ../nbs/09_estimator.ipynb #de52da45
 def run_estimator(P: Params, # validated params
                   features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
                   out: str | os.PathLike = ARTIFACTS['estimator'], # the trained estimator

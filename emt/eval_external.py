@@ -54,6 +54,7 @@ def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
                      w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
 
+# %% ../nbs/13b_eval_external.ipynb #9ec4e31c
 def euler_to_axis_angle(rpy: np.ndarray, # roll, pitch, yaw (rad) about the static x, y and z axes
                         ) -> np.ndarray:
     "The rotation as an axis-angle vector (axis times angle, angle in [0, pi])."

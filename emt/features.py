@@ -74,6 +74,7 @@ def _decoded_images(sample: dict) -> list:
                             'data.on_error: skip.', row=sample.get('id'), field='images') from e
     return out
 
+# %% ../nbs/07_features.ipynb #5e82c043
 def vlm_inputs(processor, # the VLM's processor
                samples: list[dict], # VLM samples (id, images, messages)
                max_seq_len: int, # tokens per row at most; text past it is cut, image tokens never
@@ -183,6 +184,7 @@ def _header(path: Path) -> tuple[dict, int]:
         (n,) = struct.unpack('<Q', f.read(8))
         return json.loads(f.read(n)), 8 + n
 
+# %% ../nbs/07_features.ipynb #2d0a2afa
 def shard_meta(path: str | os.PathLike) -> dict:
     "The metadata of a shard (ids, skipped, fingerprint, ...), decoded, without reading its features."
     try: head, _ = _header(Path(path))
@@ -265,6 +267,7 @@ def _undecoded(ds: Dataset) -> Dataset:
     "`ds` read as Arrow: rows come with their images as stored bytes (decoded later, where errors are caught)."
     return ds.with_format('arrow')
 
+# %% ../nbs/07_features.ipynb #a71f00e4
 class BatchReader(torch.utils.data.Dataset):
     "Encoded batches of some shards of some sources: what the DataLoader workers compute."
     def __init__(self, processor, # the VLM's processor
@@ -305,6 +308,7 @@ class BatchReader(torch.utils.data.Dataset):
             except DataError as e: skipped.append({'id': r['id'], 'field': e.field, 'reason': e.msg})
         return (self.encode(kind, kept) if kept else None), kept, skipped
 
+# %% ../nbs/07_features.ipynb #03db35a3
 def _as_is(x): return x
 
 # %% ../nbs/07_features.ipynb #04cfdc51
@@ -459,10 +463,10 @@ def _load_model(path: Path, device) -> tuple:
         raise EmtError(f'The features stage needs the base VLM: {e} (the base_vlm stage writes it: dvc repro base_vlm).') from e
     return model.to(device).eval(), processor
 
-def _sources(params: Params, data: Path) -> dict[str, tuple[str, Dataset]]:
+def _sources(P: Params, data: Path) -> dict[str, tuple[str, Dataset]]:
     "source -> (kind, dataset) for every source in params; an error for a missing or empty one."
     out = {}
-    for spec in params.data.vlm_sources + params.data.vla_sources:
+    for spec in P.data.vlm_sources + P.data.vla_sources:
         kind, path = 'vla' if spec.group == 'vla' else 'vlm', data/spec.name
         empty = DataError(f'source {spec.name!r} has no samples: nothing to embed. Check its input or drop it from '
                           'data.vlm_sources / data.vla_sources.', file=path)
@@ -492,7 +496,7 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 # %% ../nbs/07_features.ipynb #f434e09f
-def run_features(params: Params, # validated params
+def run_features(P: Params, # validated params
                  model: str | os.PathLike | None = None, # the frozen VLM (None: `features.model`, else the base VLM)
                  data: str | os.PathLike = ARTIFACTS['data'], # the data stage's datasets
                  out: str | os.PathLike = ARTIFACTS['features'], # where the features go
@@ -501,19 +505,19 @@ def run_features(params: Params, # validated params
                  ) -> dict:
     """Compute (or resume) the features of every source; write the manifests and metrics/features.json. With
     `processes` above 1 in params, called in one process, it launches itself on that many (one per GPU)."""
-    check_gpu(params, 'features')
-    f, t0, state = params.features, time.time(), _distributed()
-    if params.processes > 1 and state.num_processes == 1:  # the stage's kernel: the shards split over the GPUs
+    check_gpu(P, 'features')
+    f, t0, state = P.features, time.time(), _distributed()
+    if P.processes > 1 and state.num_processes == 1:  # the stage's kernel: the shards split over the GPUs
         from emt.launch import launched
-        return launched('emt.features:run_features', dict(params=params, model=model, data=data, out=out, answers=answers,
-                                                          num_workers=num_workers), params.processes, rpath('.emt/launch/features'))
+        return launched('emt.features:run_features', dict(P=P, model=model, data=data, out=out, answers=answers,
+                                                          num_workers=num_workers), P.processes, rpath('.emt/launch/features'))
     answers = f.answers if answers is None else answers
     num_workers = f.num_workers if num_workers is None else num_workers
     model = model or f.model or ARTIFACTS['base_vlm']
     model_path = rpath(model) if Path(model).is_absolute() or rpath(model).exists() else Path(model)
     out = rpath(out)
     vlm, processor = _load_model(model_path, state.device)
-    sources = _sources(params, rpath(data))
+    sources = _sources(P, rpath(data))
     for name, (kind, ds) in sources.items():  # a limit too short for an image stops here, not on a batch hours in
         if len(ds): check_prompt_fits(processor, ds[0], f.max_seq_len, 'features.max_seq_len')
     mfp = model_fingerprint(model_path)
@@ -525,7 +529,7 @@ def run_features(params: Params, # validated params
     mine = [t for t in process_share(tasks, state.process_index, state.num_processes)
             if not is_done(out/t.source/shard_name(t.index), info[t.source]['fingerprint'])]
     reader = BatchReader(processor, {k: ds for k, (_, ds) in sources.items()}, mine, f.batch_size, f.max_seq_len,
-                         answers, params.data.on_error)
+                         answers, P.data.on_error)
     t1 = time.time()
     stats = compute_shards(vlm, reader, out, {k: {'fingerprint': v['fingerprint']} for k, v in info.items()},
                            f.layer, f.pooling, f.dtype, default_workers() if num_workers is None else num_workers)
@@ -535,11 +539,12 @@ def run_features(params: Params, # validated params
     if state.num_processes > 1:
         from accelerate.utils import reduce
         done = reduce(done.to(state.device), 'sum').cpu()
-    if state.is_main_process: _finish(params, sources, tasks, info, out, stats, done, t0)
+    if state.is_main_process: _finish(P, sources, tasks, info, out, stats, done, t0)
     state.wait_for_everyone()
     return json.loads(rpath('metrics/features.json').read_text())
 
-def _finish(params, sources, tasks, info, out, stats, done, t0) -> dict:
+# %% ../nbs/07_features.ipynb #2d314057
+def _finish(P, sources, tasks, info, out, stats, done, t0) -> dict:
     "Write the manifests and metrics/features.json (main process)."
     per = {}
     for name, (kind, ds) in sources.items():
@@ -551,8 +556,8 @@ def _finish(params, sources, tasks, info, out, stats, done, t0) -> dict:
                      'skipped_ids': [r['id'] for r in m['skipped']][:100], 'shards': n_shards,
                      'computed_shards_main_process': s.get('shards', 0), 'seconds_main_process': round(s.get('seconds', 0.0), 2)}
     n_done, compute_s = int(done[0]), float(done[1])
-    metrics = {'profile': params.profile, 'layer': params.features.layer, 'pooling': params.features.pooling,
-               'dtype': params.features.dtype, 'dim': next((json.loads((out/k/'manifest.json').read_text())['dim']
+    metrics = {'profile': P.profile, 'layer': P.features.layer, 'pooling': P.features.pooling,
+               'dtype': P.features.dtype, 'dim': next((json.loads((out/k/'manifest.json').read_text())['dim']
                                                              for k in sources), None),
                'sources': per, 'total': {'samples': sum(p['samples'] for p in per.values()),
                                          'skipped': sum(p['skipped'] for p in per.values()),

@@ -198,6 +198,7 @@ def _group_means(m: np.ndarray, groups: list[str]) -> dict:
     return {'within_vlm': mean(off & ~vla[:, None] & ~vla[None, :]), 'within_vla': mean(off & vla[:, None] & vla[None, :]),
             'across': mean(vla[:, None] ^ vla[None, :])}
 
+# %% ../nbs/08_gap.ipynb #64f63d42
 def group_features(P: Params, features: str | os.PathLike = ARTIFACTS['features']) -> dict[str, np.ndarray]:
     "All features of each diversity group: pool, general, embodied (and other VLM groups), vla."
     out: dict[str, list] = {}

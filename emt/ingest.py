@@ -36,6 +36,7 @@ def _list_lengths(ds, col: str) -> np.ndarray:
            for b in ds.select_columns([col]).with_format('arrow').iter(batch_size=50_000)]
     return np.concatenate(out) if out else np.zeros(0, int)
 
+# %% ../nbs/02b_ingest.ipynb #e5cec7cb
 def source_summary(ds, # the source's dataset, in the sample schema
                    spec: Source, # its params entry
                    skipped: int = 0, # rows skipped while reading it
@@ -56,6 +57,7 @@ def _caption(sample: dict, width: int = 34, lines: int = 4) -> str:
     else: text = ' / '.join(m['content'].replace('<image>', '').strip() for m in sample['messages'][:2])
     return '\n'.join(textwrap.wrap(text, width)[:lines])
 
+# %% ../nbs/02b_ingest.ipynb #aa290400
 def examples_figure(datasets: dict, # source name -> dataset
                     per_source: int = 4, # samples shown per source
                     seed: int = 0):
@@ -90,11 +92,13 @@ def _subset_rows(n: int, spec: Source, seed: int, heldout: int = 0) -> np.ndarra
     if not spec.max_samples or len(rest) <= spec.max_samples: return rest
     return np.sort(rng(seed, 'subset', spec.name).choice(rest, spec.max_samples, replace=False))
 
+# %% ../nbs/02b_ingest.ipynb #25b39f29
 def _subset(ds, spec: Source, seed: int, heldout: int = 0):
     "The stored rows of `ds`: the held-out rows removed, then at most `spec.max_samples`, in their original order."
     keep = _subset_rows(len(ds), spec, seed, heldout)
     return ds if len(keep) == len(ds) else ds.select(keep.tolist())
 
+# %% ../nbs/02b_ingest.ipynb #955851d2
 HELDOUT = '_ability' # <data stage out>/_ability/<source>: the held-out rows of each VLM source, for the ability stage
 
 def heldout_subset(ds, spec: Source, seed: int, heldout: int):
@@ -111,27 +115,27 @@ def _save_skipped(rows: list[dict]) -> None:
         write_text(rpath('tables/data_skipped.md'), markdown_table(rows[:200], columns=SKIP_COLUMNS)
                    + f'\n({len(rows)} rows in all: see data_skipped.csv)\n')
 
-def run_data(params: Params, # validated params
+def run_data(P: Params, # validated params
              out: str = ARTIFACTS['data'], # where the per-source datasets go
              ) -> dict:
     "Read, check and store every source; write metrics/data.json, the sources table and the examples figure."
-    d, t0 = params.data, time.time()
+    d, t0 = P.data, time.time()
     rows, skipped, stored = [], [], {}
     with tempfile.TemporaryDirectory(prefix='emt-data-') as scratch:
         for spec in progress(d.vlm_sources + d.vla_sources, 'data sources'):
             kind = 'vla' if spec.group == 'vla' else 'vlm'
             ds, report = load_source(spec.model_dump() | {'kind': kind}, on_error=d.on_error, chunk=d.chunk,
                                      cache_dir=scratch)
-            save_dataset(_subset(ds, spec, params.seed, params.ability.per_source), rpath(out)/spec.name)
-            held = heldout_subset(ds, spec, params.seed, params.ability.per_source) if kind == 'vlm' else []
+            save_dataset(_subset(ds, spec, P.seed, P.ability.per_source), rpath(out)/spec.name)
+            held = heldout_subset(ds, spec, P.seed, P.ability.per_source) if kind == 'vlm' else []
             if len(held): save_dataset(held, rpath(out)/HELDOUT/spec.name)  # the ability stage never re-reads a source
             stored[spec.name] = ds = load_dataset_dir(rpath(out)/spec.name, kind)
             skipped += [{'source': spec.name, **r} for r in report.rows]
             rows.append(source_summary(ds, spec, len(report)))
-        save_figure(examples_figure(stored, seed=params.seed), 'data_examples')
+        save_figure(examples_figure(stored, seed=P.seed), 'data_examples')
     save_table(rows, 'data_sources', columns=list(dict.fromkeys(k for r in rows for k in r)))
     _save_skipped(skipped)
-    metrics = {'profile': params.profile, 'on_error': d.on_error, 'seconds': round(time.time() - t0, 1),
+    metrics = {'profile': P.profile, 'on_error': d.on_error, 'seconds': round(time.time() - t0, 1),
                'sources': {r['source']: {k: v for k, v in r.items() if k != 'source'} for r in rows},
                'total': {'samples': sum(r['samples'] for r in rows), 'skipped': len(skipped)},
                'skipped_by_reason': dict(Counter(f"{r['source']}: {r['reason']}" for r in skipped)),

@@ -107,6 +107,7 @@ def _take_slot(slots, threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
 
+# %% ../nbs/05a_launch.ipynb #3d910d48
 def run_pool(fn: Callable[..., Any], # a module-level function (spawned processes import it)
              calls: dict[str, dict], # run name -> keyword arguments of `fn`
              jobs: int, # processes at once

@@ -69,6 +69,7 @@ def _benchmark():
         from libero.libero import benchmark
     return benchmark
 
+# %% ../nbs/13a_libero.ipynb #075e82ba
 def libero_suite(suite: str): # e.g. 'libero_10'
     "LIBERO's benchmark object of `suite` (its tasks, BDDL files, initial states)."
     if suite not in SUITE_MAX_STEPS: raise EmtError(f'unknown LIBERO suite {suite!r}; use one of {list(SUITE_MAX_STEPS)}')

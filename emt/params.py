@@ -486,11 +486,11 @@ def parse_run(name: str) -> dict:
     return {'init': parts[0], 'benchmark': parts[1], 'seed': int(parts[2][4:]), 'step': step}
 
 # %% ../nbs/01_params.ipynb #33a540d2
-def override(params: Params, # validated params
+def override(P: Params, # validated params
              section: str, # the section the values belong to
              **values) -> Params: # key=value pairs; None values are ignored
     "A validated copy of `params` with `values` set in `section`."
-    raw = params.model_dump(mode='json')
+    raw = P.model_dump(mode='json')
     raw[section] = {**raw[section], **{k: v for k, v in values.items() if v is not None}}
     return parse_params(raw, f'params with {section} overrides {values}')
 

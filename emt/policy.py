@@ -30,7 +30,7 @@ from .params import GRIPPERS
 # %% auto #0
 __all__ = ['QUERY_TOKEN', 'FORMAT', 'VISION_PARTS', 'PROJECTOR_PARTS', 'LLM_PARTS', 'VLAConfig', 'ActionStats', 'action_stats',
            'add_queries', 'ActionHead', 'vlm_part', 'adapt_vlm', 'plain_state_dict', 'check_arch', 'text_hidden_size',
-           'VLA', 'query_token_id', 'build_vla', 'frame_batch', 'save_vla', 'load_vla', 'VLAPolicy', 'load_policy']
+           'VLAModel', 'query_token_id', 'build_vla', 'frame_batch', 'save_vla', 'load_vla', 'VLAPolicy', 'load_policy']
 
 # %% ../nbs/12a_policy.ipynb #494d2bff
 QUERY_TOKEN = '<|action_query|>'
@@ -175,6 +175,7 @@ def _lora_targets(vlm: nn.Module) -> list[str]:
     llm = vlm_part(vlm, LLM_PARTS)
     return [n for n, m in vlm.named_modules() if isinstance(m, nn.Linear) and any(m is x for x in llm.modules())]
 
+# %% ../nbs/12a_policy.ipynb #fda23e3b
 def adapt_vlm(vlm: nn.Module, # the VLM, changed in place
               cfg: VLAConfig, # freeze / lora_rank
               ) -> nn.Module:
@@ -217,7 +218,7 @@ def text_hidden_size(vlm: nn.Module) -> int:
     return vlm.config.get_text_config().hidden_size
 
 # %% ../nbs/12a_policy.ipynb #469bd68f
-class VLA(nn.Module):
+class VLAModel(nn.Module):
     "A VLM, learnable action queries read from its last layer, and a two-branch action head."
     def __init__(self, vlm: nn.Module, # a supported VLM whose vocabulary holds `QUERY_TOKEN`
                  cfg: VLAConfig, # the VLA's shape
@@ -264,7 +265,7 @@ def build_vla(vlm: nn.Module, # a supported VLM (changed in place)
               processor, # its processor (the tokenizer gains the query token)
               cfg: VLAConfig, # the VLA's shape
               seed: int = 0, # head and query initialisation
-              ) -> VLA:
+              ) -> VLAModel:
     "A VLA on `vlm`: query token added, embeddings resized, VLM adapted, head and queries initialised with `seed`."
     check_arch(vlm)
     qid = query_token_id(processor)
@@ -276,7 +277,7 @@ def build_vla(vlm: nn.Module, # a supported VLM (changed in place)
             with torch.no_grad():
                 w = vlm.get_input_embeddings().weight
                 w[n:] = w[:n].mean(0)
-        model = VLA(adapt_vlm(vlm, cfg), cfg, qid)
+        model = VLAModel(adapt_vlm(vlm, cfg), cfg, qid)
     return model
 
 # %% ../nbs/12a_policy.ipynb #0bbce9ac
@@ -297,7 +298,7 @@ def frame_batch(processor, # the VLA's processor
     return out
 
 # %% ../nbs/12a_policy.ipynb #7c52b20d
-def save_vla(model: VLA, # the (unwrapped) VLA
+def save_vla(model: VLAModel, # the (unwrapped) VLA
              processor, # its processor
              stats: ActionStats, # the normalisation statistics
              path: str | os.PathLike, # the checkpoint directory (replaced if present)
@@ -317,13 +318,13 @@ def save_vla(model: VLA, # the (unwrapped) VLA
 # %% ../nbs/12a_policy.ipynb #a9f738e7
 def load_vla(path: str | os.PathLike, # a directory written by `save_vla`
              device: str | torch.device | None = None, # None: CUDA if available, else CPU
-             ) -> tuple[VLA, object, ActionStats]:
+             ) -> tuple[VLAModel, object, ActionStats]:
     "The VLA (eval mode), its processor and its action statistics."
     path = Path(path)
     if not (path/'config.json').is_file(): raise EmtError(f'{path} is not a VLA checkpoint: no config.json.')
     cfg = VLAConfig.from_dict(json.loads((path/'config.json').read_text()))
     vlm, processor = load_vlm(path/'vlm')
-    model = VLA(vlm, cfg, query_token_id(processor))  # LoRA weights were merged when saved: a plain VLM here
+    model = VLAModel(vlm, cfg, query_token_id(processor))  # LoRA weights were merged when saved: a plain VLM here
     w = load_file(str(path/'head.safetensors'))
     model.head.load_state_dict({k[5:]: v for k, v in w.items() if k.startswith('head.')})
     with torch.no_grad(): model.queries.copy_(w['queries'].to(model.queries.dtype))
@@ -334,7 +335,7 @@ def load_vla(path: str | os.PathLike, # a directory written by `save_vla`
 # %% ../nbs/12a_policy.ipynb #5dd2308b
 class VLAPolicy:
     "A loaded VLA as a benchmark policy."
-    def __init__(self, model: VLA, processor, stats: ActionStats):
+    def __init__(self, model: VLAModel, processor, stats: ActionStats):
         self.model, self.processor, self.stats, self.cfg = model, processor, stats, model.cfg
 
     @torch.inference_mode()

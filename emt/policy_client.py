@@ -44,6 +44,7 @@ def _read(sock: socket.socket, n: int) -> bytes:
         buf += part
     return bytes(buf)
 
+# %% ../nbs/13d_policy_client.ipynb #88f476c8
 def recv_msg(sock: socket.socket) -> tuple[dict, list[bytes]]:
     "The header and binary parts of one message (`send_msg`)."
     (n,) = struct.unpack('>I', _read(sock, 4))

@@ -101,6 +101,7 @@ def _nll(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tenso
     total = torch.zeros(n, dtype=torch.float64, device=nll.device).index_add_(0, rows, nll)
     return total.cpu(), where.sum(1).double().cpu()
 
+# %% ../nbs/09a_ppl.ipynb #4c8d63be
 @torch.inference_mode()
 def perplexities(model: torch.nn.Module, # the VLM (eval mode)
                  processor, # its processor
@@ -125,11 +126,11 @@ def perplexities(model: torch.nn.Module, # the VLM (eval mode)
     return ids, ppl
 
 # %% ../nbs/09a_ppl.ipynb #44545bdb
-def vla_lm_recipe(params: Params, # validated params
+def vla_lm_recipe(P: Params, # validated params
                   steps: int | None = None, # optimiser steps (None: a quarter of midtrain.recipe.steps)
                   ) -> Recipe:
     "The VLA LM's fine-tuning recipe: `midtrain.recipe` with fewer steps."
-    r = params.midtrain.recipe
+    r = P.midtrain.recipe
     n = steps or max(1, r.steps // 4)
     return r.model_copy(update={'steps': n, 'save_every': min(r.save_every, n) if r.save_every else 0})
 
@@ -156,10 +157,10 @@ def ppl_figure(table, # DataFrame: source, ppl_vla, ppl_base
 def _device() -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
-def _pool(params: Params, data: Path) -> dict[str, Dataset]:
+def _pool(P: Params, data: Path) -> dict[str, Dataset]:
     "The stored datasets of every VLM source, by name, in params order."
     out = {}
-    for s in params.data.vlm_sources:
+    for s in P.data.vlm_sources:
         ds = load_dataset_dir(data/s.name, 'vlm')
         if not len(ds): raise DataError(f'source {s.name!r} has no samples: nothing to score.', file=data/s.name)
         out[s.name] = ds
@@ -181,11 +182,11 @@ def _pool_ppl(model, processor, pool: dict[str, Dataset], batch_size: int, max_s
                         f'{first}): they cannot be scored. Raise max_seq_len in the recipe.', field='messages')
     return ids, sources, ppl, time.time() - t0
 
-def _skip(params: Params, out: Path) -> dict:
+def _skip(P: Params, out: Path) -> dict:
     "Record that the stage had nothing to do (its output folder and figure still exist, empty and saying so)."
     import matplotlib.pyplot as plt
-    m = {'profile': params.profile, 'skipped': True,
-         'reason': f'neither vla_ppl nor delta_ppl is in select.methods={params.select.methods}'}
+    m = {'profile': P.profile, 'skipped': True,
+         'reason': f'neither vla_ppl nor delta_ppl is in select.methods={P.select.methods}'}
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 1)); ax.axis('off'); ax.text(0.5, 0.5, 'perplexity baselines skipped: ' + m['reason'],
                                                                    ha='center', va='center', fontsize=7, wrap=True)
@@ -193,49 +194,49 @@ def _skip(params: Params, out: Path) -> dict:
     write_json(rpath('metrics/ppl.json'), m)
     return m
 
-def _summary(params, table, rep, seconds) -> dict:
+def _summary(P, table, rep, seconds) -> dict:
     per = {}
     for name, g in table.groupby('source', sort=False):
         per[name] = {'samples': len(g), 'median_ppl_vla': float(g['ppl_vla'].median()),
                      'median_ppl_base': float(g['ppl_base'].median()),
                      'mean_score_vla_ppl': float(-g['ppl_vla'].mean()),
                      'mean_score_delta_ppl': float(-(g['ppl_vla'] - g['ppl_base']).mean())}
-    group = {s.name: s.group for s in params.data.vlm_sources}
+    group = {s.name: s.group for s in P.data.vlm_sources}
     by_group = {}
     for gname in dict.fromkeys(group.values()):
         g = table[table['source'].map(group) == gname]
         by_group[gname] = {'mean_score_vla_ppl': float(-g['ppl_vla'].mean()),
                            'mean_score_delta_ppl': float(-(g['ppl_vla'] - g['ppl_base']).mean())}
-    return {'profile': params.profile, 'skipped': False, 'sources': per, 'groups': by_group,
+    return {'profile': P.profile, 'skipped': False, 'sources': per, 'groups': by_group,
             'vla_lm': {k: rep[k] for k in ('steps', 'first_loss', 'final_loss', 'processes', 'accumulation',
                                            'mixed_precision', 'skipped', 'resumed_from')} | {'train_seconds': rep['seconds']},
             **seconds}
 
-def run_ppl(params: Params, # validated params
+def run_ppl(P: Params, # validated params
             data: str | os.PathLike = ARTIFACTS['data'], # the data stage's datasets
             base: str | os.PathLike = ARTIFACTS['base_vlm'], # the base VLM checkpoint
             out: str | os.PathLike = f"{ARTIFACTS['ppl']}/vla_lm", # the VLA LM checkpoint to produce
             scores: str | os.PathLike = SCORERS['vla_ppl'][1], # where the score files go
             work: str | os.PathLike = ARTIFACTS['ppl_train'], # fine-tuning checkpoints (kept until the run ends)
-            recipe: Recipe | dict | None = None, # the VLA LM recipe (None: `vla_lm_recipe(params, ppl.steps)`)
+            recipe: Recipe | dict | None = None, # the VLA LM recipe (None: `vla_lm_recipe(P, ppl.steps)`)
             batch_size: int | None = None, # perplexity batch size (None: features.batch_size)
             num_workers: int = 1, # DataLoader workers encoding the fine-tuning batches
             ) -> dict:
     "Train the VLA LM, compute pool perplexities under it and the base VLM, write both baselines' score files."
-    check_gpu(params, 'ppl_baselines')
+    check_gpu(P, 'ppl_baselines')
     t0 = time.time()
-    if not {'vla_ppl', 'delta_ppl'} & set(params.select.methods): return _skip(params, rpath(scores).parent)
+    if not {'vla_ppl', 'delta_ppl'} & set(P.select.methods): return _skip(P, rpath(scores).parent)
     import matplotlib.pyplot as plt
     import pandas as pd
-    recipe = vla_lm_recipe(params, params.ppl.steps) if recipe is None else recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
-    batch_size = batch_size or params.features.batch_size
+    recipe = vla_lm_recipe(P, P.ppl.steps) if recipe is None else recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
+    batch_size = batch_size or P.features.batch_size
     data, work, scores = rpath(data), rpath(work), rpath(scores)
-    pool = _pool(params, data)
+    pool = _pool(P, data)
     with tempfile.TemporaryDirectory(dir=work.parent, prefix='.vla_text.') as tmp:
-        vla = {s.name: vla_chat_dataset(load_dataset_dir(data/s.name, 'vla'), Path(tmp)/s.name, style=params.ppl.style,
-                                        steps=params.vla.chunk) for s in params.data.vla_sources}
+        vla = {s.name: vla_chat_dataset(load_dataset_dir(data/s.name, 'vla'), Path(tmp)/s.name, style=P.ppl.style,
+                                        steps=P.vla.chunk) for s in P.data.vla_sources}
         model, processor = load_vlm(rpath(base))
-        rep = train_sft((model, processor), vla, recipe, work, seed=params.seed, on_error=params.data.on_error,
+        rep = train_sft((model, processor), vla, recipe, work, seed=P.seed, on_error=P.data.on_error,
                         num_workers=num_workers, save_model=False)
     save_vlm(model, processor, rpath(out))
     ids, sources, ppl_vla, s_vla = _pool_ppl(model, processor, pool, batch_size, recipe.max_seq_len, 'VLA LM')
@@ -250,7 +251,7 @@ def run_ppl(params: Params, # validated params
     with atomic_path(scores/'ppl.parquet') as tmp: table.to_parquet(tmp, index=False)
     fig = ppl_figure(table, list(pool)); save_figure(fig, 'ppl_baselines'); plt.close(fig)
     shutil.rmtree(work, ignore_errors=True)  # done: the checkpoints are no longer needed to resume
-    m = _summary(params, table, rep, {'style': params.ppl.style, 'action_steps': params.vla.chunk, 'max_seq_len': recipe.max_seq_len,
+    m = _summary(P, table, rep, {'style': P.ppl.style, 'action_steps': P.vla.chunk, 'max_seq_len': recipe.max_seq_len,
                                       'pool_samples': len(ids), 'ppl_seconds_vla_lm': round(s_vla, 2),
                                       'ppl_seconds_base': round(s_base, 2), 'seconds': round(time.time() - t0, 1)})
     write_json(rpath('metrics/ppl.json'), m)

@@ -99,12 +99,14 @@ def _tar_samples(f: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
             key, parts[ext] = k, tf.extractfile(m).read()
         if key is not None: yield key, parts
 
+# %% ../nbs/02c_release.ipynb #efd94776
 def _caption_row(source: str, key: str, image: bytes|None, caption: str|None, meta: dict, prompt: str) -> dict|DataError:
     if not image: return bad_row('not downloaded', f"img2dataset status {meta.get('status')!r}", field='status')
     if not caption or not caption.strip(): return bad_row('missing caption', 'empty caption', field='caption')
     keep = {k: meta[k] for k in ('url', 'width', 'height') if meta.get(k) is not None}
     return vlm_sample(source, key, [image], [(prompt, caption)], keep)
 
+# %% ../nbs/02c_release.ipynb #7cb40057
 def _webdataset_rows(files: list[Path], source: str, prompt: str) -> Iterator[Row]:
     for f in files:
         try:
@@ -116,6 +118,7 @@ def _webdataset_rows(files: list[Path], source: str, prompt: str) -> Iterator[Ro
         except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as err:
             yield f, 'shard', bad_row('unreadable file', f'{type(err).__name__}: {err}; re-download the shard')
 
+# %% ../nbs/02c_release.ipynb #3c46ba12
 def _parquet_rows(files: list[Path], source: str, prompt: str) -> Iterator[Row]:
     for f in files:
         try: pf = pq.ParquetFile(f); names = pf.schema_arrow.names
@@ -129,6 +132,7 @@ def _parquet_rows(files: list[Path], source: str, prompt: str) -> Iterator[Row]:
             for r in b.to_pylist():
                 yield f, str(r.get('key')), _caption_row(source, str(r.get('key')), r[col], r.get('caption'), r, prompt)
 
+# %% ../nbs/02c_release.ipynb #99b61b6d
 def img2dataset_rows(src: str|os.PathLike, # an img2dataset output folder
                      source: str, # the source's name
                      prompt: str = CAPTION_PROMPT, # the question each caption answers
@@ -156,6 +160,7 @@ def vcr_text(tokens: list, # a VCR token list; a nested list of ints refers to `
 def _refs(*token_lists) -> list[int]:
     return sorted({i for toks in token_lists for t in toks if isinstance(t, list) for i in t})
 
+# %% ../nbs/02c_release.ipynb #07fb3ec7
 def vcr_boxes(refs: list[int], objects: list[str], meta: dict) -> str:
     "The referenced objects' boxes, normalised to [0, 1] as `person3 [x1, y1, x2, y2]`, one clause per object."
     w, h = float(meta['width']), float(meta['height'])
@@ -274,6 +279,7 @@ def _choices(v) -> list[str]:
     try: return json.loads(v)
     except ValueError: return ast.literal_eval(v)
 
+# %% ../nbs/02c_release.ipynb #c9b8ae11
 def robo2vlm_rows(src: str|os.PathLike, # the downloaded repository (its data/*.parquet files)
                   source: str = 'robo2vlm') -> Iterator[Row]:
     "The samples of Robo2VLM's parquet files: a multiple-choice question per image, answered with a lettered option."
@@ -308,6 +314,7 @@ def _jsonl(f: Path) -> list[dict]:
         except json.JSONDecodeError as e: raise DataError(f'malformed JSON: {e}', file=f, row=i) from None
     return out
 
+# %% ../nbs/02c_release.ipynb #0e15a4d4
 def _link(src: Path, dst: Path) -> None:
     "Hard-link `src` to `dst` (a copy across file systems)."
     if not src.is_file(): raise DataError('file not found', file=src)
@@ -315,6 +322,7 @@ def _link(src: Path, dst: Path) -> None:
     try: os.link(src, dst)
     except OSError: shutil.copy2(src, dst)
 
+# %% ../nbs/02c_release.ipynb #5a9e3b93
 def lerobot_v2_info(src: Path, action: str) -> dict:
     "`meta/info.json` of a LeRobot v2.x data set, checked for the keys the conversion needs and the `action` feature."
     f = src/'meta'/'info.json'

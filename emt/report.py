@@ -101,6 +101,7 @@ def _cols(rows):
     return [c for c in ['source', 'model', 'selection', *BENCH_NAMES.values(), *loss, 'embodied share of mixture (%)']
             if any(c in r for r in rows)]
 
+# %% ../nbs/14_report.ipynb #705c1044
 def table1(P: Params, m: dict) -> list[dict]:
     "Table 1 rows: the paper's, then this run's backbone without and with mid-training."
     rows = [{'source': 'paper', 'model': r['model'], **{BENCH_NAMES[k]: v for k, v in r.items() if k != 'model'}}
@@ -126,6 +127,7 @@ def _vla_loss(m: dict, init: str) -> dict[str, float]:
             v.setdefault(r['benchmark'], []).append(r['final_heldout_loss'])
     return {b: round(float(np.mean(x)), 4) for b, x in v.items()}
 
+# %% ../nbs/14_report.ipynb #fbcfa97a
 def table2(P: Params, m: dict) -> list[dict]:
     "Table 2 rows: the selection ablation, paper and this run."
     rows = [{'source': 'paper', 'selection': METHOD_NAMES[k], **{BENCH_NAMES[b]: v for b, v in r.items()}}
@@ -221,37 +223,37 @@ def comparisons(P: Params, data: dict[str, list[dict]], benches: Sequence[str]) 
                             'verdict': verdict(r['ci95'], better), 'better': 'higher' if better > 0 else 'lower'})
     return out
 
-# %% ../nbs/14_report.ipynb #5588a1e8
+# %% ../nbs/14_report.ipynb #8e599771
 def _row(claim: str, paper: str, run: str, v: str) -> dict:
     return {'claim': claim, 'paper': paper, 'this run (effect [95% interval])': run, 'verdict': v}
 
-def findings(P: Params, # the params
-             m: dict, # the stages' metrics (`load_metrics`)
-             data: dict[str, list[dict]] | None = None, # `run_data` (None: no VLA comparisons)
-             comps: list[dict] | None = None, # `comparisons` (None: computed from `data`)
-             ) -> list[dict]:
-    "Each claim of the paper: this run's effect with its 95% interval and a verdict."
-    out, groups = [], {s.name: s for s in P.data.vlm_sources}
-    gap = m.get('gap', {})
-    if gap.get('mmd2') and gap.get('groups'):
-        names, mm = gap['sources'], np.asarray(gap['mmd2'], np.float64)
-        mm = mm / max(mm.max(), 1e-12)
-        kind = {n: ('vla' if g == 'vla' else 'vlm') for n, g in zip(names, gap['groups'])}  # groups: one per source
-        pv = lambda a, b: [mm[i, j] for i in range(len(names)) for j in range(i + 1, len(names))
-                           if {kind[names[i]], kind[names[j]]} == ({a} | {b})]
-        within_vlm, across, within_vla = pv('vlm', 'vlm'), pv('vlm', 'vla'), pv('vla', 'vla')
-        if within_vlm and across:
-            r = bootstrap_mean_diff(across, within_vlm, seed=P.seed)
-            out.append(_row('Fig. 2a: VLM sources are closer to each other than to VLA data (normalised MMD^2, across - within VLM)',
-                            'yes', _ci(r), verdict(r['ci95'])))
-        if within_vla and across:
-            r = bootstrap_mean_diff(across, within_vla, seed=P.seed)
-            out.append(_row('Fig. 2a: VLA sources are closer to each other than to VLM data (across - within VLA)',
-                            'yes', _ci(r), verdict(r['ci95'])))
-        elif across:
-            out.append(_row('Fig. 2a: VLA sources are closer to each other than to VLM data', 'yes',
-                            'one VLA source: no within-VLA pair to measure', 'inconclusive'))
-    d = m.get('select', {}).get('diversity', {})
+# %% ../nbs/14_report.ipynb #3c696b65
+def _gap_findings(P: Params, gap: dict) -> list[dict]:
+    "Fig. 2a: VLM sources lie closer to each other than to VLA data, and VLA sources closer to each other."
+    if not (gap.get('mmd2') and gap.get('groups')): return []
+    out, names, mm = [], gap['sources'], np.asarray(gap['mmd2'], np.float64)
+    mm = mm / max(mm.max(), 1e-12)
+    kind = {n: ('vla' if g == 'vla' else 'vlm') for n, g in zip(names, gap['groups'])}  # groups: one per source
+    pv = lambda a, b: [mm[i, j] for i in range(len(names)) for j in range(i + 1, len(names))
+                       if {kind[names[i]], kind[names[j]]} == ({a} | {b})]
+    within_vlm, across, within_vla = pv('vlm', 'vlm'), pv('vlm', 'vla'), pv('vla', 'vla')
+    if within_vlm and across:
+        r = bootstrap_mean_diff(across, within_vlm, seed=P.seed)
+        out.append(_row('Fig. 2a: VLM sources are closer to each other than to VLA data (normalised MMD^2, across - within VLM)',
+                        'yes', _ci(r), verdict(r['ci95'])))
+    if within_vla and across:
+        r = bootstrap_mean_diff(across, within_vla, seed=P.seed)
+        out.append(_row('Fig. 2a: VLA sources are closer to each other than to VLM data (across - within VLA)',
+                        'yes', _ci(r), verdict(r['ci95'])))
+    elif across:
+        out.append(_row('Fig. 2a: VLA sources are closer to each other than to VLM data', 'yes',
+                        'one VLA source: no within-VLA pair to measure', 'inconclusive'))
+    return out
+
+# %% ../nbs/14_report.ipynb #f3b2fb82
+def _diversity_findings(d: dict) -> list[dict]:
+    "A.5: general data is the most diverse and VLA data the least; the selected mixture keeps the pool's diversity."
+    out = []
     if {'general VLM data', 'embodied VLM data', 'VLA data'} <= set(d):
         ok = d['general VLM data'] > d['embodied VLM data'] > d['VLA data']
         out.append(_row('A.5: diversity general > embodied-oriented > VLA', '1.96 > 1.62 > 1.26',
@@ -262,7 +264,12 @@ def findings(P: Params, # the params
         out.append(_row('A.5: the selected mixture stays about as diverse as the pool (selected / pool >= 0.9)',
                         '1.93 / 1.85 = 1.04', f"{d['selected (estimator)']:.2f} / {d['full VLM pool']:.2f} = {ratio:.2f}",
                         'holds' if ratio >= 0.9 else 'does not hold'))
-    e = m.get('estimator', {})
+    return out
+
+# %% ../nbs/14_report.ipynb #22b911f6
+def _estimator_findings(P: Params, e: dict) -> list[dict]:
+    "Sec. 2 and Fig. 4a: the estimator trains in about 100 steps, scores embodied sources above general ones, RefSpatial highest and VCR lowest."
+    out, groups = [], {s.name: s for s in P.data.vlm_sources}
     if 'stop_step' in e:
         lo, hi = PAPER['estimator_stop_steps']
         t = e.get('target_step', e['stop_step'] if e.get('reached_target') else None)
@@ -283,6 +290,12 @@ def findings(P: Params, # the params
               and groups[srt[0]['source']].stands_for == 'VCR')
         out.append(_row('Fig. 4a: highest / lowest mean score', 'RefSpatial / VCR', f'{name(srt[-1])} / {name(srt[0])}',
                         'holds' if ok else 'does not hold'))
+    return out
+
+# %% ../nbs/14_report.ipynb #ae90273f
+def _vla_findings(P: Params, data: dict[str, list[dict]] | None, comps: list[dict] | None) -> list[dict]:
+    "Tables 1 and 2 (success, paired) and Fig. 3 (training loss about equal with and without mid-training)."
+    out = []
     benches = sorted({r['benchmark'] for r in (data or {}).get('episodes', []) if r['init'] != REFERENCE})
     comps = comps if comps is not None else (comparisons(P, data, benches) if data else [])
     for c in comps:
@@ -302,8 +315,18 @@ def findings(P: Params, # the params
                 out.append(_row(f'Fig. 3: VLA training loss nearly identical with and without mid-training ({b}; last 20% of '
                                 f'steps, estimator - base, within +-10% of base = {margin:.3f})', 'yes', _ci(r),
                                 verdict(r['ci95'], margin=margin)))
-    out += ability_findings(P, m.get('ability', {}))
     return out
+
+# %% ../nbs/14_report.ipynb #afe62831
+def findings(P: Params, # the params
+             m: dict, # the stages' metrics (`load_metrics`)
+             data: dict[str, list[dict]] | None = None, # `run_data` (None: no VLA comparisons)
+             comps: list[dict] | None = None, # `comparisons` (None: computed from `data`)
+             ) -> list[dict]:
+    "Each claim of the paper: this run's effect with its 95% interval and a verdict."
+    return (_gap_findings(P, m.get('gap', {})) + _diversity_findings(m.get('select', {}).get('diversity', {}))
+            + _estimator_findings(P, m.get('estimator', {})) + _vla_findings(P, data, comps)
+            + ability_findings(P, m.get('ability', {})))
 
 # %% ../nbs/14_report.ipynb #4a8c862c
 def ability_findings(P: Params, ab: dict, # metrics/ability.json

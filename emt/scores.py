@@ -40,6 +40,7 @@ def _check_scores(ids: list, sources: list, score: np.ndarray, where) -> None:
             seen.add(i)
         raise DataError(f'sample ids are not unique (duplicate: {dup[:5]})', file=where, field='id')
 
+# %% ../nbs/08a_scores.ipynb #eda4bc2c
 def write_scores(path: str | os.PathLike, # the parquet file to produce
                  ids: Sequence[str], sources: Sequence[str], # one id and source per pool sample
                  score: Sequence[float], # higher = closer to the VLA data

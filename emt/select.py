@@ -215,7 +215,55 @@ def _write_mixture(ds, folder: Path, method: str, writers: list[str], ids: list[
             write_json(write_llava(ds, folder/'llava', multi_image='skip', skipped=skipped)/'skipped.json', skipped.to_dict())
         elif w == 'sharegpt': write_sharegpt(ds, folder/'sharegpt', f'emt_{method}')
 
-# %% ../nbs/10_select.ipynb #bd9e1b34
+# %% ../nbs/10_select.ipynb #a96f66d4
+def _select_one(P: Params, method: str, path: Path, pool_ids: np.ndarray, pool_src: np.ndarray, k: int, quota,
+                datasets: dict, offsets: dict, out: Path, groups: dict) -> tuple[np.ndarray, dict, dict]:
+    "One method's mixture: its scores checked against the pool, K kept, the mixture written; (indices, scores, metrics)."
+    S, vlm = P.select, list(datasets)
+    sc = read_scores(path)
+    if len(sc['id']) != len(pool_ids) or not np.array_equal(sc['id'], pool_ids):
+        raise EmtError(f'{path} does not list the pool of data.vlm_sources in order '
+                       f'({len(sc["id"])} rows vs {len(pool_ids)}): it is stale; rerun the stage that writes it')
+    idx = select_indices(sc, k, S.sampling, S.temperature, quota, P.seed)
+    ds = _mixture(datasets, pool_src, offsets, idx)
+    _write_mixture(ds, out/method, method, S.writers, sorted(pool_ids[idx].tolist()))
+    comp = {n: float((pool_src[idx] == n).mean()) for n in vlm}
+    return idx, sc, {'k': int(len(idx)), 'composition': comp,
+                     'embodied_share': float(sum(v for n, v in comp.items() if groups[n] == 'embodied')),
+                     'mean_score_pool': float(sc['score'].mean()), 'mean_score_selected': float(sc['score'][idx].mean()),
+                     'min_score_selected': float(sc['score'][idx].min())}
+
+# %% ../nbs/10_select.ipynb #95702328
+def _diversity_rows(P: Params, pool: FeatureSet, pool_src: np.ndarray, groups: dict, vla: FeatureSet,
+                    chosen: dict[str, np.ndarray]) -> list[dict]:
+    "Table A.5: the diversity of the full pool, of its general and embodied parts, of the VLA data and of each mixture."
+    t, vlm = P.gap.diversity_t, [n for n in groups if n in set(pool_src.tolist())]
+    rows = [{'set': 'full VLM pool', 'diversity': diversity(pool.rows(np.arange(len(pool))), t, seed=P.seed)}]
+    for g in ('general', 'embodied'):
+        m_ = np.isin(pool_src, [n for n in vlm if groups[n] == g])
+        if m_.sum() > 1: rows.append({'set': f'{g} VLM data', 'diversity': diversity(pool.rows(np.flatnonzero(m_)), t, seed=P.seed)})
+    rows.append({'set': 'VLA data', 'diversity': diversity(vla.rows(np.arange(len(vla))), t, seed=P.seed)})
+    for m, idx in chosen.items():
+        rows.append({'set': f'selected ({m})', 'diversity': diversity(pool.rows(np.sort(idx)), t, seed=P.seed)})
+    return rows
+
+# %% ../nbs/10_select.ipynb #a24c8658
+def _select_figures(P: Params, shares: dict, groups: dict, vlm: list[str], all_scores: dict, chosen: dict,
+                    pool: FeatureSet, pool_src: np.ndarray, vla: FeatureSet, datasets: dict, data: Path) -> None:
+    "Fig. 6 for every method; Fig. 4a, Fig. 5 and the examples figure for the estimator's scores."
+    import matplotlib.pyplot as plt
+    fig = composition_figure(shares, groups); save_figure(fig, 'fig6_composition'); plt.close(fig)
+    if 'estimator' not in all_scores: return
+    sc = all_scores['estimator']
+    prob = _sigmoid(sc['score'])
+    fig = violin_figure(prob, pool_src, {n: groups[n] for n in vlm}, float(prob[chosen['estimator']].min()))
+    save_figure(fig, 'fig4a_scores'); plt.close(fig)
+    fig = shift_figure(prob, chosen['estimator']); save_figure(fig, 'fig5_shift'); plt.close(fig)
+    vla_ds = {n: load_dataset_dir(data/n, 'vla') for n in vla.names}
+    fig = examples_figure(source_examples(pool, vla, sc, datasets, vla_ds)); save_figure(fig, 'select_examples', dpi=110)
+    plt.close(fig)
+
+# %% ../nbs/10_select.ipynb #ce0da96f
 def run_select(P: Params, # validated params
                features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
                scores: str | os.PathLike | None = None, # a folder of every `<method>.parquet` (None: each method's, `SCORERS`)
@@ -223,7 +271,6 @@ def run_select(P: Params, # validated params
                out: str | os.PathLike = ARTIFACTS['select'], # the mixtures
                ) -> dict:
     "The select stage: K of the pool per method; mixtures, metrics, Fig. 4a, 5, 6 and the diversity table."
-    import matplotlib.pyplot as plt
     S, t0 = P.select, time.time()
     groups = source_groups(P)
     vlm, vla_names = pool_and_vla(P)
@@ -234,50 +281,20 @@ def run_select(P: Params, # validated params
              'cluster': cluster_labels(pool, S.clusters, P.seed) if S.quota == 'cluster' else None}[S.quota]
     datasets = {n: load_dataset_dir(rpath(data)/n, 'vlm') for n in vlm}
     offsets = {n: int(o) for n, o in zip(vlm, pool.offsets)}
-    per, shares, chosen, all_scores = {}, {}, {}, {}
+    per, chosen, all_scores = {}, {}, {}
     for method in progress(S.methods, 'selecting'):
-        path = scores_file(method, scores)
-        sc = read_scores(path)
-        if len(sc['id']) != len(pool_ids) or not np.array_equal(sc['id'], pool_ids):
-            raise EmtError(f'{path} does not list the pool of data.vlm_sources in order '
-                           f'({len(sc["id"])} rows vs {len(pool_ids)}): it is stale; rerun the stage that writes it')
-        idx = select_indices(sc, k, S.sampling, S.temperature, quota, P.seed)
-        chosen[method], all_scores[method] = idx, sc
-        ds = _mixture(datasets, pool_src, offsets, idx)
-        _write_mixture(ds, rpath(out)/method, method, S.writers, sorted(pool_ids[idx].tolist()))
-        comp = {n: float((pool_src[idx] == n).mean()) for n in vlm}
-        shares[method] = comp
-        per[method] = {'k': int(len(idx)), 'composition': comp,
-                       'embodied_share': float(sum(v for n, v in comp.items() if groups[n] == 'embodied')),
-                       'mean_score_pool': float(sc['score'].mean()), 'mean_score_selected': float(sc['score'][idx].mean()),
-                       'min_score_selected': float(sc['score'][idx].min())}
-    for m, idx in chosen.items():
-        if 'estimator' in chosen:
-            inter = len(np.intersect1d(idx, chosen['estimator']))
-            per[m]['overlap_with_estimator'] = inter / len(idx)
-    div_rows = [{'set': 'full VLM pool', 'diversity': diversity(pool.rows(np.arange(len(pool))), P.gap.diversity_t, seed=P.seed)}]
-    for g in ('general', 'embodied'):
-        m_ = np.isin(pool_src, [n for n in vlm if groups[n] == g])
-        if m_.sum() > 1: div_rows.append({'set': f'{g} VLM data', 'diversity': diversity(pool.rows(np.flatnonzero(m_)), P.gap.diversity_t, seed=P.seed)})
+        chosen[method], all_scores[method], per[method] = _select_one(
+            P, method, scores_file(method, scores), pool_ids, pool_src, k, quota, datasets, offsets, rpath(out), groups)
+    if 'estimator' in chosen:
+        for m, idx in chosen.items(): per[m]['overlap_with_estimator'] = len(np.intersect1d(idx, chosen['estimator'])) / len(idx)
     vla = FeatureSet(vla_names, features)
-    div_rows.append({'set': 'VLA data', 'diversity': diversity(vla.rows(np.arange(len(vla))), P.gap.diversity_t, seed=P.seed)})
-    for m, idx in chosen.items():
-        d = diversity(pool.rows(np.sort(idx)), P.gap.diversity_t, seed=P.seed)
-        per[m]['diversity'] = d; div_rows.append({'set': f'selected ({m})', 'diversity': d})
+    div_rows = _diversity_rows(P, pool, pool_src, groups, vla, chosen)
+    for m in chosen: per[m]['diversity'] = next(r['diversity'] for r in div_rows if r['set'] == f'selected ({m})')
     for r in div_rows: r['diversity'] = round(r['diversity'], 4)
+    shares = {m: per[m]['composition'] for m in chosen}
     save_table(div_rows, 'table_a5_diversity')
     save_table([{'method': m, **{n: round(v * 100, 1) for n, v in c.items()}} for m, c in shares.items()], 'fig6_composition')
-    fig = composition_figure(shares, groups); save_figure(fig, 'fig6_composition'); plt.close(fig)
-    ref = 'estimator' if 'estimator' in all_scores else S.methods[0]
-    sc = all_scores[ref]
-    prob = _sigmoid(sc['score']) if ref == 'estimator' else sc['score']
-    if ref == 'estimator':
-        fig = violin_figure(prob, pool_src, {n: groups[n] for n in vlm}, float(prob[chosen[ref]].min()))
-        save_figure(fig, 'fig4a_scores'); plt.close(fig)
-        fig = shift_figure(prob, chosen[ref]); save_figure(fig, 'fig5_shift'); plt.close(fig)
-        vla_ds = {n: load_dataset_dir(rpath(data)/n, 'vla') for n in vla_names}
-        fig = examples_figure(source_examples(pool, vla, sc, datasets, vla_ds)); save_figure(fig, 'select_examples', dpi=110)
-        plt.close(fig)
+    _select_figures(P, shares, groups, vlm, all_scores, chosen, pool, pool_src, vla, datasets, rpath(data))
     metrics = {'profile': P.profile, 'k': k, 'pool': len(pool), 'sampling': S.sampling, 'quota': S.quota,
                'methods': per, 'diversity': {r['set']: r['diversity'] for r in div_rows},
                'seconds': round(time.time() - t0, 1)}

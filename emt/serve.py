@@ -35,6 +35,7 @@ def _frames(header: dict, blobs: list[bytes]) -> tuple[list[np.ndarray], str]:
         frames.append(np.frombuffer(b, np.uint8).reshape(s))
     return frames, text
 
+# %% ../nbs/13e_serve.ipynb #33859a57
 class PolicyServer:
     "One policy served to many simulator clients over TCP; the requests waiting at each moment are predicted in one batch."
     def __init__(self, policy, # has predict_batch(images, instructions)
@@ -67,6 +68,7 @@ def _serve_client(self: PolicyServer, conn: socket.socket) -> None:
             self.requests.put((frames, text, reply))
             send_msg(conn, *reply.get())
 
+# %% ../nbs/13e_serve.ipynb #672fda9c
 @patch
 def _accept(self: PolicyServer) -> None:
     self.sock.settimeout(0.5)
@@ -88,6 +90,7 @@ def _next_batch(self: PolicyServer) -> list:
         except queue.Empty: break
     return batch
 
+# %% ../nbs/13e_serve.ipynb #12c9a8c1
 @patch
 def _answer(self: PolicyServer, batch: list) -> None:
     "Predict a batch in one call and send each client its chunk (or the error, to every client of the batch)."
@@ -101,6 +104,7 @@ def _answer(self: PolicyServer, batch: list) -> None:
     self.stats['requests'] += len(batch); self.stats['batches'] += 1
     self.stats['largest_batch'] = max(self.stats['largest_batch'], len(batch))
 
+# %% ../nbs/13e_serve.ipynb #98cce72b
 @patch
 def serve_forever(self: PolicyServer) -> None:
     "Accept clients and answer their requests in batches until `stop` is set (or Ctrl-C)."

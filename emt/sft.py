@@ -147,6 +147,7 @@ class MicroBatches(torch.utils.data.Dataset):
         batch, skipped = self._encoded([self.mix.index(p) for p in pos])
         return {'batch': batch, 'skipped': skipped, 'step': step}
 
+# %% ../nbs/05_sft.ipynb #087c71d5
 def _identity(x): return x
 
 # %% ../nbs/05_sft.ipynb #6fad8f93

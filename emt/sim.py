@@ -108,6 +108,7 @@ N_VARIATIONS = 50  # variations an MT1 benchmark draws per seed
 def _mt1_tasks(task: str, seed: int) -> tuple:
     return tuple(metaworld.MT1(check_task(task), seed=seed).train_tasks)
 
+# %% ../nbs/03b_sim.ipynb #e9d5b485
 def task_variation(task: str, # a Meta-World task name, e.g. 'pick-place-v3'
                    seed: int, # the seed of the MT1 benchmark that draws the variations
                    variation: int = 0, # which of its `N_VARIATIONS` variations
@@ -187,6 +188,7 @@ def _camera_id(env: SimEnv, camera: str|None) -> int:
     if cid < 0: raise EmtError(f'The Meta-World model has no camera {camera!r}; use one of {CAMERAS}.')
     return cid
 
+# %% ../nbs/03b_sim.ipynb #59783cb7
 def upside_down(env: SimEnv, camera: str|None = None) -> bool:
     "Whether MuJoCo renders `camera` (default: the env's) upside down: its image-up axis points down in the world."
     return bool(env.data.cam_xmat[_camera_id(env, camera)].reshape(3, 3)[2, 1] < 0)
@@ -265,10 +267,12 @@ def _subtree_bodies(model: mujoco.MjModel, roots: Sequence[int]) -> set[int]:
         if model.body_parentid[b] in out: out.add(b)
     return out
 
+# %% ../nbs/03b_sim.ipynb #50b2a435
 def _visible_geoms(model: mujoco.MjModel, bodies: set[int]) -> list[int]:
     return [g for g in range(model.ngeom) if model.geom_bodyid[g] in bodies and model.geom_group[g] < 3
             and model.geom_rgba[g, 3] > 0 and model.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE]
 
+# %% ../nbs/03b_sim.ipynb #1f2efd64
 def body_points(env: SimEnv, # an env from `make_env`
                 body_names: str|Sequence[str], # bodies whose subtrees to take
                 ) -> np.ndarray:

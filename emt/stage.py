@@ -54,6 +54,7 @@ class StageSpec:
 # %% ../nbs/15_stage.ipynb #8bb331c4
 def _path(entry) -> str: return entry if isinstance(entry, str) else next(iter(entry))
 
+# %% ../nbs/15_stage.ipynb #d23abc2b
 def stage_spec(name: str, # a stage of dvc.yaml
                dvc_file: str = 'dvc.yaml') -> StageSpec:
     "What `dvc.yaml` declares for stage `name`."
@@ -165,6 +166,7 @@ def _git_show(path: str) -> str|None:
     except OSError: return None
     return r.stdout if r.returncode == 0 else None
 
+# %% ../nbs/15_stage.ipynb #0c297e51
 def _dir_manifest(md5: str|None) -> dict[str, str]:
     "relpath -> md5 of a directory DVC has in its cache ({} when it has not)."
     if not md5: return {}
@@ -172,6 +174,7 @@ def _dir_manifest(md5: str|None) -> dict[str, str]:
     try: return {e['relpath']: e['md5'] for e in json.loads(f.read_text())}
     except (OSError, ValueError): return {}
 
+# %% ../nbs/15_stage.ipynb #5ee8a0ac
 def corpus_change(dvc_file: str = 'data.dvc') -> str|None:
     "How the corpus in `dvc_file` differs from the one committed in git (None: it does not, or there is no git)."
     if os.environ.get('EMT_CORPUS_CHANGE') == '1' or not rpath(dvc_file).exists(): return None

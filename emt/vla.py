@@ -39,7 +39,7 @@ from .stats import seed_interval
 from .data import ids_digest, load_dataset_dir
 from .launch import launch_pool, run_pool
 from .params import Params, Recipe, Source, check_gpu, init_label, parse_run, run_name
-from .policy import VLA, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla
+from .policy import VLAModel, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla
 from .sft import (enable_checkpointing, fp32_master, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
                      save_checkpoint, step_loader, weights_digest)
 
@@ -69,6 +69,7 @@ def _agreed(sources: Sequence[Source], field: str, default: int, what: str) -> i
         raise EmtError(f'the VLA sources of one benchmark ask for different {what} {found}: give them one ({field}).')
     return next(iter(found.values()), default)
 
+# %% ../nbs/12_vla.ipynb #1c81a27d
 def vla_chunk(sources: Sequence[Source], default: int) -> int:
     "The action chunk of one VLA's sources (their `vla_chunk`, else `default`); they must agree."
     return _agreed(sources, 'vla_chunk', default, 'chunks')
@@ -84,6 +85,7 @@ def _file_of(ds: Dataset) -> str | None:
     files = getattr(ds, 'cache_files', None) or []
     return str(Path(files[0]['filename']).parent) if files else None
 
+# %% ../nbs/12_vla.ipynb #bd89f68c
 def frame_table(ds: Dataset, # a VLA-schema dataset
                 chunk: int, # actions per frame the VLA predicts (the first `chunk` of the stored chunk)
                 action_dim: int | None = None, # the head's action size (None: take the data's)
@@ -190,7 +192,7 @@ class FrameBatches(torch.utils.data.Dataset):
 
 # %% ../nbs/12_vla.ipynb #dbc536ba
 @torch.no_grad()
-def heldout_loss(model: VLA, # the unwrapped VLA
+def heldout_loss(model: VLAModel, # the unwrapped VLA
                  batches: list[dict], # this process's share, from `frame_batch` with targets
                  acc: Accelerator | None = None, # to sum over processes
                  per_frame: list | None = None, # if a list: each frame's own mean loss is appended to it (this process's)
@@ -223,6 +225,7 @@ def _as_datasets(datasets) -> dict[str, Dataset]:
     if isinstance(datasets, dict): return dict(datasets)
     return {f'data{i}': d for i, d in enumerate(datasets)}
 
+# %% ../nbs/12_vla.ipynb #56ed8b35
 def _vlm_and_processor(vlm) -> tuple:
     if isinstance(vlm, (str, os.PathLike)):
         p = Path(vlm)
@@ -235,6 +238,7 @@ def _vlm_and_processor(vlm) -> tuple:
     if isinstance(vlm, (tuple, list)) and len(vlm) == 2: return fp32_master(vlm[0]), vlm[1]
     raise EmtError('vlm must be a VLM checkpoint directory or a (model, processor) pair.')
 
+# %% ../nbs/12_vla.ipynb #1f54bf8f
 def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, datasets: dict, extra) -> str:
     "What determines a VLA run (as `emt.sft.run_fingerprint`: not the process count, which leaves the global batches as they are)."
     parts = [vlm.config.to_json_string(use_diff=False), weights_digest(vlm), json.dumps(cfg.to_dict(), sort_keys=True), recipe.result_json(),
@@ -243,6 +247,7 @@ def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, datasets: dict,
         parts += [name, ids_digest(ds)]
     return digest('\n'.join(parts))
 
+# %% ../nbs/12_vla.ipynb #50f59cbb
 def _prepare_data(datasets: dict[str, Dataset], cfg: VLAConfig, heldout_fraction: float, seed: int,
                   gripper: str = 'close_positive') -> tuple:
     "Checked tables, training/held-out rows per source, and the action statistics of the training frames."
@@ -254,6 +259,7 @@ def _prepare_data(datasets: dict[str, Dataset], cfg: VLAConfig, heldout_fraction
     pads = np.concatenate([tables[n]['pad'][splits[n][0]] for n in tables])
     return splits, action_stats(acts, pads, cfg.gripper_dims, gripper=gripper)
 
+# %% ../nbs/12_vla.ipynb #050e0caf
 def _log_row(step, loss, arm, grip, lr, grad_norm, sps) -> dict:
     return {'step': step, 'loss': round(loss, 6), 'arm_loss': round(arm, 6), 'gripper_loss': round(grip, 6), 'lr': lr,
             'grad_norm': None if grad_norm is None else round(float(grad_norm), 6), 'samples_per_s': round(sps, 2)}
@@ -267,6 +273,7 @@ def _fresh_or_resumed(acc, out_dir: Path, resume, fp: str) -> dict:
         for f in (REPORT_FILE, 'heldout_frames.json'): (out_dir/f).unlink(missing_ok=True)
     return st or {'step': 0, 'history': [], 'heldout': []}
 
+# %% ../nbs/12_vla.ipynb #3caa62db
 def _heldout_rows(names: list[str], splits: dict, heldout_max: int, split_seed: int) -> list[tuple[int, int]]:
     "(source index, row) of the held-out frames: every held-out episode's frames, or a seeded subset of `heldout_max`."
     held = [(s, int(r)) for s, n in enumerate(names) for r in splits[n][1]]
@@ -294,6 +301,7 @@ def _write_run_files(out_dir: Path, history: list, heldout: list, keep_state: bo
     if single_process and frame_losses is not None:  # the paired comparisons of the report bootstrap over these frames
         write_json(out_dir/'heldout_frames.json', {'step': steps, 'fingerprint': fp, 'ids': held_ids, 'loss': frame_losses})
 
+# %% ../nbs/12_vla.ipynb #d15ea570
 def _run_report(acc, recipe: Recipe, start: int, seconds: float, history: list, heldout: list, model, frames, held: list,
                 stats, cfg: VLAConfig, fp: str, out_dir: Path) -> dict:
     "The run's report (`REPORT_FILE`): losses, timing, sizes, action statistics, config and checkpoints."
@@ -556,6 +564,7 @@ def _trailing_mean(y: np.ndarray, smooth: int) -> np.ndarray:
     lo = np.maximum(np.arange(len(y)) + 1 - smooth, 0)
     return (c[1:] - c[lo]) / (np.arange(len(y)) + 1 - lo)
 
+# %% ../nbs/12_vla.ipynb #812d2e84
 def fig3_loss(rows: list[dict], # from `loss_rows`
               smooth: int = 20, # training-loss moving-average window, steps
               ):
