@@ -610,7 +610,56 @@ def train_vlas(calls: dict[str, dict], # run name -> `train_vla` keyword argumen
     from emt.vla import train_vla as fn  # the package's, which a spawned process can import (not a notebook's)
     return run_pool(fn, calls, jobs, desc='vla runs')
 
-# %% ../nbs/12_vla.ipynb #3d6747cf
+# %% ../nbs/12_vla.ipynb #ff9d079a
+def _vla_plan(P: Params, paths: dict[str, Path], data: str) -> list[tuple]:
+    "(benchmark, datasets, config, gripper convention, recipe) per VLA benchmark, every frame checked to fit every VLM's prompt."
+    plan = []  # every dataset, convention and config is checked before the first run trains
+    for bench, sources in vla_benchmarks(P).items():
+        ds = vla_datasets(sources, data)
+        cfg = vla_config(P, data_action_dim(ds), P.vla.gripper_dims, chunk=vla_chunk(sources, P.vla.chunk))
+        plan.append((bench, ds, cfg, vla_gripper(sources), vla_recipe(sources, P.vla.recipe)))
+    for proc in [load_processor(p) for p in dict.fromkeys(map(str, paths.values()))]:  # a frame's image must fit
+        for _, ds, cfg, *_ in plan:
+            for d in ds.values(): check_prompt_fits(proc, d[0], cfg.max_seq_len, 'vla.recipe.max_seq_len')
+    return plan
+
+# %% ../nbs/12_vla.ipynb #174a9bd6
+def _run_summary(init: str, path, bench: str, ds: dict, grip: str, seed: int, rep: dict) -> dict:
+    "One run's entry in metrics/vla.json."
+    return {'init': init, 'benchmark': bench, 'seed': seed, 'vlm': project_relative(path),
+            'sources': list(ds), 'gripper': grip,
+            'heldout': {f"step_{h['step']:06d}": h['loss'] for h in rep['heldout']},
+            'final_heldout_loss': rep['heldout'][-1]['loss'] if rep['heldout'] else None,
+            **{k: rep[k] for k in ('steps', 'first_loss', 'final_loss', 'seconds', 'samples_per_s',
+                                   'seconds_per_step', 'params', 'trainable', 'train_frames',
+                                   'heldout_frames', 'processes', 'mixed_precision', 'resumed_from')},
+            'reused': bool(rep.get('reused'))}
+
+# %% ../nbs/12_vla.ipynb #ae531cc2
+def _remove_stale_runs(out: Path, keep: set[Path]) -> None:
+    "Delete the VLAs under `out` that are no longer in the grid (`keep`), the folders they leave empty, and the pre-grid layout."
+    for stale in [p for p in out.glob('*/*/*') if p.is_dir() and p not in keep]: shutil.rmtree(stale)
+    for empty in sorted(out.glob('*/*'), reverse=True) + sorted(out.glob('*')):
+        if empty.is_dir() and not any(empty.iterdir()): empty.rmdir()
+    for old in [p for p in out.glob('*/step_*') if p.is_dir()]: shutil.rmtree(old)  # the layout before the grid
+
+# %% ../nbs/12_vla.ipynb #fd88d0cd
+def _heldout_frame_rows(reports: dict[str, dict], out: Path, plan: list[tuple]) -> list[dict]:
+    "Each VLA's final loss on every held-out frame, with its episode: the report's paired comparisons resample them."
+    frames = []
+    episode_of = {b: frame_episodes(ds) for b, ds, *_ in plan}  # frames of one episode are resampled together
+    for name in reports:
+        f = out/name/'heldout_frames.json'
+        if not f.is_file(): continue
+        hf, key = json.loads(f.read_text()), parse_run(name)
+        if hf.get('fingerprint', reports[name]['fingerprint']) != reports[name]['fingerprint']:
+            raise EmtError(f'{f} holds the held-out losses of another run than {name}: delete it and rerun the vla stage.')
+        eps = episode_of[key['benchmark']]
+        frames += [{'init': key['init'], 'benchmark': key['benchmark'], 'seed': key['seed'], 'episode': eps[i], 'frame': i,
+                    'loss': l} for i, l in zip(hf['ids'], hf['loss'])]
+    return frames
+
+# %% ../nbs/12_vla.ipynb #bbdf51bc
 def run_vla(P: Params, # validated params
             inits: Sequence[str] | None = None, # initialisations to train (None: 'base' and every midtrain method, and
                                                 # the VLAs no longer in the grid are removed from `out`)
@@ -630,14 +679,7 @@ def run_vla(P: Params, # validated params
             raise EmtError(f'unknown initialisations {unknown}; known: {sorted(paths)} (base and midtrain.methods).')
         paths = {k: v for k, v in paths.items() if k in inits}
     groups = vla_benchmarks(P)
-    plan = []  # every dataset, convention and config is checked before the first run trains
-    for bench, sources in groups.items():
-        ds = vla_datasets(sources, data)
-        cfg = vla_config(P, data_action_dim(ds), P.vla.gripper_dims, chunk=vla_chunk(sources, P.vla.chunk))
-        plan.append((bench, ds, cfg, vla_gripper(sources), vla_recipe(sources, P.vla.recipe)))
-    for proc in [load_processor(p) for p in dict.fromkeys(map(str, paths.values()))]:  # a frame's image must fit
-        for _, ds, cfg, *_ in plan:
-            for d in ds.values(): check_prompt_fits(proc, d[0], cfg.max_seq_len, 'vla.recipe.max_seq_len')
+    plan = _vla_plan(P, paths, data)
     runs = [(init, path, bench, ds, cfg, grip, rec, seed) for bench, ds, cfg, grip, rec in plan
             for init, path in paths.items() for seed in P.vla.seeds]
     jobs = P.vla.jobs if PartialState().num_processes == 1 else 1  # under `accelerate launch` the runs take turns
@@ -648,38 +690,13 @@ def run_vla(P: Params, # validated params
                                                 num_workers=workers, gripper=grip)
              for init, path, bench, ds, cfg, grip, rec, seed in runs}
     reports = train_vlas(calls, jobs, P.vla.processes or P.processes)
-    summary = {}
-    for init, path, bench, ds, cfg, grip, _, seed in runs:
-        name = run_name(init, bench, seed)
-        rep = reports[name]
-        summary[name] = {'init': init, 'benchmark': bench, 'seed': seed, 'vlm': project_relative(path),
-                         'sources': list(ds), 'gripper': grip,
-                         'heldout': {f"step_{h['step']:06d}": h['loss'] for h in rep['heldout']},
-                         'final_heldout_loss': rep['heldout'][-1]['loss'] if rep['heldout'] else None,
-                         **{k: rep[k] for k in ('steps', 'first_loss', 'final_loss', 'seconds', 'samples_per_s',
-                                                'seconds_per_step', 'params', 'trainable', 'train_frames',
-                                                'heldout_frames', 'processes', 'mixed_precision', 'resumed_from')},
-                         'reused': bool(rep.get('reused'))}
+    summary = {run_name(init, bench, seed): _run_summary(init, path, bench, ds, grip, seed, reports[run_name(init, bench, seed)])
+               for init, path, bench, ds, cfg, grip, _, seed in runs}
     if inits is None:  # a VLA no longer in the grid must not reach the eval stage
-        keep = {rpath(out)/run_name(i, b, s) for i in paths for b in groups for s in P.vla.seeds}
-        for stale in [p for p in rpath(out).glob('*/*/*') if p.is_dir() and p not in keep]: shutil.rmtree(stale)
-        for empty in sorted(rpath(out).glob('*/*'), reverse=True) + sorted(rpath(out).glob('*')):
-            if empty.is_dir() and not any(empty.iterdir()): empty.rmdir()
-        for old in [p for p in rpath(out).glob('*/step_*') if p.is_dir()]: shutil.rmtree(old)  # the layout before the grid
+        _remove_stale_runs(rpath(out), {rpath(out)/run_name(i, b, s) for i in paths for b in groups for s in P.vla.seeds})
     rows = loss_rows(reports)
     save_table(rows, 'vla_loss', folder='metrics', columns=LOSS_CSV_COLUMNS)
-    frames = []  # each VLA's final loss on every held-out frame: the report's paired comparisons resample them
-    episode_of = {b: frame_episodes(ds) for b, ds, *_ in plan}  # frames of one episode are resampled together
-    for name in reports:
-        f = rpath(out)/name/'heldout_frames.json'
-        if not f.is_file(): continue
-        hf, key = json.loads(f.read_text()), parse_run(name)
-        if hf.get('fingerprint', reports[name]['fingerprint']) != reports[name]['fingerprint']:
-            raise EmtError(f'{f} holds the held-out losses of another run than {name}: delete it and rerun the vla stage.')
-        eps = episode_of[key['benchmark']]
-        frames += [{'init': key['init'], 'benchmark': key['benchmark'], 'seed': key['seed'], 'episode': eps[i], 'frame': i,
-                    'loss': l} for i, l in zip(hf['ids'], hf['loss'])]
-    save_table(frames, 'vla_heldout_frames', folder='metrics', columns=HELDOUT_FRAME_COLUMNS)
+    save_table(_heldout_frame_rows(reports, rpath(out), plan), 'vla_heldout_frames', folder='metrics', columns=HELDOUT_FRAME_COLUMNS)
     (rpath('metrics')/'vla_heldout_frames.md').unlink(missing_ok=True)
     (rpath('metrics')/'vla_loss.md').unlink(missing_ok=True)  # the CSV is for dvc plots
     fig = fig3_loss(rows); save_figure(fig, 'fig3_loss'); plt.close(fig)
