@@ -22,7 +22,7 @@ from typing import Any, Callable, Generator, Protocol, Sequence
 
 import numpy as np
 
-from .params import BENCHMARK_GRIPPER, check_gpu, init_label, parse_run
+from .params import BENCHMARK_GRIPPER, check_gpu, init_label, Params, parse_run
 from .core import (ARTIFACTS, atomic_path, DataError, Digest, EmtError, progress, rng, rpath, save_figure,
                       save_table, write_json, write_text)
 from .stats import wilson
@@ -571,27 +571,26 @@ def pooled_results(episodes: list[dict], # rows of EPISODE_COLUMNS
         out.setdefault(name, {})[bench] = {**summarize(rs), 'seeds': len({r['seed'] for r in rs})}
     return out
 
-# %% ../nbs/13_eval.ipynb #caec6ce9
-def run_eval(P, # the params
-             policies: dict[str, Callable[[], Policy]]|None = None, # name -> picklable factory (None: `vla_policies()`)
-             out: str|os.PathLike = ARTIFACTS['eval'], # results, protocols and videos go under here
-             ) -> dict:
-    "The eval stage: every VLA on its benchmark, paired initial states; metrics/eval.json, episodes CSV, table, Fig. 3."
-    check_gpu(P, 'eval')
-    E, t0 = P.eval, time.time()
-    policies = vla_policies(checkpoints=E.checkpoints) if policies is None else policies
+# %% ../nbs/13_eval.ipynb #37a13545
+def _seed_slots(P: Params, policies: dict) -> tuple[dict[int, int], list[int], int]:
+    """Each VLA seed's block of initial states (its place in `vla.seeds`, so that adding a seed moves no other seed's
+    block), the seeds in block order, and the number of blocks; checked against every benchmark's initial states."""
     found = {k['seed'] for n in policies if (k := _grid_key(n))}
-    order = [*P.vla.seeds, *sorted(found - set(P.vla.seeds))]  # seed k runs block slot[k] of initial states: its place
-    slot = {s: order.index(s) for s in found} or {0: 0}      # in vla.seeds, so adding a seed moves no other seed's block
+    order = [*P.vla.seeds, *sorted(found - set(P.vla.seeds))]
+    slot = {s: order.index(s) for s in found} or {0: 0}
     seeds, blocks = sorted(slot, key=slot.get), max(slot.values()) + 1
-    for spec in E.benchmarks:
+    for spec in P.eval.benchmarks:
         need = blocks * spec.trials
         cap = getattr(make_adapter(spec, P), 'initial_states', lambda: None)()
         if cap is not None and need > cap:
             raise EmtError(f'eval.benchmarks {spec.name}: {len(slot)} VLA seeds x {spec.trials} trials need {need} initial '
                            f'states per task, and it has {cap}: lower trials to {cap // blocks} or fewer.')
-    results: dict[str, dict[str, dict]] = {}
-    runs = []
+    return slot, seeds, blocks
+
+# %% ../nbs/13_eval.ipynb #81ad5d8d
+def _eval_runs(P: Params, policies: dict, slot: dict[int, int], blocks: int) -> list[tuple]:
+    "(name, factory, benchmark spec, videos, trials, first trial) for every VLA on its benchmarks, then the references."
+    E, runs = P.eval, []
     for name, factory in policies.items():
         key = _grid_key(name)
         for spec in E.benchmarks:
@@ -602,35 +601,60 @@ def run_eval(P, # the params
     if policies and not runs:
         raise EmtError(f"no VLA is fine-tuned for a benchmark of eval.benchmarks ({[b.name for b in E.benchmarks]}); "
                        f"the VLAs are for {sorted({k['benchmark'] for n in policies if (k := _grid_key(n))})}")
-    runs += [(name, factory, spec, 0, spec.trials * blocks, 0) for spec in E.benchmarks
-             for name, factory in reference_policies(E.references, spec.name).items()]
-    episodes = []
-    for name, factory, spec, videos, trials, first in runs:
-        check_gripper(name, factory, spec.name)
-        adapter = make_adapter(spec, P)
-        bench = result_key(spec)
-        pid = factory.fingerprint() if hasattr(factory, 'fingerprint') else name
-        folder = rpath(out)/name/bench
-        if _stale(folder, pid): shutil.rmtree(folder)  # results of an older checkpoint of the same name
-        r = evaluate(adapter, factory, folder, trials, spec.tasks, E.workers, P.seed, E.replan_every, videos,
-                     policy_name=name, policy_id=pid, first_trial=first, envs=E.envs)
-        key = _grid_key(name) or {'init': name.split('/')[0], 'seed': None, 'step': _step_of(name)}
-        episodes += [{'policy': name, 'init': key['init'], 'benchmark': bench, 'seed': key['seed'], 'step': key['step'],
-                      'task': e['task'], 'trial': e['trial'], 'success': int(bool(e['success'])), 'steps': e['steps']}
-                     for e in r.pop('records')]
-        results.setdefault(name, {})[bench] = r
-    pooled = pooled_results(episodes)
-    save_table(success_rows(pooled), 'eval_success')
-    save_table(episodes, 'eval_episodes', folder='metrics', columns=EPISODE_COLUMNS)
-    (rpath('metrics')/'eval_episodes.md').unlink(missing_ok=True)  # the CSV is the report's input
+    return runs + [(name, factory, spec, 0, spec.trials * blocks, 0) for spec in E.benchmarks
+                   for name, factory in reference_policies(E.references, spec.name).items()]
+
+# %% ../nbs/13_eval.ipynb #cccf9951
+def _eval_one(P: Params, out: Path, name: str, factory, spec, videos: int, trials: int, first: int) -> tuple[str, dict, list[dict]]:
+    "One policy on one benchmark (an older checkpoint's results under the same name are dropped); its result and episode rows."
+    E = P.eval
+    check_gripper(name, factory, spec.name)
+    adapter = make_adapter(spec, P)
+    bench = result_key(spec)
+    pid = factory.fingerprint() if hasattr(factory, 'fingerprint') else name
+    folder = out/name/bench
+    if _stale(folder, pid): shutil.rmtree(folder)  # results of an older checkpoint of the same name
+    r = evaluate(adapter, factory, folder, trials, spec.tasks, E.workers, P.seed, E.replan_every, videos,
+                 policy_name=name, policy_id=pid, first_trial=first, envs=E.envs)
+    key = _grid_key(name) or {'init': name.split('/')[0], 'seed': None, 'step': _step_of(name)}
+    episodes = [{'policy': name, 'init': key['init'], 'benchmark': bench, 'seed': key['seed'], 'step': key['step'],
+                 'task': e['task'], 'trial': e['trial'], 'success': int(bool(e['success'])), 'steps': e['steps']}
+                for e in r.pop('records')]
+    return bench, r, episodes
+
+# %% ../nbs/13_eval.ipynb #7ae4d42e
+def _write_success_curve(pooled: dict) -> None:
+    "metrics/eval_curve.csv (`dvc plots show`: success over fine-tuning steps, one line per init) and Fig. 3's success half."
     curve = [{'init': p.split('/')[0], 'step': _step_of(p), 'benchmark': b, 'success': r['mean']}
              for p, bs in pooled.items() if _step_of(p) is not None for b, r in bs.items()]
-    write_text(rpath('metrics/eval_curve.csv'),  # `dvc plots show`: success over fine-tuning steps, one line per init
+    write_text(rpath('metrics/eval_curve.csv'),
                'init,step,benchmark,success\n' + ''.join(f"{c['init']},{c['step']},{c['benchmark']},{c['success']:.6g}\n"
                                                      for c in sorted(curve, key=lambda c: (c['init'], c['benchmark'], c['step']))))
     if any(_step_of(p) is not None for p in pooled):
         import matplotlib.pyplot as plt
         fig = success_curve_figure(pooled); save_figure(fig, 'fig3_success'); plt.close(fig)
+
+# %% ../nbs/13_eval.ipynb #233c15cc
+def run_eval(P: Params, # the params
+             policies: dict[str, Callable[[], Policy]]|None = None, # name -> picklable factory (None: `vla_policies()`)
+             out: str|os.PathLike = ARTIFACTS['eval'], # results, protocols and videos go under here
+             ) -> dict:
+    "The eval stage: every VLA on its benchmark, paired initial states; metrics/eval.json, episodes CSV, table, Fig. 3."
+    check_gpu(P, 'eval')
+    t0 = time.time()
+    policies = vla_policies(checkpoints=P.eval.checkpoints) if policies is None else policies
+    slot, seeds, blocks = _seed_slots(P, policies)
+    results: dict[str, dict[str, dict]] = {}
+    episodes = []
+    for name, factory, spec, videos, trials, first in _eval_runs(P, policies, slot, blocks):
+        bench, r, eps = _eval_one(P, rpath(out), name, factory, spec, videos, trials, first)
+        episodes += eps
+        results.setdefault(name, {})[bench] = r
+    pooled = pooled_results(episodes)
+    save_table(success_rows(pooled), 'eval_success')
+    save_table(episodes, 'eval_episodes', folder='metrics', columns=EPISODE_COLUMNS)
+    (rpath('metrics')/'eval_episodes.md').unlink(missing_ok=True)  # the CSV is the report's input
+    _write_success_curve(pooled)
     metrics = {'profile': P.profile, 'seconds': round(time.time() - t0, 1), 'seeds': seeds, 'pooled': pooled,
                'results': results}
     write_json(rpath('metrics/eval.json'), metrics)

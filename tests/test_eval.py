@@ -29,7 +29,7 @@ def _alive(pid: int) -> bool:
 def test_sigkill_then_resume_counts_every_episode_once(tmp_path):
     out = tmp_path/'run'
     script = textwrap.dedent(f'''
-        from emt.eval import LineBench, evaluate, push_right
+        from emt.eval import evaluate; from emt.fixtures import LineBench, push_right
         evaluate(LineBench(step_delay=0.03), push_right, {str(out)!r}, trials=15, workers=2)
     ''')
     env = {**os.environ, 'EMT_ROOT': str(REPO), 'EMT_PROGRESS': '0'}
