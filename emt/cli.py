@@ -80,7 +80,7 @@ def params_warnings(P) -> list[str]:
         out.append(f'select.k: {k} keeps the whole pool, so every method selects the same mixture')
     return out
 
-# %% ../nbs/90_cli.ipynb #bdba8ec5
+# %% ../nbs/90_cli.ipynb #742f6a50
 def _edited(path: Path) -> bool:
     "Whether `path` holds text that no shipped profile holds (a hand-edited params file)."
     return path.exists() and all(path.read_text() != (rpath('profiles')/f'{n}.yaml').read_text() for n in profiles())
@@ -153,10 +153,9 @@ def _docs(a) -> int:
     print(f'docs site: {out}/index.html (serve it with: python -m http.server -d {out})')
     return 0
 
-def parser() -> argparse.ArgumentParser:
-    "The `emt` argument parser."
-    ap = argparse.ArgumentParser(prog='emt', description='EmbodiedMidtrain, reproduced.')
-    sub = ap.add_subparsers(dest='cmd', required=True)
+# %% ../nbs/90_cli.ipynb #fe5bb4b5
+def _add_params(sub) -> None:
+    "`emt params`: check, switch or show a params profile."
     pp = sub.add_parser('params', help='check, switch or show params profiles')
     ps = pp.add_subparsers(dest='action', required=True)
     c = ps.add_parser('check', help='validate a params file, and warn about what is probably not meant')
@@ -170,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
     s = ps.add_parser('show', help='print validated params with defaults')
     s.add_argument('section', nargs='?'); s.add_argument('--file', default='params.yaml')
     pp.set_defaults(fn=_params)
+
+def _add_corpus(sub) -> None:
+    "`emt corpus`: generate the embedded corpus."
     cp = sub.add_parser('corpus', help='generate the embedded corpus into data/')
     cp.add_argument('--params', default='params.yaml')
     cp.add_argument('--out', default=None, help='output folder (default: corpus.out)')
@@ -177,18 +179,28 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument('--per-source', type=int, default=None, help='samples per VLM source')
     cp.add_argument('--only', default=None, help='comma-separated parts to regenerate: vlm, vla, libero (default: all)')
     cp.set_defaults(fn=_corpus)
+
+def _add_stage(sub) -> None:
+    "`emt stage`: run one stage of dvc.yaml."
     st = sub.add_parser('stage', help='run one stage of dvc.yaml (what `dvc repro` runs): params checked first, '
                         'previous outputs kept until it succeeds')
     st.add_argument('name', help='a stage of dvc.yaml')
     st.add_argument('--params', default='params.yaml')
     st.add_argument('-p', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='a papermill parameter of the notebook')
     st.set_defaults(fn=_stage)
+
+# %% ../nbs/90_cli.ipynb #54cad506
+def _add_dose(sub) -> None:
+    "`emt dose`: the manipulation check's dose ladder."
     do = sub.add_parser('dose', help='the manipulation check: mid-train at a ladder of doses and score ability '
                         '(after make repro)')
     do.add_argument('--params', default='params.yaml'); do.add_argument('--out', default='results/dose-ladder')
     do.add_argument('--method', default='estimator', help='the mixture the ladder mid-trains on')
     do.add_argument('--seeds', default='0,1,2', help='mid-training seeds, comma-separated')
     do.set_defaults(fn=_dose)
+
+def _add_convert(sub) -> None:
+    "`emt convert`: convert a data release as shipped."
     from emt.release import RELEASES
     cv = sub.add_parser('convert', help='convert a data release as shipped into a source the data stage reads',
                         epilog='releases: ' + '; '.join(f'{k}: {v}' for k, v in RELEASES.items()))
@@ -199,6 +211,9 @@ def parser() -> argparse.ArgumentParser:
     cv.add_argument('--action', default='action', help='lerobot-v2: the column the VLA learns as its action')
     cv.add_argument('--prompt', default=None, help='img2dataset: the question each caption answers')
     cv.set_defaults(fn=_convert)
+
+def _add_serve(sub) -> None:
+    "`emt serve`: serve a VLA checkpoint to simulators."
     sv = sub.add_parser('serve', help='serve a VLA checkpoint to simulators in their own environments (emt.policy_client)')
     sv.add_argument('checkpoint', help='a VLA checkpoint directory, e.g. artifacts/vla/estimator/libero/seed0/step_002000')
     sv.add_argument('--host', default='127.0.0.1'); sv.add_argument('--port', type=int, default=5555)
@@ -206,6 +221,13 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument('--wait-ms', type=float, default=5.0, help='how long a request waits for others to batch with')
     sv.add_argument('--device', default=None, help='default: cuda if visible, else cpu')
     sv.set_defaults(fn=_serve)
+
+# %% ../nbs/90_cli.ipynb #2404dae0
+def parser() -> argparse.ArgumentParser:
+    "The `emt` argument parser."
+    ap = argparse.ArgumentParser(prog='emt', description='EmbodiedMidtrain, reproduced.')
+    sub = ap.add_subparsers(dest='cmd', required=True)
+    for add in (_add_params, _add_corpus, _add_stage, _add_dose, _add_convert, _add_serve): add(sub)
     sub.add_parser('readme', help='render nbs/index.ipynb into README.md').set_defaults(fn=_readme)
     dp = sub.add_parser('docs', help='build the offline docs site')
     dp.add_argument('--out', default=None); dp.set_defaults(fn=_docs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json, math, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -187,7 +188,41 @@ def manipulation_check(base: dict[str, list[float]], # source -> the base VLM's 
     out['passed'] = out['delivered'] and out['kept']
     return out
 
-# %% ../nbs/11b_dose.ipynb #656e42ff
+# %% ../nbs/11b_dose.ipynb #be2e3dd6
+def _dose_trainer(P: Params, qs: dict, base_path: Path, work: Path) -> Callable:
+    "train(mixture, dose, seed, name): mid-train the base VLM at a dose (or reuse the VLM made from the same inputs); its ability."
+    base_digest = weights_digest(load_vlm(base_path)[0])
+    def train(mix: Dataset, dose: Dose, seed: int, name: str) -> dict[str, list[float]]:
+        dest = work/name/dose.name/f'seed{seed}'
+        recipe = dose_recipe(P.midtrain.recipe, dose, len(mix))
+        made_from = {'base': base_digest, 'mixture': ids_digest(mix), 'recipe': recipe.model_dump(mode='json'), 'seed': seed}
+        if not (dest/'config.json').is_file() or _read(dest/'made_from.json') != made_from:  # not from other inputs
+            model, proc = load_vlm(base_path)
+            train_sft((model, proc), mix, recipe, work/'_train', seed=seed, on_error=P.data.on_error, resume=False,
+                      save_model=False)
+            save_vlm(model, proc, dest); shutil.rmtree(work/'_train', ignore_errors=True)
+            write_json(dest/'made_from.json', made_from)
+        return ability_of(dest, qs, P.ability.max_new_tokens)
+    return train
+
+# %% ../nbs/11b_dose.ipynb #55cf31ac
+def _ladder_row(mixture: str, dose: Dose, n: int, global_batch: int, chk: dict, dosed: dict, questions: dict) -> dict:
+    "One row of the ladder: the mixture, the dose and its steps, the check's verdicts and each source's mean score."
+    return {'mixture': mixture, 'dose': dose.name, 'epochs': dose.epochs, 'lr': dose.lr,
+            'steps': dose.steps(n, global_batch), 'summed_lr': dose.summed_lr(n, global_batch), **chk,
+            'per_source': {s: round(100 * float(np.mean([d[s] for d in dosed.values()])), 1) for s in questions}}
+
+def _ladder_table(rows: list[dict], vla_sum: dict, probe: dict) -> list[dict]:
+    "ladder.md: per row the summed-lr ratio to each VLA, embodied and general ability against the base, the probe, the verdicts."
+    return [{'mixture': r['mixture'], 'dose': r['dose'], 'steps': r['steps'],
+             **{f'VLA ({b}) / mid-training summed lr': round(v / r['summed_lr'], 1) for b, v in vla_sum.items()},
+             'embodied: base -> mid (prior)': f"{r['embodied']['base']:.1f} -> {r['embodied']['mean']:.1f} ({r['embodied']['prior']:.1f})",
+             'embodied mid - base [95%]': f"{r['embodied']['difference']:+.1f} [{r['embodied']['ci95'][0]:+.1f}, {r['embodied']['ci95'][1]:+.1f}]",
+             'general mid - base [95%]': f"{r['general']['difference']:+.1f} [{r['general']['ci95'][0]:+.1f}, {r['general']['ci95'][1]:+.1f}]",
+             'probe R^2 (base: ' + (f"{probe['base']:.3f})" if probe else '-)'): r.get('probe_r2_seed0', '-'),
+             'delivered': r['delivered'], 'kept': r['kept']} for r in rows]
+
+# %% ../nbs/11b_dose.ipynb #16ff2701
 def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recipe's batch sizes
                out: str = 'results/dose-ladder', # where the results go (the checkpoints under artifacts/dose/)
                method: str = 'estimator', # the mixture the ladder mid-trains on
@@ -208,48 +243,25 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
     base = ability_of(base_path, qs, P.ability.max_new_tokens)
     probe = {'base': round(action_probe(base_path, P), 4)} if with_probe else {}
     mixtures = {method: load_mixture(method)}
-    base_digest = weights_digest(load_vlm(base_path)[0])
-    def train(mix: Dataset, dose: Dose, seed: int, name: str) -> dict[str, list[float]]:
-        dest = work/name/dose.name/f'seed{seed}'
-        recipe = dose_recipe(P.midtrain.recipe, dose, len(mix))
-        made_from = {'base': base_digest, 'mixture': ids_digest(mix), 'recipe': recipe.model_dump(mode='json'), 'seed': seed}
-        if not (dest/'config.json').is_file() or _read(dest/'made_from.json') != made_from:  # not from other inputs
-            model, proc = load_vlm(base_path)
-            train_sft((model, proc), mix, recipe, work/'_train', seed=seed, on_error=P.data.on_error, resume=False,
-                      save_model=False)
-            save_vlm(model, proc, dest); shutil.rmtree(work/'_train', ignore_errors=True)
-            write_json(dest/'made_from.json', made_from)
-        return ability_of(dest, qs, P.ability.max_new_tokens)
+    train = _dose_trainer(P, qs, base_path, work)
     n, gb = len(mixtures[method]), P.midtrain.recipe.global_batch
     rows, chosen = [], None
     for dose in progress(doses or ladder(), 'dose ladder'):
         dosed = {k: train(mixtures[method], dose, k, method) for k in seeds}
         chk = manipulation_check(base, dosed, groups, priors, margin, seed=P.seed)
         if with_probe: chk['probe_r2_seed0'] = round(action_probe(work/method/dose.name/f'seed{seeds[0]}', P), 4)
-        rows.append({'mixture': method, 'dose': dose.name, 'epochs': dose.epochs, 'lr': dose.lr,
-                     'steps': dose.steps(n, gb), 'summed_lr': dose.summed_lr(n, gb), **chk,
-                     'per_source': {s: round(100 * float(np.mean([d[s] for d in dosed.values()])), 1) for s in qs}})
+        rows.append(_ladder_row(method, dose, n, gb, chk, dosed, qs))
         if chk['passed']: chosen = dose; break
     if chosen is not None:
         for c in controls:
             mix = load_mixture(c) if c != 'general_draw' else None
             dosed = {k: train(mix if mix is not None else general_draw(P, n, k), chosen, k, c) for k in seeds}
-            chk = manipulation_check(base, dosed, groups, priors, margin, seed=P.seed)
-            rows.append({'mixture': c, 'dose': chosen.name, 'epochs': chosen.epochs, 'lr': chosen.lr,
-                         'steps': chosen.steps(n, gb), 'summed_lr': chosen.summed_lr(n, gb), **chk,
-                         'per_source': {s: round(100 * float(np.mean([d[s] for d in dosed.values()])), 1) for s in qs}})
+            rows.append(_ladder_row(c, chosen, n, gb, manipulation_check(base, dosed, groups, priors, margin, seed=P.seed), dosed, qs))
     vla_sum = {b: 0.5 * r.lr * r.steps for b, r in ((b, vla_recipe(s, P.vla.recipe)) for b, s in vla_benchmarks(P).items())}
     result = {'profile': P.profile, 'seeds': list(seeds), 'margin': margin, 'mixture_size': n, 'chosen': chosen.name if chosen else None,
               'base': {s: round(100 * float(np.mean(v)), 1) for s, v in base.items()},
               'priors': {s: round(100 * v, 1) for s, v in priors.items()}, 'groups': {s: groups[s] for s in qs},
               'vla_summed_lr': vla_sum, 'probe_r2_base': probe.get('base'), 'rows': rows, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath(out)/'ladder.json', result)
-    table = [{'mixture': r['mixture'], 'dose': r['dose'], 'steps': r['steps'],
-              **{f'VLA ({b}) / mid-training summed lr': round(v / r['summed_lr'], 1) for b, v in vla_sum.items()},
-              'embodied: base -> mid (prior)': f"{r['embodied']['base']:.1f} -> {r['embodied']['mean']:.1f} ({r['embodied']['prior']:.1f})",
-              'embodied mid - base [95%]': f"{r['embodied']['difference']:+.1f} [{r['embodied']['ci95'][0]:+.1f}, {r['embodied']['ci95'][1]:+.1f}]",
-              'general mid - base [95%]': f"{r['general']['difference']:+.1f} [{r['general']['ci95'][0]:+.1f}, {r['general']['ci95'][1]:+.1f}]",
-              'probe R^2 (base: ' + (f"{probe['base']:.3f})" if probe else '-)'): r.get('probe_r2_seed0', '-'),
-              'delivered': r['delivered'], 'kept': r['kept']} for r in rows]
-    save_table(table, 'ladder', folder=out)
+    save_table(_ladder_table(rows, vla_sum, probe), 'ladder', folder=out)
     return result
