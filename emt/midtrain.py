@@ -25,7 +25,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .backbones import check_prompt_fits, load_processor, load_vlm, save_vlm
+from .backbones import check_prompt_fits, load_processor
 from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_json
 from .data import load_dataset_dir
 from .params import Params, check_gpu
@@ -92,17 +92,12 @@ def midtrain_one(P: Params, # validated params (`midtrain.recipe`, `seed`)
         E = P.midtrain.llamafactory
         return midtrain_lf(mixture, P.midtrain.recipe, base, P.base_vlm.arch, out, work, P.seed, P.processes,
                            E.command_prefix, E.deepspeed)
-    if P.processes > 1:  # one process per GPU, under `accelerate launch`; the engine saves the model
-        rep = launched('emt.sft:train_sft', dict(model=str(base), datasets=mixture, recipe=P.midtrain.recipe,
-                                                 out_dir=str(work), seed=P.seed, on_error=P.data.on_error,
-                                                 num_workers=num_workers, save_model=True), P.processes, work)
-        shutil.rmtree(out, ignore_errors=True); out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(work/'model'), str(out))
-    else:
-        model, processor = load_vlm(base)
-        rep = train_sft((model, processor), mixture, P.midtrain.recipe, work, seed=P.seed, on_error=P.data.on_error,
-                        num_workers=num_workers, save_model=False)
-        save_vlm(model, processor, out)
+    run = dict(model=str(base), datasets=mixture, recipe=P.midtrain.recipe, out_dir=str(work), seed=P.seed,
+               on_error=P.data.on_error, num_workers=num_workers, save_model=True)
+    # one process per GPU under `accelerate launch`, or this one; a finished run in `work` (one launched by hand) is adopted
+    rep = launched('emt.sft:train_sft', run, P.processes, work) if P.processes > 1 else train_sft(**run)
+    shutil.rmtree(out, ignore_errors=True); out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(work/'model'), str(out))
     shutil.rmtree(work, ignore_errors=True)  # finished: the optimiser state only existed to resume
     return rep
 

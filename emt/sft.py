@@ -49,11 +49,11 @@ from .params import Recipe
 from .data import ids_digest
 
 # %% auto #0
-__all__ = ['accumulation_steps', 'Mixture', 'micro_batch_positions', 'MicroBatches', 'label_tokens', 'token_loss_sum',
-           'check_labelled', 'warmup_steps', 'optimizer_and_schedule', 'enable_checkpointing', 'weights_digest',
-           'run_fingerprint', 'checkpoints', 'checkpoint_state', 'save_checkpoint', 'mixed_precision_mode',
-           'make_accelerator', 'fp32_master', 'resume_point', 'resume_training', 'step_loader', 'OptStep',
-           'optimizer_steps', 'train_sft', 'main']
+__all__ = ['SFT_REPORT', 'accumulation_steps', 'Mixture', 'micro_batch_positions', 'MicroBatches', 'label_tokens',
+           'token_loss_sum', 'check_labelled', 'warmup_steps', 'optimizer_and_schedule', 'enable_checkpointing',
+           'weights_digest', 'config_text', 'run_fingerprint', 'checkpoints', 'checkpoint_state', 'save_checkpoint',
+           'mixed_precision_mode', 'make_accelerator', 'fp32_master', 'resume_point', 'resume_training', 'step_loader',
+           'OptStep', 'optimizer_steps', 'train_sft', 'finished_sft', 'main']
 
 # %% ../nbs/05_sft.ipynb #9de7114a
 def accumulation_steps(global_batch: int, # samples per optimiser step, over all processes
@@ -213,12 +213,19 @@ def weights_digest(model: torch.nn.Module) -> str:
         d.text(f'{name}:{t.dtype}:{tuple(t.shape)}').bytes(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return d.hex()
 
+# %% ../nbs/05_sft.ipynb #03b205f7
+def config_text(model: torch.nn.Module) -> str:
+    "The model's config as JSON without where it was loaded from (`_name_or_path`, at any depth): one model, one text, from any path."
+    def strip(d):
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k != '_name_or_path'}
+    return json.dumps(strip(model.config.to_dict()), sort_keys=True)
+
 # %% ../nbs/05_sft.ipynb #81e0cc80
 def run_fingerprint(model: torch.nn.Module, mixture: Mixture, recipe: Recipe, seed: int) -> str:
-    """A hash of what determines a run: the model (config and weights), data size and fingerprints, recipe (global
-    batch included), seed. Not the process count: every process count draws the same global batches in the same
+    """A hash of what determines a run: the model (config and weights, not the path it was loaded from), data size
+    and fingerprints, recipe (global batch included), seed. Not the process count: every process count draws the same global batches in the same
     order, so a run (or its checkpoint) made on 8 GPUs is adopted by the same run on 1, and the other way round."""
-    parts = [model.config.to_json_string(use_diff=False), weights_digest(model), str(len(mixture)),
+    parts = [config_text(model), weights_digest(model), str(len(mixture)),
              *[ids_digest(d) for d in mixture.datasets],
              recipe.result_json(), str(seed)]
     return digest('\n'.join(parts))
@@ -388,6 +395,8 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
     if recipe.gradient_checkpointing: enable_checkpointing(net)
     mix = Mixture(datasets, seed)
     fingerprint = run_fingerprint(net, mix, recipe, seed)
+    if resume is True and save_model and (done := finished_sft(out_dir, fingerprint)) is not None:
+        return done  # this very run is complete: adopt it
     net.train()
     opt, sched = optimizer_and_schedule(net, recipe)
     net, opt, sched = acc.prepare(net, opt, sched)
@@ -432,24 +441,40 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
                    int(run_tokens))
 
 # %% ../nbs/05_sft.ipynb #fca18797
+SFT_REPORT = 'report.json' # a finished run's report, beside its model (written last: its presence marks the run complete)
+
 def _finish(acc, net, processor, out_dir, recipe, history, skipped, fingerprint, start, seconds, save_model,
             tokens) -> dict:
-    "Save the final model, the log and the final checkpoint; the run's report."
+    "Save the log and, with `save_model`, the final model and the run's report beside it; the run's report."
     skipped = [s for part in acc.gather_for_metrics([skipped], use_gather_object=True) for s in part] \
         if acc.num_processes > 1 else skipped
     model = acc.unwrap_model(net)
+    rep = {'steps': recipe.steps, 'resumed_from': start, 'final_loss': history[-1]['loss'] if history else None,
+           'first_loss': history[0]['loss'] if history else None, 'seconds': round(seconds, 2),
+           'tokens': tokens, 'tokens_per_s': round(tokens / max(seconds, 1e-9), 1),  # this call's steps only
+           'processes': acc.num_processes, 'accumulation': acc.gradient_accumulation_steps,
+           'mixed_precision': acc.mixed_precision, 'params': n_params(model), 'skipped': len(skipped),
+           'skipped_first': skipped[:20], 'history': history, 'fingerprint': fingerprint,
+           'model_dir': str(out_dir/'model') if save_model else None}
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_log(out_dir/'log.csv', history)
-        if save_model: save_vlm(model, processor, out_dir/'model')
+        if save_model:
+            save_vlm(model, processor, out_dir/'model')
+            write_json(out_dir/SFT_REPORT, rep)
     acc.wait_for_everyone()
-    return {'steps': recipe.steps, 'resumed_from': start, 'final_loss': history[-1]['loss'] if history else None,
-            'first_loss': history[0]['loss'] if history else None, 'seconds': round(seconds, 2),
-            'tokens': tokens, 'tokens_per_s': round(tokens / max(seconds, 1e-9), 1),  # this call's steps only
-            'processes': acc.num_processes, 'accumulation': acc.gradient_accumulation_steps,
-            'mixed_precision': acc.mixed_precision, 'params': n_params(model), 'skipped': len(skipped),
-            'skipped_first': skipped[:20], 'history': history, 'fingerprint': fingerprint,
-            'model_dir': str(out_dir/'model') if save_model else None}
+    return rep
+
+# %% ../nbs/05_sft.ipynb #19e886d0
+def finished_sft(out_dir: str | os.PathLike, # an SFT run's output folder
+                 fingerprint: str, # the run that is asked for
+                 ) -> dict | None:
+    "The report of the finished run in `out_dir` when it is the run `fingerprint` names (its model saved), else None."
+    f = Path(out_dir)/SFT_REPORT
+    if not f.is_file() or not (Path(out_dir)/'model'/'config.json').is_file(): return None
+    rep = json.loads(f.read_text())
+    if rep.get('fingerprint') != fingerprint or 'history' not in rep: return None
+    return {**rep, 'resumed_from': rep['steps'], 'reused': True}
 
 # %% ../nbs/05_sft.ipynb #1671b475
 def main(argv: list[str] | None = None) -> dict:
@@ -467,8 +492,6 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     report = train_sft(a.model, [load_dataset_dir(Path(d).resolve(), 'vlm') for d in a.data], json.loads(a.recipe), a.out, a.seed,
                        on_error=a.on_error, resume=not a.no_resume, num_workers=a.workers)
-    if PartialState().is_main_process:
-        write_json(Path(a.out)/'report.json', {k: v for k, v in report.items() if k != 'history'})
     return report
 
 if __name__ == '__main__' and not in_ipython(): main()

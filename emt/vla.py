@@ -38,17 +38,17 @@ from .core import (ARTIFACTS, DataError, digest, EmtError, in_ipython, progress,
 from .stats import seed_interval
 from .data import ids_digest, load_dataset_dir
 from .launch import launch_pool, run_pool
-from .params import Params, Recipe, Source, check_gpu, init_label, parse_run, run_name
+from .params import Params, Recipe, Source, check_gpu, init_label, load_params, parse_run, run_name
 from .policy import VLAModel, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla
 from .sft import (enable_checkpointing, fp32_master, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
-                     save_checkpoint, step_loader, weights_digest)
+                     save_checkpoint, step_loader, weights_digest, config_text)
 
 # %% auto #0
 __all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'vla_config', 'vla_chunk', 'vla_recipe',
            'frame_table', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches', 'heldout_loss',
            'train_vla', 'finished_run', 'model_qid', 'main', 'vla_inits', 'vla_benchmarks', 'vla_datasets',
            'vla_gripper', 'data_action_dim', 'plot_interval', 'by_init_axis', 'seed_losses', 'plot_heldout_loss',
-           'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'run_vla']
+           'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'vla_calls', 'train_stage_run', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
 def vla_config(P: Params, # validated params (`vla` section)
@@ -241,7 +241,7 @@ def _vlm_and_processor(vlm) -> tuple:
 # %% ../nbs/12_vla.ipynb #1f54bf8f
 def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, datasets: dict, extra) -> str:
     "What determines a VLA run (as `emt.sft.run_fingerprint`: not the process count, which leaves the global batches as they are)."
-    parts = [vlm.config.to_json_string(use_diff=False), weights_digest(vlm), json.dumps(cfg.to_dict(), sort_keys=True), recipe.result_json(),
+    parts = [config_text(vlm), weights_digest(vlm), json.dumps(cfg.to_dict(), sort_keys=True), recipe.result_json(),
              str(seed), json.dumps(extra, sort_keys=True)]
     for name, ds in datasets.items():
         parts += [name, ids_digest(ds)]
@@ -417,28 +417,29 @@ def model_qid(model) -> int:
 
 # %% ../nbs/12_vla.ipynb #87b88795
 def main(argv: list[str] | None = None) -> dict:
-    "Command line: train_vla on saved VLA datasets."
+    "Command line: train_vla on saved VLA datasets, or one run of the vla stage (`--stage-run`)."
     ap = argparse.ArgumentParser(prog='python -m emt.vla', description='VLM -> VLA fine-tuning (emt.vla).')
-    ap.add_argument('vlm', help='VLM checkpoint directory')
-    ap.add_argument('data', nargs='+', help='VLA datasets saved by the data stage (mixed in equal parts)')
-    ap.add_argument('--out', required=True, help='output directory (step_<NNNNNN>/ checkpoints, log.json)')
-    ap.add_argument('--config', required=True, help='the VLA config as JSON (keys of emt.policy.VLAConfig)')
-    ap.add_argument('--recipe', required=True, help='the recipe as JSON (keys of emt.params.Recipe)')
+    ap.add_argument('vlm', nargs='?', help='VLM checkpoint directory')
+    ap.add_argument('data', nargs='*', help='VLA datasets saved by the data stage (mixed in equal parts)')
+    ap.add_argument('--stage-run', metavar='INIT/BENCHMARK/seedK', help="one run of the vla stage's grid in params.yaml, "
+                    'trained as the stage trains it, into its folder (the stage adopts it); no other arguments')
+    ap.add_argument('--out', help='output directory (step_<NNNNNN>/ checkpoints, log.json, report.json)')
+    ap.add_argument('--config', help='the VLA config as JSON (keys of emt.policy.VLAConfig)')
+    ap.add_argument('--recipe', help='the recipe as JSON (keys of emt.params.Recipe)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--heldout', type=float, default=0.1, help='fraction of episodes held out')
     ap.add_argument('--gripper', default='close_positive', help="the data's gripper convention (emt.params.GRIPPERS)")
     ap.add_argument('--workers', type=int, default=1)
     ap.add_argument('--no-resume', action='store_true', help='ignore existing training state')
     a = ap.parse_args(argv)
+    given = [k for k in ('vlm', 'data', 'out', 'config', 'recipe') if getattr(a, k)]
+    if a.stage_run:
+        if given: ap.error(f'--stage-run takes everything from params.yaml; drop {given}')
+        return train_stage_run(a.stage_run, a.workers)
+    if missing := sorted({'vlm', 'data', 'out', 'config', 'recipe'} - set(given)): ap.error(f'missing {missing}')
     data = {Path(d).name: load_dataset_dir(Path(d).resolve(), 'vla') for d in a.data}
-    report = train_vla(a.vlm, data, VLAConfig(**json.loads(a.config)), json.loads(a.recipe), a.out, a.seed,
-                       heldout_fraction=a.heldout, resume=not a.no_resume, num_workers=a.workers, gripper=a.gripper)
-    if PartialState().is_main_process:
-        write_json(Path(a.out)/'report.json', {k: v for k, v in report.items() if k != 'history'})
-    return report
-
-
-if __name__ == '__main__' and not in_ipython(): main()
+    return train_vla(a.vlm, data, VLAConfig(**json.loads(a.config)), json.loads(a.recipe), a.out, a.seed,
+                     heldout_fraction=a.heldout, resume=not a.no_resume, num_workers=a.workers, gripper=a.gripper)
 
 # %% ../nbs/12_vla.ipynb #3ac59111
 def vla_inits(P: Params, # the params (`midtrain.methods`)
@@ -623,6 +624,35 @@ def _vla_plan(P: Params, paths: dict[str, Path], data: str) -> list[tuple]:
             for d in ds.values(): check_prompt_fits(proc, d[0], cfg.max_seq_len, 'vla.recipe.max_seq_len')
     return plan
 
+# %% ../nbs/12_vla.ipynb #d9f1ad28
+def vla_calls(P: Params, # validated params
+              paths: dict[str, Path], # initialisation -> its VLM (`vla_inits`)
+              plan: list[tuple], # from `_vla_plan`
+              out: str = ARTIFACTS['vla'], # <out>/<init>/<benchmark>/seed<k>/
+              num_workers: int = 1, # DataLoader workers per run
+              ) -> dict[str, dict]:
+    "The `train_vla` keyword arguments of every run of the grid (benchmark x initialisation x seed), by run name."
+    return {run_name(init, bench, seed): dict(vlm=path, datasets=ds, cfg=VLAConfig(**asdict(cfg)), recipe=rec,
+                                              out_dir=rpath(out)/run_name(init, bench, seed), seed=seed, split_seed=P.seed,
+                                              heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max,
+                                              num_workers=num_workers, gripper=grip)
+            for bench, ds, cfg, grip, rec in plan for init, path in paths.items() for seed in P.vla.seeds}
+
+# %% ../nbs/12_vla.ipynb #38d1be83
+def train_stage_run(name: str, # a run of the grid: '<init>/<benchmark>/seed<k>'
+                    num_workers: int = 1, # DataLoader workers
+                    P: Params | None = None, # the params (None: params.yaml)
+                    ) -> dict:
+    "Train the vla stage's run `name` as the stage trains it, into the stage's folder (where the stage adopts it); its report."
+    P = P or load_params()
+    paths = vla_inits(P)
+    init = name.split('/')[0]
+    calls = vla_calls(P, paths, _vla_plan(P, {init: paths[init]} if init in paths else paths, ARTIFACTS['data']),
+                      num_workers=num_workers)
+    if name not in calls:
+        raise EmtError(f'{name!r} is not a run of the vla stage in params.yaml; its runs: {sorted(calls)}.')
+    return train_vla(**calls[name])
+
 # %% ../nbs/12_vla.ipynb #174a9bd6
 def _run_summary(init: str, path, bench: str, ds: dict, grip: str, seed: int, rep: dict) -> dict:
     "One run's entry in metrics/vla.json."
@@ -684,11 +714,7 @@ def run_vla(P: Params, # validated params
             for init, path in paths.items() for seed in P.vla.seeds]
     jobs = P.vla.jobs if PartialState().num_processes == 1 else 1  # under `accelerate launch` the runs take turns
     workers = num_workers if num_workers is not None else (0 if jobs > 1 else 1)
-    calls = {run_name(init, bench, seed): dict(vlm=path, datasets=ds, cfg=VLAConfig(**asdict(cfg)), recipe=rec,
-                                                out_dir=rpath(out)/run_name(init, bench, seed), seed=seed, split_seed=P.seed,
-                                                heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max,
-                                                num_workers=workers, gripper=grip)
-             for init, path, bench, ds, cfg, grip, rec, seed in runs}
+    calls = vla_calls(P, paths, plan, out, workers)  # a run already finished in its folder (one made by hand) is adopted
     reports = train_vlas(calls, jobs, P.vla.processes or P.processes)
     summary = {run_name(init, bench, seed): _run_summary(init, path, bench, ds, grip, seed, reports[run_name(init, bench, seed)])
                for init, path, bench, ds, cfg, grip, _, seed in runs}
@@ -705,3 +731,6 @@ def run_vla(P: Params, # validated params
                'split_seed': P.seed, 'runs': summary, 'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/vla.json'), metrics)
     return metrics
+
+# %% ../nbs/12_vla.ipynb #f5d01160
+if __name__ == '__main__' and not in_ipython(): main()  # last, once every name above is defined

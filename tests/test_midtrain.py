@@ -61,3 +61,45 @@ def test_two_processes_under_accelerate_launch_train_the_same_model(tmp_project)
     for k in w1: torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4, msg=k)
     assert not (tmp_project/'artifacts/midtrain_train').exists()
     assert len((tmp_project/'metrics/midtrain_loss.csv').read_text().splitlines()) == 1 + two['steps']
+
+
+def test_a_run_launched_by_hand_is_adopted_by_the_stage(tmp_project):
+    "The run book's command line, on two processes into the stage's working folder, trains the run; the stage (one process) then takes it over without a step."
+    import subprocess, sys
+    from emt.launch import free_port
+    P = toy_midtrain_project(tmp_project, load_params(MAIN/'params.yaml'))
+    P = override(P, 'midtrain', methods=['estimator'])
+    work = tmp_project/'artifacts/midtrain_train/estimator'
+    accelerate = Path(sys.executable).parent/'accelerate'
+    cmd = [str(accelerate), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+           '--main_process_port', str(free_port()), '--mixed_precision', 'no', '--dynamo_backend', 'no',
+           '-m', 'emt.sft', 'artifacts/base_vlm', 'artifacts/select/estimator/hf', '--out', str(work.relative_to(tmp_project)),
+           '--recipe', P.midtrain.recipe.model_dump_json(), '--seed', str(P.seed), '--on-error', 'skip', '--workers', '0']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    subprocess.run(cmd, cwd=tmp_project, env=env, check=True, timeout=600)
+    by_hand = json.loads((work/'report.json').read_text())
+    assert by_hand['processes'] == 2 and by_hand['resumed_from'] == 0 and len(by_hand['history']) == by_hand['steps']
+    w_hand = load_file(str(work/'model/model.safetensors'))
+    m = run_midtrain(P, num_workers=0)['methods']['estimator']
+    assert m['resumed_from'] == m['steps'] == by_hand['steps']  # adopted: not a step trained
+    assert m['final_loss'] == by_hand['final_loss']
+    w = load_file(str(tmp_project/'artifacts/midtrain/estimator/model.safetensors'))
+    assert w.keys() == w_hand.keys() and all(torch.equal(w[k], w_hand[k]) for k in w)
+    assert not work.exists()
+    rows = (tmp_project/'metrics/midtrain_loss.csv').read_text().splitlines()
+    assert len(rows) == 1 + m['steps']  # the hand run's loss log is the stage's
+
+
+def test_a_finished_run_of_other_inputs_is_trained_again(tmp_project):
+    "A finished run in the working folder that another recipe made is not adopted: the stage trains its own."
+    P = toy_midtrain_project(tmp_project, load_params(MAIN/'params.yaml'))
+    P = override(P, 'midtrain', methods=['estimator'])
+    work = tmp_project/'artifacts/midtrain_train/estimator'
+    from emt.sft import train_sft
+    from emt.data import load_dataset_dir
+    other = P.midtrain.recipe.model_copy(update={'lr': P.midtrain.recipe.lr / 2})
+    train_sft(str(tmp_project/'artifacts/base_vlm'), load_dataset_dir(tmp_project/'artifacts/select/estimator/hf', 'vlm'),
+              other, work, seed=P.seed, num_workers=0)
+    assert (work/'report.json').is_file()
+    m = run_midtrain(P, num_workers=0)['methods']['estimator']
+    assert m['resumed_from'] == 0 and m['steps'] == P.midtrain.recipe.steps

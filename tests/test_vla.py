@@ -225,3 +225,28 @@ def test_vla_stage_on_a_toy_project(tmp_project):
     assert frames[0] == 'init,benchmark,seed,episode,frame,loss' and len(frames) == 1 + 2 * b['heldout_frames']
     assert {p.name for p in (tmp_project/'figures').iterdir()} == {'fig3_loss.png', 'fig3_loss.svg'}
     with pytest.raises(EmtError, match='unknown initialisations'): run_vla(P, inits=['nope'])
+
+
+def test_a_stage_run_launched_by_hand_is_adopted_by_the_stage(tmp_project):
+    "`accelerate launch -m emt.vla --stage-run <run>` on two processes trains the stage's run into its folder; the stage adopts it and trains only the others."
+    import yaml
+    from emt.launch import free_port
+    from emt.params import load_params
+    from emt.vla import run_vla
+    P = toy_vla_project(tmp_project, load_params(Path(__file__).parents[1]/'params.yaml'))
+    (tmp_project/'params.yaml').write_text(yaml.safe_dump(P.model_dump(mode='json'), sort_keys=False))
+    accelerate = Path(sys.executable).parent/'accelerate'
+    launch = [str(accelerate), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1', '--main_process_port',
+              str(free_port()), '--mixed_precision', 'no', '--dynamo_backend', 'no', '-m', 'emt.vla']
+    bad = subprocess.run(launch[:2] + ['--num_processes', '1'] + launch[-2:] + ['--stage-run', 'estimator/any/seed9'],
+                         cwd=tmp_project, env=ENV, capture_output=True, text=True, timeout=600)
+    assert bad.returncode and 'not a run of the vla stage' in bad.stderr and "'estimator/any/seed0'" in bad.stderr
+    subprocess.run(launch + ['--stage-run', 'estimator/any/seed0', '--workers', '0'], cwd=tmp_project, env=ENV,
+                   check=True, timeout=600)
+    run = tmp_project/'artifacts/vla/estimator/any/seed0'
+    by_hand = json.loads((run/'report.json').read_text())
+    assert by_hand['processes'] == 2 and by_hand['resumed_from'] == 0
+    m = run_vla(P, num_workers=0)['runs']
+    assert m['estimator/any/seed0']['reused'] and m['estimator/any/seed0']['processes'] == 2  # adopted, not retrained
+    assert not m['base/any/seed0']['reused'] and m['base/any/seed0']['processes'] == 1
+    assert m['estimator/any/seed0']['heldout'] == {f"step_{h['step']:06d}": h['loss'] for h in by_hand['heldout']}

@@ -1,0 +1,112 @@
+"""Does the process count change a result? The paper rehearsal (`profiles/paper-rehearsal.yaml`) run twice by
+`dvc repro` with papermill, in two copies of the repository: once as committed (`processes: 2`: the features stage,
+every mid-training run and every VLA launched on two gloo processes), once with one process everywhere
+(`processes: 1`, `vla.processes: 1`, `vla.jobs: 1`). It prints, per metrics file, how many numbers the two runs
+share, how many differ and by how much at most, leaving out timings and the process counts themselves, and
+whether the selected mixtures are the same ids.
+
+    python benchmarks/rehearsal_processes.py [--keep DIR]
+
+About 20 minutes on the 2-core CPU machine (two rehearsals, one after the other). Exit status 1 when a selection
+differs or a number differs by more than `--tol` (relative, default 1e-3): data-parallel training reduces gradients
+in another order than one process does, so the last digits may move, and nothing more should."""
+import argparse, json, math, os, re, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO/'tests'))
+from paper_fixtures import hub_cache, write_sources  # noqa: E402
+
+# numbers that measure the machine or the launch, not the result
+SKIP = re.compile(r'(seconds|per_s|_s$|time|processes|accumulation|jobs|workers|threads|started|finished|host|'
+                  r'python|torch_version|commit|path|dir$|^.*\.vlm$)')
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> None:
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f'{" ".join(cmd)} failed ({r.returncode}) in {cwd}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
+
+
+def copy_repo(d: Path) -> None:
+    "The repository's tracked files, in a fresh git repository at `d`."
+    files = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, capture_output=True, check=True).stdout.split(b'\0')
+    for f in (f.decode() for f in files if f):
+        if (REPO/f).is_file():
+            (d/f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(REPO/f, d/f)
+
+
+def rehearse(d: Path, one_process: bool) -> float:
+    "Set up the rehearsal in `d` (one process everywhere if asked) and run `dvc repro`; its wall-clock seconds."
+    copy_repo(d)
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k != 'EMT_ROOT'}
+    env.update(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(d/'.hub-cache'), EMT_PROGRESS='0',
+               PATH=f'{bin_dir}{os.pathsep}{env.get("PATH", "")}')
+    git = ['git', '-c', 'user.email=b@b', '-c', 'user.name=b']
+    run(['git', 'init', '-q'], d, env); run(git + ['add', '-A'], d, env); run(git + ['commit', '-qm', 'copy'], d, env)
+    run(['emt', 'params', 'use', 'paper-rehearsal'], d, env)
+    raw = yaml.safe_load((d/'params.yaml').read_text())
+    if one_process:
+        raw['processes'] = 1; raw['vla']['processes'] = 1; raw['vla']['jobs'] = 1
+        (d/'params.yaml').write_text(yaml.safe_dump(raw, sort_keys=False, width=120))
+    write_sources(raw, d)
+    hub_cache(d/'.hub-cache')
+    t0 = time.time()
+    run(['dvc', 'repro', '--pull'], d, env)
+    return time.time() - t0
+
+
+def leaves(x, prefix: str = '') -> dict[str, float]:
+    "Every number in a JSON value, by its path."
+    if isinstance(x, dict): return {k: v for key, val in x.items() for k, v in leaves(val, f'{prefix}.{key}').items()}
+    if isinstance(x, list): return {k: v for i, val in enumerate(x) for k, v in leaves(val, f'{prefix}[{i}]').items()}
+    if isinstance(x, bool) or not isinstance(x, (int, float)): return {}
+    return {prefix: float(x)}
+
+
+def compare(a: Path, b: Path, tol: float) -> tuple[list[dict], bool]:
+    "Per metrics file: numbers compared, equal, differing beyond `tol`, the largest relative difference; and whether all agree."
+    rows, ok = [], True
+    for f in sorted((a/'metrics').rglob('*.json')):
+        g = b/f.relative_to(a)
+        if not g.is_file(): rows.append({'file': str(f.relative_to(a)), 'note': 'missing in the 1-process run'}); ok = False; continue
+        la, lb = leaves(json.loads(f.read_text())), leaves(json.loads(g.read_text()))
+        keys = [k for k in la.keys() & lb.keys() if not SKIP.search(k.split('.')[-1]) and not SKIP.search(k)]
+        rel = {k: abs(la[k] - lb[k]) / max(abs(la[k]), abs(lb[k]), 1e-12) for k in keys
+               if not (math.isnan(la[k]) and math.isnan(lb[k]))}
+        worst = max(rel, key=rel.get) if rel else None
+        beyond = sum(v > tol for v in rel.values())
+        ok &= beyond == 0
+        rows.append({'file': str(f.relative_to(a)), 'numbers': len(keys), 'equal': sum(v == 0 for v in rel.values()),
+                     f'beyond {tol:g}': beyond, 'largest relative difference': round(rel[worst], 8) if worst else 0.0,
+                     'where': worst or ''})
+    for ids in sorted((a/'artifacts/select').glob('*/ids.txt')):
+        same = ids.read_text() == (b/ids.relative_to(a)).read_text()
+        ok &= same
+        rows.append({'file': str(ids.relative_to(a)), 'note': 'same ids' if same else 'DIFFERENT ids'})
+    return rows, ok
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--keep', type=Path, help='run in this folder and keep both copies (default: a temporary one)')
+    ap.add_argument('--tol', type=float, default=1e-3)
+    a = ap.parse_args()
+    base = a.keep or Path(tempfile.mkdtemp(prefix='emt-processes-'))
+    two, one = base/'two', base/'one'
+    for d in (two, one): shutil.rmtree(d, ignore_errors=True); d.mkdir(parents=True)
+    t2 = rehearse(two, one_process=False)
+    t1 = rehearse(one, one_process=True)
+    rows, ok = compare(two, one, a.tol)
+    print(f'dvc repro of the rehearsal: 2 processes {t2:.0f} s, 1 process {t1:.0f} s')
+    for r in rows: print(json.dumps(r))
+    print('agree' if ok else 'DIFFER')
+    if not a.keep: shutil.rmtree(base, ignore_errors=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == '__main__':
+    main()
