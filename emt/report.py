@@ -18,16 +18,17 @@ from typing import Sequence
 import numpy as np
 
 from .core import EmtError, rpath, save_figure, save_table, write_json
-from .stats import bootstrap_mean_diff, paired_bootstrap, verdict
+from .stats import bootstrap_mean_diff, manipulation_check, paired_bootstrap, verdict
 from .eval import REFERENCE, plot_success, result_key
 from .vla import plot_heldout_loss
 from .params import Params
 
 # %% auto #0
-__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'COMPARISON_COLUMNS', 'load_metrics', 'run_label', 'bench_key',
-           'final_success', 'table1', 'table2', 'diversity_table', 'read_rows', 'run_data', 'success_by_pair',
-           'loss_by_pair', 'train_loss_by_pair', 'vla_benchmark', 'comparisons', 'findings', 'ability_findings',
-           'composition_vs_paper_figure', 'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
+__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'NOT_TESTED', 'COMPARISON_COLUMNS', 'load_metrics', 'run_label',
+           'bench_key', 'final_success', 'table1', 'table2', 'diversity_table', 'read_rows', 'run_data',
+           'success_by_pair', 'loss_by_pair', 'train_loss_by_pair', 'vla_benchmark', 'comparisons', 'treatment_checks',
+           'untested_verdict', 'findings', 'ability_findings', 'composition_vs_paper_figure',
+           'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
 
 # %% ../nbs/14_report.ipynb #ea3ab2cc
 PAPER = {
@@ -292,9 +293,44 @@ def _estimator_findings(P: Params, e: dict) -> list[dict]:
                         'holds' if ok else 'does not hold'))
     return out
 
+# %% ../nbs/14_report.ipynb #e7f4e6de
+NOT_TESTED = 'not tested (treatment not delivered)' # the verdict of a comparison whose treatment did not happen
+
+def treatment_checks(P: Params, ab: dict, # metrics/ability.json
+                     margin: float = 5.0, # points: general ability kept within this much of the base's
+                     ) -> dict[str, dict]:
+    "The manipulation check of every mid-trained VLM of the run (one mid-training seed), by its method."
+    if not ab.get('scores') or 'base' not in ab['scores'] or not ab.get('priors'): return {}  # no ability stage, or no priors
+    priors = {s: p['score'] for s, p in ab['priors'].items()}
+    return {vlm: manipulation_check(ab['scores']['base'], {0: scores}, ab['groups'], priors, margin, seed=P.seed)
+            for vlm, scores in ab['scores'].items() if vlm != 'base'}
+
+# %% ../nbs/14_report.ipynb #fb60ef4e
+def untested_verdict(c: dict, # a row of `comparisons` ('x - y')
+                     checks: dict[str, dict] | None, # `treatment_checks`
+                     ) -> str:
+    "The comparison's verdict, or `NOT_TESTED` when a mid-trained side of it did not pass its manipulation check."
+    sides = c['comparison'].split(' - ')
+    return NOT_TESTED if checks and any(s in checks and not checks[s]['passed'] for s in sides) else c['verdict']
+
+# %% ../nbs/14_report.ipynb #5bd6a142
+def _treatment_findings(checks: dict[str, dict]) -> list[dict]:
+    "One row per mid-trained VLM: the manipulation check's numbers and whether it passed."
+    out = []
+    for vlm, k in checks.items():
+        e, g = k['embodied'], k['general']
+        out.append(_row(f"Manipulation check: mid-training on {vlm}'s mixture delivered its treatment (embodied held-out: "
+                        'mid - base above 0 and mean above the constant-answer prior; general: mid - base above -5 points)',
+                        '-', f"embodied {e['difference']:+.1f} [{e['ci95'][0]:+.1f}, {e['ci95'][1]:+.1f}], mean "
+                        f"{e['mean']:.1f} vs prior {e['prior']:.1f}; general {g['difference']:+.1f} "
+                        f"[{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}]", 'holds' if k['passed'] else 'does not hold'))
+    return out
+
 # %% ../nbs/14_report.ipynb #ae90273f
-def _vla_findings(P: Params, data: dict[str, list[dict]] | None, comps: list[dict] | None) -> list[dict]:
-    "Tables 1 and 2 (success, paired) and Fig. 3 (training loss about equal with and without mid-training)."
+def _vla_findings(P: Params, data: dict[str, list[dict]] | None, comps: list[dict] | None,
+                  checks: dict[str, dict] | None = None) -> list[dict]:
+    """Tables 1 and 2 (success, paired) and Fig. 3 (training loss about equal with and without mid-training); a
+    comparison of a mid-trained VLM whose treatment was not delivered (`checks`) is reported but not judged."""
     out = []
     benches = sorted({r['benchmark'] for r in (data or {}).get('episodes', []) if r['init'] != REFERENCE})
     comps = comps if comps is not None else (comparisons(P, data, benches) if data else [])
@@ -305,7 +341,7 @@ def _vla_findings(P: Params, data: dict[str, list[dict]] | None, comps: list[dic
         if c['metric'].startswith('success'):
             out.append(_row(f"{table}: {what} ({x} - {y}, {c['benchmark']} success, points; detectable {c['detectable']:.1f})",
                             'yes', f"{c['effect']:+.1f} [{c['ci95_low']:+.1f}, {c['ci95_high']:+.1f}], {c['seeds']} seeds, {c['pairs']} paired episodes",
-                            c['verdict']))
+                            untested_verdict(c, checks)))
     if data and data.get('train'):
         for b in sorted({r['benchmark'] for r in data['train']}):
             a, c = train_loss_by_pair(data['train'], 'estimator', b), train_loss_by_pair(data['train'], 'base', b)
@@ -314,7 +350,8 @@ def _vla_findings(P: Params, data: dict[str, list[dict]] | None, comps: list[dic
                 margin = 0.1 * float(np.mean(list(c.values())))
                 out.append(_row(f'Fig. 3: VLA training loss nearly identical with and without mid-training ({b}; last 20% of '
                                 f'steps, estimator - base, within +-10% of base = {margin:.3f})', 'yes', _ci(r),
-                                verdict(r['ci95'], margin=margin)))
+                                untested_verdict({'comparison': 'estimator - base',
+                                                  'verdict': verdict(r['ci95'], margin=margin)}, checks)))
     return out
 
 # %% ../nbs/14_report.ipynb #afe62831
@@ -323,9 +360,11 @@ def findings(P: Params, # the params
              data: dict[str, list[dict]] | None = None, # `run_data` (None: no VLA comparisons)
              comps: list[dict] | None = None, # `comparisons` (None: computed from `data`)
              ) -> list[dict]:
-    "Each claim of the paper: this run's effect with its 95% interval and a verdict."
-    return (_gap_findings(P, m.get('gap', {})) + _diversity_findings(m.get('select', {}).get('diversity', {}))
-            + _estimator_findings(P, m.get('estimator', {})) + _vla_findings(P, data, comps)
+    "Each claim of the paper: this run's effect with its 95% interval and a verdict; the manipulation checks first."
+    checks = treatment_checks(P, m.get('ability', {}))
+    return (_treatment_findings(checks) + _gap_findings(P, m.get('gap', {}))
+            + _diversity_findings(m.get('select', {}).get('diversity', {}))
+            + _estimator_findings(P, m.get('estimator', {})) + _vla_findings(P, data, comps, checks)
             + ability_findings(P, m.get('ability', {})))
 
 # %% ../nbs/14_report.ipynb #4a8c862c
@@ -431,6 +470,8 @@ def run_report(P: Params, # validated params
     evaluated = {r['benchmark'] for r in data['episodes'] if r['init'] != REFERENCE}
     benches = sorted(evaluated | ({r['benchmark'] for r in data['frames']} - {vla_benchmark(P, b) for b in evaluated}))
     comps = comparisons(P, data, benches)
+    checks = treatment_checks(P, m.get('ability', {}))
+    for c in comps: c['verdict'] = untested_verdict(c, checks)  # a comparison is judged only where its treatment happened
     t1, t2, div, fnd = table1(P, m), table2(P, m), diversity_table(m), findings(P, m, data, comps)
     if not P.report.compare_paper:  # this run's rows only
         t1, t2 = [r for r in t1 if r['source'] != 'paper'], [r for r in t2 if r['source'] != 'paper']
@@ -444,7 +485,8 @@ def run_report(P: Params, # validated params
                       ('fig3', fig3_figure(m, label=label) if 'eval' in m or 'vla' in m else None)):
         if fig is not None: save_figure(fig, name); plt.close(fig)
     out = {'profile': P.profile, 'label': label, 'stages': sorted(m), 'findings': fnd,
-           'verdicts': {v: sum(f['verdict'] == v for f in fnd) for v in ('holds', 'does not hold', 'inconclusive')},
+           'verdicts': {v: sum(f['verdict'] == v for f in fnd) for v in ('holds', 'does not hold', 'inconclusive', NOT_TESTED)},
+           'treatment': checks,
            'comparisons': comps,
            'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/report.json'), out)

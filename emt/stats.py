@@ -18,8 +18,8 @@ import numpy as np
 from .core import EmtError, rng
 
 # %% auto #0
-__all__ = ['Z_POWER', 'paired_bootstrap', 'verdict', 'bootstrap_mean_diff', 'wilson', 'seed_interval', 'interval', 'reliability',
-           'platt']
+__all__ = ['Z_POWER', 'paired_bootstrap', 'verdict', 'bootstrap_mean_diff', 'wilson', 'seed_interval', 'interval',
+           'paired_difference', 'manipulation_check', 'reliability', 'platt']
 
 # %% ../nbs/00a_stats.ipynb #d575d83a
 Z_POWER = 2.8016 # z_0.975 + z_0.8: the smallest detectable difference, in standard errors
@@ -124,6 +124,53 @@ def interval(scores: dict[str, Sequence[float]], # source -> the question scores
     draws = np.mean([a[g.integers(0, len(a), (n_boot, len(a)))].mean(1) for a in arrs], axis=0)
     lo, hi = np.percentile(draws, [2.5, 97.5])
     return mean, float(lo), float(hi)
+
+# %% ../nbs/00a_stats.ipynb #0d4a69bd
+def paired_difference(base: dict[str, list[float]], # source -> the base VLM's question scores
+                      dosed: dict[int, dict[str, list[float]]], # mid-training seed -> source -> question scores
+                      sources: list[str], # the sources averaged, each with equal weight
+                      seed: int = 0, n_boot: int = 2000,
+                      ) -> tuple[float, float, float]:
+    """Mid-trained - base in points: the mean over `sources` of each source's mean paired difference, and its 95%
+    bootstrap interval, resampling the mid-training seeds and, independently (crossed), each source's questions."""
+    seeds = sorted(dosed)
+    diff = {s: np.array([[x - b for x, b in zip(dosed[k][s], base[s])] for k in seeds]) for s in sources}  # seeds x questions
+    est = 100 * float(np.mean([v.mean() for v in diff.values()]))
+    g = rng(seed, 'manipulation-check', *sources)
+    G = len(seeds)
+    draws = np.empty(n_boot)
+    for t in range(n_boot):
+        ks = g.integers(0, G, G)
+        draws[t] = np.mean([v[ks][:, g.integers(0, v.shape[1], v.shape[1])].mean() for v in diff.values()])
+    draws = est / 100 + (draws - draws.mean()) * (np.sqrt(G / (G - 1)) if G > 1 else 1.0)  # few seeds: widened
+    lo, hi = np.percentile(100 * draws, [2.5, 97.5])
+    return est, float(lo), float(hi)
+
+# %% ../nbs/00a_stats.ipynb #c87276da
+def manipulation_check(base: dict[str, list[float]], # source -> the base VLM's question scores
+                       dosed: dict[int, dict[str, list[float]]], # mid-training seed -> source -> question scores
+                       groups: dict[str, str], # source -> its group
+                       priors: dict[str, float], # source -> its best constant answer's score
+                       margin: float = 5.0, # points: general ability kept when the interval lies above -margin
+                       seed: int = 0,
+                       ) -> dict:
+    """The study's manipulation check for one dose: embodied ability delivered (mid-trained - base above 0, and the
+    mid-trained embodied mean above the mean prior) and general ability kept (mid-trained - base above -margin); each
+    group's difference averages its sources with equal weight (`paired_difference`)."""
+    out = {}
+    for g in ('embodied', 'general'):
+        srcs = [s for s in base if groups[s] == g and len(base[s])]
+        if not srcs: raise EmtError(f'no held-out {g} question: the manipulation check needs both groups')
+        d, lo, hi = paired_difference(base, dosed, srcs, seed=seed)
+        out[g] = {'difference': round(d, 2), 'ci95': [round(lo, 2), round(hi, 2)],
+                  'mean': round(100 * float(np.mean([np.mean(x[s]) for x in dosed.values() for s in srcs])), 2),
+                  'base': round(100 * float(np.mean([np.mean(base[s]) for s in srcs])), 2),
+                  'prior': round(100 * float(np.mean([priors[s] for s in srcs])), 2)}
+    e, gen = out['embodied'], out['general']
+    out['delivered'] = bool(e['ci95'][0] > 0 and e['mean'] > e['prior'])
+    out['kept'] = bool(gen['ci95'][0] > -margin)
+    out['passed'] = out['delivered'] and out['kept']
+    return out
 
 # %% ../nbs/00a_stats.ipynb #c1418dfd
 def reliability(logits: np.ndarray, y: np.ndarray, bins: int = 10, seed: int = 0) -> dict:
