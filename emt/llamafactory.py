@@ -65,7 +65,9 @@ def lf_config(recipe: Recipe, # the mid-training recipe
             'gradient_accumulation_steps': recipe.global_batch // per_step, 'learning_rate': recipe.lr,
             'max_steps': recipe.steps, 'warmup_steps': warmup, 'weight_decay': recipe.weight_decay,
             'max_grad_norm': recipe.grad_clip, 'bf16': recipe.precision != 'fp32', 'seed': seed,
-            'disable_gradient_checkpointing': not recipe.gradient_checkpointing, **sched, **({'deepspeed': deepspeed} if deepspeed else {})}
+            'disable_gradient_checkpointing': not recipe.gradient_checkpointing, **sched,
+            **({'train_sampling_strategy': 'group_by_length'} if recipe.group_by_length else {}),  # transformers 5's name
+            **({'deepspeed': deepspeed} if deepspeed else {})}
 
 # %% ../nbs/11c_llamafactory.ipynb #dc353454
 def write_lf_run(mixture, # the VLM mixture (a `Dataset` of emt samples)

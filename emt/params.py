@@ -61,10 +61,11 @@ class Recipe(Section):
     grad_clip: float = Field(default=1.0, gt=0)
     save_every: int = Field(default=0, ge=0) # checkpoint interval in steps (0: only the end)
     gradient_checkpointing: bool = False # recompute activations in the backward pass: less memory, about 30% more compute
+    group_by_length: bool = False # SFT: sort each global batch by length before cutting it into micro-batches (less padding, the same gradient)
 
     def result_json(self) -> str:
         "The recipe as run fingerprints hash it: without what changes the cost of a run and not its result."
-        return self.model_dump_json(exclude={'gradient_checkpointing'})
+        return self.model_dump_json(exclude={'gradient_checkpointing', 'group_by_length'})
 
     @model_validator(mode='after')
     def _one_warmup(self):

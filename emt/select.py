@@ -234,10 +234,10 @@ def _select_one(P: Params, method: str, path: Path, pool_ids: np.ndarray, pool_s
                      'min_score_selected': float(sc['score'][idx].min())}
 
 # %% ../nbs/10_select.ipynb #95702328
-def _diversity_rows(P: Params, pool: FeatureSet, pool_src: np.ndarray, groups: dict, vla: FeatureSet,
+def _diversity_rows(P: Params, pool: FeatureSet, pool_src: np.ndarray, groups: dict, vlm: list[str], vla: FeatureSet,
                     chosen: dict[str, np.ndarray]) -> list[dict]:
-    "Table A.5: the diversity of the full pool, of its general and embodied parts, of the VLA data and of each mixture."
-    t, vlm = P.gap.diversity_t, [n for n in groups if n in set(pool_src.tolist())]
+    "Table A.5: the diversity of the full pool, of its general and embodied parts (of the sources `vlm`), of the VLA data and of each mixture."
+    t = P.gap.diversity_t
     rows = [{'set': 'full VLM pool', 'diversity': diversity(pool.rows(np.arange(len(pool))), t, seed=P.seed)}]
     for g in ('general', 'embodied'):
         m_ = np.isin(pool_src, [n for n in vlm if groups[n] == g])
@@ -288,7 +288,7 @@ def run_select(P: Params, # validated params
     if 'estimator' in chosen:
         for m, idx in chosen.items(): per[m]['overlap_with_estimator'] = len(np.intersect1d(idx, chosen['estimator'])) / len(idx)
     vla = FeatureSet(vla_names, features)
-    div_rows = _diversity_rows(P, pool, pool_src, groups, vla, chosen)
+    div_rows = _diversity_rows(P, pool, pool_src, groups, vlm, vla, chosen)
     for m in chosen: per[m]['diversity'] = next(r['diversity'] for r in div_rows if r['set'] == f'selected ({m})')
     for r in div_rows: r['diversity'] = round(r['diversity'], 4)
     shares = {m: per[m]['composition'] for m in chosen}

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse, csv, io, json, os, shutil, time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class Mixture:
             raise EmtError('No training samples: every dataset given to the SFT engine is empty. '
                            'Check the sources (or the selection) that feed this stage.')
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
-        self.seed, self._perm = seed, (None, None)
+        self.seed, self._perm, self._lengths = seed, (None, None), None
 
     def __len__(self) -> int: return int(self.offsets[-1])
 
@@ -87,6 +87,13 @@ class Mixture:
         epoch, i = divmod(int(position), len(self))
         if self._perm[0] != epoch: self._perm = (epoch, rng(self.seed, 'sft-order', epoch).permutation(len(self)))
         return int(self._perm[1][i])
+
+    def length(self, i: int) -> int:
+        "A cheap measure of sample `i`'s length (characters of its messages), read once from the text column, images untouched."
+        if self._lengths is None:
+            self._lengths = np.concatenate([[sum(len(m['content']) for m in msgs) for msgs in d.select_columns(['messages'])['messages']]
+                                            for d in self.datasets]).astype(np.int64)
+        return int(self._lengths[i])
 
     def sample(self, i: int) -> dict:
         "Sample `i` of the concatenation, decoded; an unreadable one raises a `DataError` that locates it."
@@ -122,8 +129,9 @@ class MicroBatches(torch.utils.data.Dataset):
                  max_seq_len: int, # tokens per sample at most
                  rank: int = 0, processes: int = 1, # this process, of how many
                  steps: int | None = None, # total steps (the dataset's length)
-                 on_error: Literal['raise', 'skip'] = 'raise'): # what bad samples do
-        self.mix, self.processor, self.on_error = mixture, processor, on_error
+                 on_error: Literal['raise', 'skip'] = 'raise', # what bad samples do
+                 group_by_length: bool = False): # cut each global batch, sorted by length, into the micro-batches
+        self.mix, self.processor, self.on_error, self.group = mixture, processor, on_error, group_by_length
         self.mb, self.acc, self.max_seq_len, self.rank, self.procs, self.steps = (
             micro_batch, accumulation, max_seq_len, rank, processes, steps)
 
@@ -141,10 +149,18 @@ class MicroBatches(torch.utils.data.Dataset):
             (good if b is not None else skipped).extend([i] if b is not None else s)
         return (self._encoded(good)[0] if good else None), skipped
 
+    def indices(self, step: int, slot: int) -> list[int]:
+        "The samples of this process's micro-batch `slot` of optimiser step `step`."
+        if not self.group:
+            return [self.mix.index(p) for p in micro_batch_positions(step, slot, self.mb, self.acc, self.rank, self.procs)]
+        g = self.mb * self.acc * self.procs  # the step's global batch, longest first (ties in stream order)
+        idx = sorted((self.mix.index(p) for p in range(step * g, (step + 1) * g)), key=lambda i: -self.mix.length(i))
+        m = slot * self.procs + self.rank
+        return idx[m * self.mb:(m + 1) * self.mb]
+
     def __getitem__(self, j: int) -> dict:
         step, slot = divmod(int(j), self.acc)
-        pos = micro_batch_positions(step, slot, self.mb, self.acc, self.rank, self.procs)
-        batch, skipped = self._encoded([self.mix.index(p) for p in pos])
+        batch, skipped = self._encoded(self.indices(step, slot))
         return {'batch': batch, 'skipped': skipped, 'step': step}
 
 # %% ../nbs/05_sft.ipynb #087c71d5
@@ -373,6 +389,30 @@ def _write_log(path: Path, history: list[dict]) -> None:
     w.writeheader(); w.writerows(history)
     write_text(path, buf.getvalue())
 
+# %% ../nbs/05_sft.ipynb #5587d1d6
+def _sft_loss_fns(acc: Accelerator, net: torch.nn.Module) -> tuple[Callable, Callable]:
+    """The loop's two callbacks: `count` (labelled tokens, the loss denominator, tokens seen, and positions
+    computed, pads included, over the global batch and every process) and `micro_loss` (a micro-batch's loss scaled so that the accumulated, averaged gradient is
+    the global batch's mean over labelled tokens; and its summed loss, for the log)."""
+    n_proc, k = acc.num_processes, acc.gradient_accumulation_steps
+
+    def count(items):
+        n = torch.tensor([sum(label_tokens(m['batch']) for m in items),
+                          sum(int(m['batch']['attention_mask'].sum()) if m['batch'] else 0 for m in items),
+                          sum(m['batch']['attention_mask'].numel() if m['batch'] else 0 for m in items)],  # pads too
+                         device=acc.device, dtype=torch.float64)
+        return check_labelled(acc.reduce(n, 'sum').tolist(), items)
+
+    def micro_loss(m, total):
+        n_tok = total[0]
+        if m['batch'] is None or n_tok == 0: return _dummy_loss(net), None
+        b = {key: v.to(acc.device) for key, v in m['batch'].items()}
+        labels = b.pop('labels')
+        with acc.autocast(): logits = net(**b).logits
+        s = token_loss_sum(logits, labels)
+        return s * (n_proc * k / n_tok), s.detach().double()
+    return count, micro_loss
+
 # %% ../nbs/05_sft.ipynb #40bef171
 def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or a (model, processor) pair
               datasets: Dataset | Sequence[Dataset] | dict[str, Dataset], # VLM-schema training data, mixed
@@ -403,29 +443,14 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
     st = resume_training(acc, out_dir, resume, fingerprint) or {'step': 0, 'history': [], 'skipped': []}
     start, history, skipped = st['step'], st['history'], st['skipped']
     batches = MicroBatches(mix, processor, recipe.micro_batch, k, recipe.max_seq_len, acc.process_index, P,
-                           recipe.steps, on_error)
-
-    def count(items):  # labelled tokens (the loss denominator) and tokens seen, over the global batch
-        n = torch.tensor([sum(label_tokens(m['batch']) for m in items),
-                          sum(int(m['batch']['attention_mask'].sum()) if m['batch'] else 0 for m in items)],
-                         device=acc.device, dtype=torch.float64)
-        return check_labelled(acc.reduce(n, 'sum').tolist(), items)
-
-    def micro_loss(m, total):
-        n_tok = total[0]
-        if m['batch'] is None or n_tok == 0: return _dummy_loss(net), None
-        b = {key: v.to(acc.device) for key, v in m['batch'].items()}
-        labels = b.pop('labels')
-        with acc.autocast(): logits = net(**b).logits
-        s = token_loss_sum(logits, labels)
-        return s * (P * k / n_tok), s.detach().double()
-
+                           recipe.steps, on_error, recipe.group_by_length)
+    count, micro_loss = _sft_loss_fns(acc, net)
     micro_batches = step_loader(batches, start, recipe, k, num_workers)
-    t_run, t0, tokens, run_tokens = time.time(), time.time(), 0, 0
+    t_run, t0, tokens, run_tokens, run_positions = time.time(), time.time(), 0, 0, 0
     for o in optimizer_steps(acc, net, opt, sched, recipe, micro_batches, start, count, micro_loss, desc='sft steps'):
-        done, (n_tok, n_seen) = o.step, o.total
+        done, (n_tok, n_seen, n_pos) = o.step, o.total
         for m in o.items: skipped += [dict(s, step=done - 1) for s in m['skipped']]
-        tokens += n_seen; run_tokens += n_seen
+        tokens += n_seen; run_tokens += n_seen; run_positions += n_pos
         if done % log_every == 0 or done == recipe.steps:
             loss_val = acc.reduce(o.parts, 'sum')[0].item() / max(n_tok, 1)
             dt = time.time() - t0
@@ -438,13 +463,13 @@ def train_sft(model: str | os.PathLike | tuple, # a VLM checkpoint directory, or
                                                   'fingerprint': fingerprint}, keep_checkpoints)
     seconds = time.time() - t_run
     return _finish(acc, net, processor, out_dir, recipe, history, skipped, fingerprint, start, seconds, save_model,
-                   int(run_tokens))
+                   int(run_tokens), int(run_positions))
 
 # %% ../nbs/05_sft.ipynb #fca18797
 SFT_REPORT = 'report.json' # a finished run's report, beside its model (written last: its presence marks the run complete)
 
 def _finish(acc, net, processor, out_dir, recipe, history, skipped, fingerprint, start, seconds, save_model,
-            tokens) -> dict:
+            tokens, positions) -> dict:
     "Save the log and, with `save_model`, the final model and the run's report beside it; the run's report."
     skipped = [s for part in acc.gather_for_metrics([skipped], use_gather_object=True) for s in part] \
         if acc.num_processes > 1 else skipped
@@ -452,6 +477,7 @@ def _finish(acc, net, processor, out_dir, recipe, history, skipped, fingerprint,
     rep = {'steps': recipe.steps, 'resumed_from': start, 'final_loss': history[-1]['loss'] if history else None,
            'first_loss': history[0]['loss'] if history else None, 'seconds': round(seconds, 2),
            'tokens': tokens, 'tokens_per_s': round(tokens / max(seconds, 1e-9), 1),  # this call's steps only
+           'padding': round(1 - tokens / positions, 4) if positions else None,  # share of computed positions that are pads
            'processes': acc.num_processes, 'accumulation': acc.gradient_accumulation_steps,
            'mixed_precision': acc.mixed_precision, 'params': n_params(model), 'skipped': len(skipped),
            'skipped_first': skipped[:20], 'history': history, 'fingerprint': fingerprint,

@@ -318,6 +318,30 @@ def _run_report(acc, recipe: Recipe, start: int, seconds: float, history: list, 
             'checkpoints': sorted(p.name for p in out_dir.glob('step_*') if (p/'config.json').exists())}  # under out_dir:
                                                                   # a reused report stays true when the project moves
 
+# %% ../nbs/12_vla.ipynb #96cd7c3e
+def _heldout_batches(acc: Accelerator, processor, cfg: VLAConfig, model, frames: BalancedFrames,
+                     held: list[tuple[int, int]], stats, micro_batch: int) -> list[dict]:
+    "This process's share of the held-out frames (every n-th), encoded once in micro-batches."
+    mine = held[acc.process_index::acc.num_processes]
+    return [frame_batch(processor, [frames.sample(s, r) for s, r in mine[i:i + micro_batch]], cfg, model_qid(model), stats)
+            for i in range(0, len(mine), micro_batch)]
+
+# %% ../nbs/12_vla.ipynb #4cad7b90
+def _save_step(acc: Accelerator, unwrapped, processor, stats, out_dir: Path, recipe: Recipe, done: int,
+               history: list[dict], heldout: list[dict], held_batches: list[dict], n_held: int, fp: str) -> list | None:
+    "At a save step: the held-out loss (appended to `heldout`), a loadable checkpoint, and before the last step the training state; the last step's per-frame losses."
+    frame_losses = [] if done == recipe.steps else None
+    h = heldout_loss(unwrapped, held_batches, acc, frame_losses)
+    heldout.append({'step': done, **(h or {'loss': None}), 'frames': n_held})
+    if acc.is_main_process:
+        save_vla(unwrapped, processor, stats, out_dir/f'step_{done:06d}',
+                 {'step': done, 'heldout': heldout[-1], 'train_loss': history[-1]['loss'] if history else None,
+                  'fingerprint': fp, 'samples': done * recipe.global_batch})
+    acc.wait_for_everyone()
+    if done < recipe.steps:
+        save_checkpoint(acc, out_dir, done, {'step': done, 'history': history, 'heldout': heldout, 'fingerprint': fp}, keep=1)
+    return frame_losses
+
 # %% ../nbs/12_vla.ipynb #094da123
 def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a (model, processor) pair
               datasets: Dataset | Sequence[Dataset] | dict[str, Dataset], # VLA-schema training data (sources, mixed in equal parts)
@@ -356,9 +380,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     names = list(data)
     frames = BalancedFrames([data[n] for n in names], [splits[n][0] for n in names], seed)
     held = _heldout_rows(names, splits, heldout_max, ss)
-    mine, bs = held[acc.process_index::n_proc], recipe.micro_batch
-    held_batches = [frame_batch(processor, [frames.sample(s, r) for s, r in mine[i:i + bs]], cfg, model_qid(model), stats)
-                    for i in range(0, len(mine), bs)]
+    held_batches = _heldout_batches(acc, processor, cfg, model, frames, held, stats, recipe.micro_batch)
     batches = FrameBatches(frames, processor, cfg, model_qid(model), stats, recipe.micro_batch, k, acc.process_index, n_proc, recipe.steps)
     count, micro_loss = _loss_fns(acc, model, cfg, n_proc, k)
     micro_batches = step_loader(batches, start, recipe, k, num_workers)
@@ -374,17 +396,8 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
             history.append(_log_row(done, hub + cfg.gripper_weight * bce, hub, bce, o.lr, o.grad_norm, seen / max(time.time() - t0, 1e-9)))
             t0, seen = time.time(), 0
         if (recipe.save_every and done % recipe.save_every == 0) or done == recipe.steps:
-            frame_losses = [] if done == recipe.steps else None
-            h = heldout_loss(unwrapped, held_batches, acc, frame_losses)
-            heldout.append({'step': done, **(h or {'loss': None}), 'frames': len(held)})
-            if acc.is_main_process:
-                save_vla(unwrapped, processor, stats, out_dir/f'step_{done:06d}',
-                         {'step': done, 'heldout': heldout[-1], 'train_loss': history[-1]['loss'] if history else None,
-                          'fingerprint': fp, 'samples': done * recipe.global_batch})
-            acc.wait_for_everyone()
-            if done < recipe.steps:
-                save_checkpoint(acc, out_dir, done, {'step': done, 'history': history, 'heldout': heldout,
-                                                      'fingerprint': fp}, keep=1)
+            frame_losses = _save_step(acc, unwrapped, processor, stats, out_dir, recipe, done, history, heldout,
+                                      held_batches, len(held), fp)
     seconds = time.time() - t_run
     acc.wait_for_everyone()
     if acc.is_main_process:

@@ -78,15 +78,16 @@ def test_llamafactorys_own_parser_takes_the_config(tmp_path):
     """LLaMA-Factory 0.9.5's HfArgumentParser-based `get_train_args` accepts every key emt writes (its version check
     off: its transformers pin is not emt's)."""
     pytest.importorskip('llamafactory')
-    cfg = lf_config(RECIPE.model_copy(update={'precision': 'fp32'}), 'OpenGVLab/InternVL3_5-1B-HF', 'internvl',
+    cfg = lf_config(RECIPE.model_copy(update={'precision': 'fp32', 'group_by_length': True}), 'OpenGVLab/InternVL3_5-1B-HF', 'internvl',
                     'emt_mixture', tmp_path, tmp_path/'out', processes=1)
     code = ('import json, sys; from llamafactory.hparams import get_train_args\n'
             'm, d, t, f, g = get_train_args(json.loads(sys.argv[1]))\n'
-            'print(json.dumps([t.max_steps, t.gradient_accumulation_steps, d.cutoff_len, d.template, f.finetuning_type]))')
+            'print(json.dumps([t.max_steps, t.gradient_accumulation_steps, d.cutoff_len, d.template, f.finetuning_type,\n'
+            '                  t.train_sampling_strategy]))')
     r = subprocess.run([sys.executable, '-c', code, json.dumps(cfg)], capture_output=True, text=True,
                        env={**os.environ, 'DISABLE_VERSION_CHECK': '1', 'HF_HUB_OFFLINE': '1'})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == [10, 4, 512, 'intern_vl', 'full']
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [10, 4, 512, 'intern_vl', 'full', 'group_by_length']
 
 
 STAGE_STAND_IN = STAND_IN.split("(out/'trainer_log.jsonl')")[0] + textwrap.dedent('''\

@@ -249,3 +249,17 @@ def test_gradient_checkpointing_trains_the_same_run(setup, tmp_path, monkeypatch
     assert_same_weights(tmp_path/'plain', tmp_path/'ckpt')
     assert Recipe(**recipe).result_json() == Recipe(**recipe, gradient_checkpointing=True).result_json()
     assert Recipe(**recipe).result_json() != Recipe(**{**recipe, 'lr': 1e-3}).result_json()
+
+
+def test_length_grouped_batches_train_the_same_model_with_less_padding(setup, tmp_path):
+    "group_by_length on samples of very different lengths: fewer pad tokens (more tokens per second), the same model."
+    from emt.backbones import load_vlm
+    long_short = rows(16, long_text=range(0, 16, 2))
+    recipe = dict(RECIPE, steps=4, max_seq_len=1100, save_every=0)
+    plain = train_sft(load_vlm(setup/'vlm'), long_short, recipe, tmp_path/'plain', num_workers=0)
+    grouped = train_sft(load_vlm(setup/'vlm'), long_short, dict(recipe, group_by_length=True), tmp_path/'grouped',
+                        num_workers=0)
+    assert plain['fingerprint'] == grouped['fingerprint']  # the same run: only the padding differs
+    assert grouped['tokens'] == plain['tokens'] and grouped['padding'] < plain['padding'] / 2, (grouped['padding'], plain['padding'])
+    assert abs(plain['final_loss'] - grouped['final_loss']) < 1e-4
+    assert_same_weights(tmp_path/'plain', tmp_path/'grouped')
