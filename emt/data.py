@@ -12,7 +12,7 @@ Docs: https://emt-org.github.io/emt/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #e122eef4
 from __future__ import annotations
-import atexit, io, json, math, os, re, shutil, tempfile
+import atexit, contextlib, contextvars, io, json, math, os, re, shutil, tempfile
 from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
@@ -29,9 +29,9 @@ from .core import atomic_path, DataError, Digest, digest, EmtError, markdown_tab
 # %% auto #0
 __all__ = ['Kind', 'VLM_FEATURES', 'VLA_FEATURES', 'IMAGE', 'ROLES', 'OnError', 'LLAVA_ROLES', 'Flip', 'FORMATS', 'MultiImage',
            'SHAREGPT_TAGS', 'features', 'image_bytes', 'open_image', 'stored_image', 'bad_row', 'unreadable', 'locate',
-           'Skipped', 'check_sample', 'check_rows', 'raw_rows', 'validate', 'samples_to_dataset', 'save_dataset',
-           'ids_digest', 'load_dataset_dir', 'qualify_id', 'llava_sample', 'read_llava', 'content_text', 'hf_sample',
-           'read_hf', 'action_chunk', 'lerobot_info', 'lerobot_camera', 'lerobot_tasks', 'import_av',
+           'Skipped', 'check_sample', 'parallel_checks', 'check_rows', 'raw_rows', 'validate', 'samples_to_dataset',
+           'save_dataset', 'ids_digest', 'load_dataset_dir', 'qualify_id', 'llava_sample', 'read_llava', 'content_text',
+           'hf_sample', 'read_hf', 'action_chunk', 'lerobot_info', 'lerobot_camera', 'lerobot_tasks', 'import_av',
            'decode_video_frames', 'read_lerobot', 'libero_task_name', 'instruction_from_filename', 'bddl_language',
            'flip_image', 'read_libero_hdf5', 'read_vla_dataset', 'load_source', 'write_hf', 'image_file_name',
            'llava_conversations', 'write_llava', 'write_sharegpt']
@@ -236,6 +236,37 @@ def check_sample(s: dict, # a sample
     if kind == 'vlm': _check_messages(s); return None
     return _check_actions(s)
 
+# %% ../nbs/02_data.ipynb #dafb4518
+_CHECK_PROCESSES: contextvars.ContextVar[int] = contextvars.ContextVar('emt_check_processes', default=1)
+
+@contextlib.contextmanager
+def parallel_checks(processes: int): # worker processes (1: check in this one)
+    "Within the block, `check_rows` checks samples (the expensive part: decoding their images) in worker processes."
+    token = _CHECK_PROCESSES.set(max(1, int(processes)))
+    try: yield
+    finally: _CHECK_PROCESSES.reset(token)
+
+# %% ../nbs/02_data.ipynb #c63d52e9
+def _row_check(args: tuple) -> tuple[bool, tuple[int, int] | None]:
+    "Whether one sample passes `check_sample` (in a worker process), and its VLA chunk shape."
+    s, kind, images = args
+    if isinstance(s, DataError): return False, None
+    try: return True, check_sample(s, kind, images=images)
+    except DataError: return False, None
+
+def _checked(items: Iterable[tuple], kind: Kind, images: bool, processes: int, batch: int = 256) -> Iterator[tuple]:
+    "(item, ok, shape) for every item in order: checked in `processes` workers, or left to the caller (ok None) with one."
+    if processes <= 1:
+        for it in items: yield it, None, None
+        return
+    import concurrent.futures, itertools, multiprocessing as mp
+    ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else None)
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx) as ex:
+        it = iter(items)
+        while chunk := list(itertools.islice(it, batch)):
+            yield from ((item, *r) for item, r in zip(chunk, ex.map(_row_check, [(x[2], kind, images) for x in chunk],
+                                                                       chunksize=max(1, batch // (4 * processes)))))
+
 # %% ../nbs/02_data.ipynb #af10db5d
 def check_rows(items: Iterable[tuple[Any, Any, dict|DataError]], # (file, row, sample or error) triples
                kind: Kind, on_error: OnError, skipped: Skipped,
@@ -244,10 +275,10 @@ def check_rows(items: Iterable[tuple[Any, Any, dict|DataError]], # (file, row, s
     "Yield the good samples of `items`; raise on the first bad one, or record it in `skipped`."
     if on_error not in ('raise', 'skip'): raise EmtError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     seen, shape = set(), None
-    for file, row, s in items:
+    for (file, row, s), ok, sh in _checked(items, kind, images, _CHECK_PROCESSES.get()):
         try:
             if isinstance(s, DataError): raise s
-            sh = check_sample(s, kind, images=images)
+            if not ok: sh = check_sample(s, kind, images=images)  # unchecked, or bad: the row's own error, raised here
             if s['id'] in seen: raise bad_row('duplicate id', f'{s["id"]!r} was seen before', field='id')
             if sh is not None and shape is not None and sh != shape:
                 raise bad_row('chunk shape mismatch', f'actions {sh} but earlier rows {shape}', field='actions')

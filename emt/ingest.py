@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .core import ARTIFACTS, markdown_table, progress, rng, rpath, save_figure, save_table, write_json, write_text
-from .data import load_dataset_dir, load_source, save_dataset
+from .data import load_dataset_dir, load_source, parallel_checks, save_dataset
 from .params import Params, Source
 
 # %% auto #0
@@ -124,8 +124,9 @@ def run_data(P: Params, # validated params
     with tempfile.TemporaryDirectory(prefix='emt-data-') as scratch:
         for spec in progress(d.vlm_sources + d.vla_sources, 'data sources'):
             kind = 'vla' if spec.group == 'vla' else 'vlm'
-            ds, report = load_source(spec.model_dump() | {'kind': kind}, on_error=d.on_error, chunk=d.chunk,
-                                     cache_dir=scratch)
+            with parallel_checks(d.num_proc):  # samples (their images) checked in worker processes
+                ds, report = load_source(spec.model_dump() | {'kind': kind}, on_error=d.on_error, chunk=d.chunk,
+                                         cache_dir=scratch)
             save_dataset(_subset(ds, spec, P.seed, P.ability.per_source), rpath(out)/spec.name)
             held = heldout_subset(ds, spec, P.seed, P.ability.per_source) if kind == 'vlm' else []
             if len(held): save_dataset(held, rpath(out)/HELDOUT/spec.name)  # the ability stage never re-reads a source

@@ -177,6 +177,7 @@ class Data(Section):
     vlm_sources: list[Source] = Field(min_length=1)
     vla_sources: list[Source] = Field(min_length=1)
     chunk: int = Field(default=10, gt=0) # action chunk stored with every VLA frame
+    num_proc: int = Field(default=1, gt=0) # processes checking samples (decoding every image) while sources are read
 
     @model_validator(mode='after')
     def _unique(self):

@@ -134,3 +134,16 @@ def test_no_arrow_folder_left_after_reading(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ['1', '3']  # the data set is memory-mapped from it while the process runs
     assert arrow_dirs(tmp) == []  # and it is gone when the process ends
+
+
+def test_checks_in_worker_processes_give_the_same_data_and_errors(tmp_path):
+    "parallel_checks(2) (the data stage's data.num_proc): the same rows kept, the same skip report, the same error raised."
+    from emt.data import parallel_checks
+    ids = [f'r{i}' for i in range(300)]
+    Dataset.from_list(chat_rows(ids, broken={'r7', 'r250'}), features=FEATS).save_to_disk(str(tmp_path/'d'))
+    one, sk1 = read_hf(tmp_path/'d', source='s', on_error='skip', cache_dir=tmp_path/'c1')
+    with parallel_checks(2):
+        two, sk2 = read_hf(tmp_path/'d', source='s', on_error='skip', cache_dir=tmp_path/'c2')
+        with pytest.raises(DataError) as e: read_hf(tmp_path/'d', source='s', cache_dir=tmp_path/'c3')
+    assert two['id'] == one['id'] and len(one) == 298 and sk2.rows == sk1.rows and sk1.counts == {'corrupt image': 2}
+    assert e.value.row == 7 and "'s/r7'" in str(e.value)
