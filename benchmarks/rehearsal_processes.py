@@ -1,9 +1,10 @@
 """Does the process count change a result? The paper rehearsal (`profiles/paper-rehearsal.yaml`) run twice by
 `dvc repro` with papermill, in two copies of the repository: once as committed (`processes: 2`: the features stage,
 every mid-training run and every VLA launched on two gloo processes), once with one process everywhere
-(`processes: 1`, `vla.processes: 1`, `vla.jobs: 1`). It prints, per metrics file, how many numbers the two runs
-share, how many differ and by how much at most, leaving out timings and the process counts themselves, and
-whether the selected mixtures are the same ids.
+(`processes: 1`, `vla.processes: 1`, `vla.jobs: 1`), both from one snapshot of a commit. It prints, per metrics
+file, how many numbers the two runs share, how many differ by more than `--tol` (relative, or absolute near 0) and
+the largest relative difference, leaving out timings and the process counts themselves, and whether the selected
+mixtures are the same ids.
 
     python benchmarks/rehearsal_processes.py [--keep DIR]
 
@@ -21,7 +22,7 @@ from paper_fixtures import hub_cache, write_sources  # noqa: E402
 
 # numbers that measure the machine or the launch, not the result
 SKIP = re.compile(r'(seconds|per_s|_s$|time|processes|accumulation|jobs|workers|threads|started|finished|host|'
-                  r'python|torch_version|commit|path|dir$|^.*\.vlm$)')
+                  r'python|torch_version|commit|path|dir$|^.*\.vlm$|computed_shards)')
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> None:
@@ -30,17 +31,16 @@ def run(cmd: list[str], cwd: Path, env: dict) -> None:
         sys.exit(f'{" ".join(cmd)} failed ({r.returncode}) in {cwd}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
 
 
-def copy_repo(d: Path) -> None:
-    "The repository's tracked files, in a fresh git repository at `d`."
-    files = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, capture_output=True, check=True).stdout.split(b'\0')
-    for f in (f.decode() for f in files if f):
-        if (REPO/f).is_file():
-            (d/f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(REPO/f, d/f)
+def snapshot(commit: str, d: Path) -> None:
+    "The repository's files at `commit` in `d` (both runs start from the same snapshot, whatever the work tree does meanwhile)."
+    d.mkdir(parents=True)
+    archive = subprocess.run(['git', 'archive', '--format=tar', commit], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(['tar', '-x', '-C', str(d)], input=archive, check=True)
 
 
-def rehearse(d: Path, one_process: bool) -> float:
-    "Set up the rehearsal in `d` (one process everywhere if asked) and run `dvc repro`; its wall-clock seconds."
-    copy_repo(d)
+def rehearse(src: Path, d: Path, one_process: bool) -> float:
+    "Set up the rehearsal in `d`, a copy of `src` (one process everywhere if asked), and run `dvc repro`; its wall-clock seconds."
+    shutil.copytree(src, d, symlinks=True)
     bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k != 'EMT_ROOT'}
     env.update(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(d/'.hub-cache'), EMT_PROGRESS='0',
@@ -75,10 +75,10 @@ def compare(a: Path, b: Path, tol: float) -> tuple[list[dict], bool]:
         if not g.is_file(): rows.append({'file': str(f.relative_to(a)), 'note': 'missing in the 1-process run'}); ok = False; continue
         la, lb = leaves(json.loads(f.read_text())), leaves(json.loads(g.read_text()))
         keys = [k for k in la.keys() & lb.keys() if not SKIP.search(k.split('.')[-1]) and not SKIP.search(k)]
-        rel = {k: abs(la[k] - lb[k]) / max(abs(la[k]), abs(lb[k]), 1e-12) for k in keys
-               if not (math.isnan(la[k]) and math.isnan(lb[k]))}
+        pairs = {k: (la[k], lb[k]) for k in keys if not (math.isnan(la[k]) and math.isnan(lb[k]))}
+        rel = {k: abs(a - b) / max(abs(a), abs(b), 1e-12) for k, (a, b) in pairs.items()}
         worst = max(rel, key=rel.get) if rel else None
-        beyond = sum(v > tol for v in rel.values())
+        beyond = sum(abs(a - b) > tol * max(1.0, abs(a), abs(b)) for a, b in pairs.values())  # relative, absolute near 0
         ok &= beyond == 0
         rows.append({'file': str(f.relative_to(a)), 'numbers': len(keys), 'equal': sum(v == 0 for v in rel.values()),
                      f'beyond {tol:g}': beyond, 'largest relative difference': round(rel[worst], 8) if worst else 0.0,
@@ -94,14 +94,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--keep', type=Path, help='run in this folder and keep both copies (default: a temporary one)')
     ap.add_argument('--tol', type=float, default=1e-3)
+    ap.add_argument('--commit', default='HEAD', help='the commit both runs start from')
     a = ap.parse_args()
     base = a.keep or Path(tempfile.mkdtemp(prefix='emt-processes-'))
-    two, one = base/'two', base/'one'
-    for d in (two, one): shutil.rmtree(d, ignore_errors=True); d.mkdir(parents=True)
-    t2 = rehearse(two, one_process=False)
-    t1 = rehearse(one, one_process=True)
+    commit = subprocess.run(['git', 'rev-parse', '--short', a.commit], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    src, two, one = base/'src', base/'two', base/'one'
+    for d in (src, two, one): shutil.rmtree(d, ignore_errors=True)
+    snapshot(commit, src)
+    t2 = rehearse(src, two, one_process=False)
+    t1 = rehearse(src, one, one_process=True)
     rows, ok = compare(two, one, a.tol)
-    print(f'dvc repro of the rehearsal: 2 processes {t2:.0f} s, 1 process {t1:.0f} s')
+    print(f'commit {commit}; dvc repro of the rehearsal: 2 processes {t2:.0f} s, 1 process {t1:.0f} s')
     for r in rows: print(json.dumps(r))
     print('agree' if ok else 'DIFFER')
     if not a.keep: shutil.rmtree(base, ignore_errors=True)
