@@ -11,14 +11,13 @@ mixtures are the same ids.
 About 20 minutes on the 2-core CPU machine (two rehearsals, one after the other). Exit status 1 when a selection
 differs or a number differs by more than `--tol` (relative, default 1e-3): data-parallel training reduces gradients
 in another order than one process does, so the last digits may move, and nothing more should."""
-import argparse, json, math, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, json, math, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO/'tests'))
-from paper_fixtures import hub_cache, write_sources  # noqa: E402
+from paper_fixtures import prepare_rehearsal  # noqa: E402
 
 # numbers that measure the machine or the launch, not the result
 SKIP = re.compile(r'(seconds|per_s|_s$|time|processes|accumulation|jobs|workers|threads|started|finished|host|'
@@ -41,19 +40,10 @@ def snapshot(commit: str, d: Path) -> None:
 def rehearse(src: Path, d: Path, one_process: bool) -> float:
     "Set up the rehearsal in `d`, a copy of `src` (one process everywhere if asked), and run `dvc repro`; its wall-clock seconds."
     shutil.copytree(src, d, symlinks=True)
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if k != 'EMT_ROOT'}
-    env.update(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(d/'.hub-cache'), EMT_PROGRESS='0',
-               PATH=f'{bin_dir}{os.pathsep}{env.get("PATH", "")}')
-    git = ['git', '-c', 'user.email=b@b', '-c', 'user.name=b']
-    run(['git', 'init', '-q'], d, env); run(git + ['add', '-A'], d, env); run(git + ['commit', '-qm', 'copy'], d, env)
-    run(['emt', 'params', 'use', 'paper-rehearsal'], d, env)
-    raw = yaml.safe_load((d/'params.yaml').read_text())
-    if one_process:
+
+    def one(raw):
         raw['processes'] = 1; raw['vla']['processes'] = 1; raw['vla']['jobs'] = 1
-        (d/'params.yaml').write_text(yaml.safe_dump(raw, sort_keys=False, width=120))
-    write_sources(raw, d)
-    hub_cache(d/'.hub-cache')
+    env, _ = prepare_rehearsal(d, one if one_process else None)
     t0 = time.time()
     run(['dvc', 'repro', '--pull'], d, env)
     return time.time() - t0

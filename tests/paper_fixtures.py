@@ -132,3 +132,23 @@ if __name__ == '__main__':
     root = Path(sys.argv[1] if len(sys.argv) > 1 else '.').resolve()
     write_sources(yaml.safe_load((root/'params.yaml').read_text()), root)
     print('\n'.join(f'{a}: {p}' for a, p in hub_cache(root/'.hub-cache').items()))
+
+
+def prepare_rehearsal(d: Path, edit=None) -> tuple[dict, dict[str, Path]]:
+    """Make the copy of the repository at `d` a rehearsal project as a user would: a git repository, `emt params use
+    paper-rehearsal`, `edit(raw params)` if given, the sources and the hub cache written. Its environment (offline,
+    its own hub cache, this Python's tools first) and the stand-in checkpoints."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != 'EMT_ROOT'}
+    env.update(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(d/'.hub-cache'), EMT_PROGRESS='0',
+               PATH=f'{Path(sys.executable).parent}{os.pathsep}{env.get("PATH", "")}')
+    git = ['git', '-c', 'user.email=r@r', '-c', 'user.name=r']
+    for cmd in (['git', 'init', '-q'], git + ['add', '-A'], git + ['commit', '-qm', 'copy'],
+                ['emt', 'params', 'use', 'paper-rehearsal']):
+        r = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True)
+        if r.returncode: raise RuntimeError(f'{" ".join(cmd)} failed in {d}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}')
+    raw = yaml.safe_load((d/'params.yaml').read_text())
+    if edit is not None:
+        edit(raw); (d/'params.yaml').write_text(yaml.safe_dump(raw, sort_keys=False, width=120))
+    write_sources(raw, d)
+    return env, hub_cache(d/'.hub-cache')

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from paper_fixtures import REPO, hub_cache, write_sources
+from paper_fixtures import REPO, prepare_rehearsal
 from paper_rehearsal import render
 
 pytestmark = pytest.mark.skipif(os.environ.get('EMT_SKIP_REHEARSAL') == '1', reason='EMT_SKIP_REHEARSAL=1')
@@ -65,15 +65,7 @@ def rehearsed(tmp_path_factory):
     for f in subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, capture_output=True, check=True).stdout.split(b'\0'):
         if f and (REPO/f.decode()).is_file():
             (d/f.decode()).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(REPO/f.decode(), d/f.decode())
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if k != 'EMT_ROOT'}
-    env.update(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(d/'.hub-cache'), EMT_PROGRESS='0',
-               PATH=f'{bin_dir}{os.pathsep}{env.get("PATH", "")}')
-    git = ['git', '-c', 'user.email=t@t', '-c', 'user.name=t']
-    run(['git', 'init', '-q'], d, env); run(git + ['add', '-A'], d, env); run(git + ['commit', '-qm', 'clone'], d, env)
-    run(['emt', 'params', 'use', 'paper-rehearsal'], d, env)
-    write_sources(yaml.safe_load((d/'params.yaml').read_text()), d)
-    hub = hub_cache(d/'.hub-cache')
+    env, hub = prepare_rehearsal(d)
     repro = run(['dvc', 'repro', '--pull'], d, env, timeout=1800)
     status = run(['dvc', 'status', 'dvc.yaml'], d, env)  # the pipeline (data-grounded.dvc, a profile's corpus, is not pulled here)
     return d, env, hub, repro, status
