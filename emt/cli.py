@@ -123,8 +123,8 @@ def _stage(a) -> int:
     return 0
 
 def _dose(a) -> int:
-    from emt.dose import run_ladder
-    r = run_ladder(load_params(a.params), out=a.out, method=a.method, seeds=tuple(int(s) for s in a.seeds.split(',')))
+    from emt.dose import ladder, run_ladder
+    r = run_ladder(load_params(a.params), out=a.out, method=a.method, seeds=a.seeds, doses=ladder(a.epochs, a.lrs))
     print(f"dose ladder: {'chosen ' + r['chosen'] if r['chosen'] else 'no dose delivered the treatment'}; "
           f"{rpath(a.out)/'ladder.md'}")
     return 0
@@ -196,7 +196,13 @@ def _add_dose(sub) -> None:
                         '(after make repro)')
     do.add_argument('--params', default='params.yaml'); do.add_argument('--out', default='results/dose-ladder')
     do.add_argument('--method', default='estimator', help='the mixture the ladder mid-trains on')
-    do.add_argument('--seeds', default='0,1,2', help='mid-training seeds, comma-separated')
+    ints = lambda s: tuple(int(x) for x in s.split(','))  # noqa: E731
+    ints.__name__ = 'comma-separated integers'
+    floats = lambda s: tuple(float(x) for x in s.split(','))  # noqa: E731
+    floats.__name__ = 'comma-separated numbers'
+    do.add_argument('--seeds', type=ints, default=(0, 1, 2), help='mid-training seeds, comma-separated (default 0,1,2)')
+    do.add_argument('--epochs', type=ints, default=(1, 3, 10), help="the ladder's epochs over the mixture (default 1,3,10)")
+    do.add_argument('--lrs', type=floats, default=(1e-4, 1e-3), help="the ladder's peak learning rates (default 1e-4,1e-3)")
     do.set_defaults(fn=_dose)
 
 def _add_convert(sub) -> None:

@@ -90,3 +90,14 @@ def test_ladder_without_a_passing_dose_trains_no_control(ladder_env):
     res = dose.run_ladder(P, out='results/none', seeds=(0,), doses=doses, with_probe=False)
     assert res['chosen'] is None and len(res['rows']) == len(doses)
     assert {r['mixture'] for r in res['rows']} == {'estimator'} and not any(r['delivered'] for r in res['rows'])
+
+
+def test_the_command_line_sets_the_ladder():
+    "`emt dose --epochs --lrs --seeds` choose the doses and seeds; a malformed list is an argparse error, not a traceback."
+    from emt.cli import parser
+    from emt.dose import Dose, ladder
+    a = parser().parse_args(['dose', '--epochs', '10,3', '--lrs', '1e-4', '--seeds', '3,4,5'])
+    assert ladder(a.epochs, a.lrs) == [Dose(3, 1e-4), Dose(10, 1e-4)] and a.seeds == (3, 4, 5)
+    d = parser().parse_args(['dose'])
+    assert len(ladder(d.epochs, d.lrs)) == 6 and d.seeds == (0, 1, 2)
+    with pytest.raises(SystemExit): parser().parse_args(['dose', '--epochs', '3,x'])
