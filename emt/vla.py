@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from accelerate.state import PartialState
 from datasets import Dataset
 
@@ -293,12 +294,12 @@ def _loss_fns(acc, model, cfg: VLAConfig, n_proc: int, k: int) -> tuple[Callable
     return count, micro_loss
 
 # %% ../nbs/12_vla.ipynb #f6de49d4
-def _write_run_files(out_dir: Path, history: list, heldout: list, keep_state: bool, single_process: bool, frame_losses,
+def _write_run_files(out_dir: Path, history: list, heldout: list, keep_state: bool, frame_losses,
                      fp: str, steps: int, held_ids: list[str]) -> None:
     "On the main process: drop the resume state (unless kept), write the log and the final per-frame held-out losses."
     if not keep_state: shutil.rmtree(out_dir/'checkpoints', ignore_errors=True); shutil.rmtree(out_dir/'checkpoints.stale', ignore_errors=True)
     write_json(out_dir/'log.json', {'history': history, 'heldout': heldout})
-    if single_process and frame_losses is not None:  # the paired comparisons of the report bootstrap over these frames
+    if frame_losses is not None:  # the paired comparisons of the report bootstrap over these frames (every process's)
         write_json(out_dir/'heldout_frames.json', {'step': steps, 'fingerprint': fp, 'ids': held_ids, 'loss': frame_losses})
 
 # %% ../nbs/12_vla.ipynb #d15ea570
@@ -333,6 +334,9 @@ def _save_step(acc: Accelerator, unwrapped, processor, stats, out_dir: Path, rec
     frame_losses = [] if done == recipe.steps else None
     h = heldout_loss(unwrapped, held_batches, acc, frame_losses)
     heldout.append({'step': done, **(h or {'loss': None}), 'frames': n_held})
+    if frame_losses is not None and acc.num_processes > 1:  # process r holds frames r, r+n, ...: put them back in order
+        parts, frame_losses = gather_object([frame_losses]), [None] * n_held
+        for r, part in enumerate(parts): frame_losses[r::acc.num_processes] = part
     if acc.is_main_process:
         save_vla(unwrapped, processor, stats, out_dir/f'step_{done:06d}',
                  {'step': done, 'heldout': heldout[-1], 'train_loss': history[-1]['loss'] if history else None,
@@ -402,7 +406,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     acc.wait_for_everyone()
     if acc.is_main_process:
         ids = {n: data[n]['id'] for n in names}
-        _write_run_files(out_dir, history, heldout, keep_state, n_proc == 1, frame_losses, fp, recipe.steps,
+        _write_run_files(out_dir, history, heldout, keep_state, frame_losses, fp, recipe.steps,
                          [ids[names[s]][r] for s, r in held])
     acc.wait_for_everyone()
     rep = _run_report(acc, recipe, start, seconds, history, heldout, unwrapped, frames, held, stats, cfg, fp, out_dir)

@@ -119,3 +119,7 @@ def test_the_vla_stage_trained_every_benchmark_at_448_px(rehearsed):
     assert {r['benchmark'] for r in vla['runs'].values()} == {'libero', 'simpler_bridge', 'calvin'}
     ev = json.loads((d/'metrics/eval.json').read_text())
     assert any('/libero/' in k for k in ev['results'])
+    # the VLAs trained on two processes wrote every held-out frame's loss, so the report compares held-out losses too
+    rep = json.loads((d/'metrics/report.json').read_text())
+    assert {c['benchmark'] for c in rep['comparisons'] if c['metric'] == 'held-out action loss'} == {
+        'libero_libero_10', 'simpler_bridge', 'calvin'}, [(c['benchmark'], c['metric']) for c in rep['comparisons']]

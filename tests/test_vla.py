@@ -120,6 +120,14 @@ def test_two_process_launch_trains_and_writes_a_checkpoint(setup, tmp_path):
     assert [h['step'] for h in rep['heldout']] == [4, 8] and rep['heldout'][-1]['loss'] is not None
     assert not (tmp_path/'checkpoints').exists()  # the training state is gone once the run ends
     assert load_policy(tmp_path/'step_000008', 'cpu').predict([frames(1)[0][0]], 'pick the block').shape == (4, 4)
+    # every held-out frame's final loss, gathered from both processes in the order one process writes them
+    two = json.loads((tmp_path/'heldout_frames.json').read_text())
+    one_dir = tmp_path.parent/(tmp_path.name + '-one')
+    from emt.data import load_dataset_dir
+    train_vla(str(setup/'vlm'), {'toy': load_dataset_dir(setup/'toy', 'vla')}, VLAConfig(**CFG), RECIPE, one_dir, num_workers=0)
+    one = json.loads((one_dir/'heldout_frames.json').read_text())
+    assert two['ids'] == one['ids'] and len(two['loss']) == rep['heldout'][-1]['frames'] and None not in two['loss']
+    np.testing.assert_allclose(two['loss'], one['loss'], rtol=1e-3, atol=1e-5)
 
 
 
