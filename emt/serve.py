@@ -137,7 +137,9 @@ def serve_checkpoint(path: str, # a VLA checkpoint directory
             with torch.autocast('cuda', dtype=torch.bfloat16): return inner(images, instructions)
         policy.predict_batch = predict_batch
     server = PolicyServer(policy, host, port, max_batch, wait_ms)
+    import signal
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a signal only asks the loop to stop: no exception in whatever runs
+        signal.signal(sig, lambda *_: server.stop.set())
     print(f'serving {path} on {server.host}:{server.port} (protocol {PROTOCOL}); Ctrl-C stops', flush=True)
-    try: server.serve_forever()
-    except KeyboardInterrupt: pass
+    server.serve_forever()
     print(f"served {server.stats['requests']} requests in {server.stats['batches']} batches", flush=True)

@@ -52,7 +52,11 @@ def test_served_chunks_are_the_policys_own(checkpoint, tmp_path):
                                      str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in (1, 2, 3)]
         outs = [json.loads(c.communicate(timeout=300)[0]) for c in clients]
     finally:
-        server.send_signal(signal.SIGINT); tail = server.communicate(timeout=30)[0]
+        server.send_signal(signal.SIGINT)
+        try: tail = server.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            server.kill(); out, err = server.communicate()
+            pytest.fail(f'the server did not stop within 30 s of SIGINT; stdout: {out[-2000:]}; stderr: {err[-3000:]}')
     served = re.search(r'served (\d+) requests in (\d+) batches', tail)
     assert served and int(served[1]) == 12 and int(served[2]) < 12, tail  # the three clients' requests batched
     policy = load_policy(checkpoint, 'cpu')
