@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emt.eval import RandomPolicy, evaluate
+from emt.evaluation import RandomPolicy, evaluate
 from emt.metaworld import MetaWorld, MetaWorldExpert
 
 BASKET = 'LIVING_ROOM_SCENE1_put_both_the_alphabet_soup_and_the_cream_cheese_box_in_the_basket'
@@ -47,7 +47,7 @@ def step_and_render(env, action_dim: int, n: int = 100) -> tuple[float, float]:
 
 def render_ms(env, n: int) -> float:
     if hasattr(env, 'sim') and hasattr(env.sim, 'renderer'):  # Meta-World
-        from emt.sim import render
+        from emt.metaworld_sim import render
         t0 = time.perf_counter()
         for _ in range(n): render(env.sim)
     else:  # LIBERO: robosuite's offscreen camera observation
@@ -86,7 +86,7 @@ def vla(path: str, trials: int, max_steps: int|None, envs: tuple[int, ...] = (5,
     """Episodes/hour of a VLA checkpoint on MT10 as the default's eval stage runs it (its camera, size and episode
     length): one prediction at a time with 1 and 2 worker processes, and batched (`envs` episodes stepped together
     in one process, one batched forward per step); each episode's success compared with the 1-worker run."""
-    from emt.eval import VLACheckpoint, make_adapter
+    from emt.evaluation import VLACheckpoint, make_adapter
     from emt.params import example_params
     P = example_params()
     spec = P.eval.benchmarks[0].model_copy(update={'max_steps': max_steps} if max_steps else {})

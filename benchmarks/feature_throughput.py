@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from emt.backbones import n_params, tiny_vlm, train_tokenizer
-from emt.data import samples_to_dataset
+from emt.samples import samples_to_dataset
 from emt.features import BatchReader, compute_shards, embed_batch, plan_shards
 
 PEAK_BF16_TFLOPS = {'H100': 989.4, 'H200': 989.4, 'A100': 312.0, 'L40S': 362.1, 'A10': 125.0, 'L4': 121.0}

@@ -8,7 +8,7 @@
 3. VLA inference: `emt.policy.VLAPolicy.predict` (one action chunk from one frame and an instruction) on a VLA
    built from the same model (fp32 weights as `load_policy` gives them, bf16 autocast on a GPU); median and p90
    latency after a warm-up, and `predict_batch` per frame.
-4. Evaluation throughput: `emt.eval.evaluate` with that VLA on an env of fixed 224-px frames (no simulator: the
+4. Evaluation throughput: `emt.evaluation.evaluate` with that VLA on an env of fixed 224-px frames (no simulator: the
    policy's share of an evaluation), one episode at a time against `envs` episodes stepped together (one batched
    forward per step); episodes/s both ways.
 
@@ -152,7 +152,7 @@ class Loaded:
 def bench_eval(policy, device, size: int, episodes: int, steps: int, envs: int) -> dict:
     "Episodes/s of `evaluate` on `StillBench`: one episode at a time, then `envs` stepped together."
     import contextlib, tempfile
-    from emt.eval import evaluate
+    from emt.evaluation import evaluate
     amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else contextlib.nullcontext()
     out = {'episodes': episodes, 'steps': steps, 'envs': envs}
     with amp, tempfile.TemporaryDirectory() as d:

@@ -1,7 +1,7 @@
-"""Reading a source with its samples checked in worker processes (`data.num_proc`, `emt.data.parallel_checks`).
+"""Reading a source with its samples checked in worker processes (`data.num_proc`, `emt.samples.parallel_checks`).
 
 Writes a saved Hugging Face chat data set of N rows with one JPEG image each (224 px by default, as web-scale
-sources ship them), then reads it with `emt.data.read_hf` (every row checked, every image decoded once), with 1, 2, ...
+sources ship them), then reads it with `emt.samples.read_hf` (every row checked, every image decoded once), with 1, 2, ...
 processes, best of `--repeat`. Prints rows per second for each and checks that every count gives the same rows.
 
     python benchmarks/ingest_processes.py                  # 4,000 rows, 1 and 2 processes
@@ -15,7 +15,7 @@ import numpy as np
 from datasets import Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
-from emt.data import parallel_checks, read_hf
+from emt.samples import parallel_checks, read_hf
 
 FEATS = Features({'id': Value('string'), 'images': List(Image()),
                   'messages': List({'role': Value('string'), 'content': Value('string')})})

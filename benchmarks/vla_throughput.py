@@ -145,7 +145,7 @@ def main():
     torch.set_num_threads(a.threads)
     hf_logging.set_verbosity_error()
     if a.data:
-        from emt.data import load_dataset_dir
+        from emt.samples import load_dataset_dir
         ds = load_dataset_dir(a.data, 'vla')
     else: ds = toy_frames(12, length=16, size=64)
     action_dim = len(ds[0]['actions'][0])

@@ -2,7 +2,7 @@
 
 The paper reports that mid-training keeps the VLM's general ability and adds embodied ability. The `ability` stage
 checks that claim here. Its questions are **held out** from everything: the data stage keeps a seeded
-`ability.per_source` rows of every VLM source out of the stored source (`emt.ingest.heldout_rows`), so no model
+`ability.per_source` rows of every VLM source out of the stored source (`emt.data.heldout_rows`), so no model
 pretrains, is scored or mid-trains on them. Each VLM answers the first user turn of each
 question greedily, and the answer is scored the way the source's answers are written:
 
@@ -33,8 +33,8 @@ import torch
 from .backbones import encode_prompt, load_vlm
 from .core import ARTIFACTS, EmtError, progress, rpath, save_table, write_json
 from .stats import interval
-from .data import load_dataset_dir, open_image
-from .ingest import HELDOUT
+from .samples import load_dataset_dir, open_image
+from .data import HELDOUT
 from .launch import run_pool, visible_gpus
 from .params import Params, check_gpu
 

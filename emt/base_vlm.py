@@ -29,7 +29,7 @@ from datasets import Dataset
 
 from .backbones import ARCHS, IMAGE, load_vlm, n_params, save_vlm, tiny_vlm, train_tokenizer
 from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_json
-from .data import load_dataset_dir
+from .samples import load_dataset_dir
 from .params import Params
 from .sft import train_sft
 

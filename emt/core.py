@@ -87,7 +87,7 @@ ARTIFACTS = {k: f'artifacts/{k}' for k in (
 STAGE_IO = { # stage -> (the ARTIFACTS it reads, the ARTIFACTS it writes as DVC outputs)
     'data': ((), ('data',)), 'base_vlm': (('data',), ('base_vlm',)), 'features': (('data', 'base_vlm'), ('features',)),
     'gap': (('features',), ()), 'estimator': (('features', 'data'), ('estimator', 'scores')),
-    'ppl_baselines': (('data', 'base_vlm'), ('ppl',)), 'select': (('features', 'data', 'scores', 'ppl'), ('select',)),
+    'ppl': (('data', 'base_vlm'), ('ppl',)), 'select': (('features', 'data', 'scores', 'ppl'), ('select',)),
     'midtrain': (('select', 'base_vlm'), ('midtrain',)), 'ability': (('data', 'base_vlm', 'midtrain'), ()), 'vla': (('data', 'base_vlm', 'midtrain'), ('vla',)),
     'eval': (('vla',), ('eval',)), 'report': ((), ())}
 

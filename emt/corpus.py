@@ -37,11 +37,11 @@ import numpy as np
 import PIL.Image
 
 from .core import EmtError, progress, rpath, write_json
-from .data import samples_to_dataset, save_dataset
+from .samples import samples_to_dataset, save_dataset
 from .params import Corpus
 
 # %% auto #0
-__all__ = ['VLA_SOURCE', 'CORPUS_PARTS', 'vlm_sources', 'jpeg_images', 'build_corpus']
+__all__ = ['VLA_SOURCE', 'CORPUS_PARTS', 'vlm_sources', 'build_corpus']
 
 # %% ../nbs/03_corpus.ipynb #e6b4f006
 def vlm_sources() -> dict[str, tuple[str, Callable]]:
@@ -65,7 +65,7 @@ def _versions() -> dict:
 def _dir_bytes(p: Path) -> int: return sum(f.stat().st_size for f in p.rglob('*') if f.is_file())
 
 # %% ../nbs/03_corpus.ipynb #409b5910
-def jpeg_images(samples: Iterable[dict], # samples whose `images` are PIL images or arrays
+def _jpeg_images(samples: Iterable[dict], # samples whose `images` are PIL images or arrays
                 quality: int|None, # JPEG quality; None keeps the images as they are (PNG when stored)
                 ) -> Iterator[dict]:
     "The samples with their images encoded as JPEG bytes (the embedded corpus ships in a small remote)."
@@ -116,7 +116,7 @@ def build_corpus(p: Corpus, # the `corpus` section of params
                     # the embodied sources share one env per task
                     kw = {'scenes': scenes, 'design': design} if group == 'embodied' else {}
                     n = (E.per_source or p.per_source) if group == 'embodied' else p.per_source
-                    samples = jpeg_images(gen(n, p.image_size, p.seed, **kw), p.jpeg_quality)
+                    samples = _jpeg_images(gen(n, p.image_size, p.seed, **kw), p.jpeg_quality)
                     manifest['sources'][name] = _store(samples, 'vlm', out/'vlm'/name, scratch, t0) | {'group': group}
         if 'vla' in parts:
             from emt.corpus_vla import generate_vla
@@ -124,7 +124,7 @@ def build_corpus(p: Corpus, # the `corpus` section of params
             demos = generate_vla(tasks=v.tasks, episodes_per_task=v.episodes_per_task, size=v.image_size,
                                  chunk=v.chunk, camera=v.camera, seed=p.seed, max_steps=v.max_steps,
                                  frame_stride=v.frame_stride)
-            manifest['sources'][VLA_SOURCE] = _store(jpeg_images(demos, p.jpeg_quality), 'vla', out/'vla'/VLA_SOURCE,
+            manifest['sources'][VLA_SOURCE] = _store(_jpeg_images(demos, p.jpeg_quality), 'vla', out/'vla'/VLA_SOURCE,
                                                      scratch, t0) | {'group': 'vla'}
     if 'libero' in parts:
         from emt.corpus_libero import libero_demos

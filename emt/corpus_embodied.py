@@ -39,20 +39,18 @@ import mujoco
 from PIL import Image
 
 from .core import EmtError, rng
-from . import sim
+from . import metaworld_sim as sim
 
 # %% auto #0
 __all__ = ['GRIPPER', 'TASK_ENTITIES', 'NAMED_CAMERAS', 'Candidate', 'TASK_TARGETS', 'TASK_QUESTIONS', 'EMBODIED_SOURCES',
-           'Camera', 'project', 'fmt_point', 'fmt_box', 'parse_point', 'parse_box', 'Entity', 'rollout_frames', 'View',
-           'random_camera', 'render_view', 'Seen', 'see', 'task_state', 'Frame', 'TaskScenes', 'Design', 'answer_label',
-           'reletter', 'Balancer', 'generate', 'ask_spatial_refer', 'ask_embodied_spatial_qa', 'ask_robot_frame_vqa',
-           'ask_affordance_point', 'task_target', 'robot_direction', 'ask_task_refer', 'ask_task_sides',
-           'ask_task_direction', 'ask_task_reach', 'check_disjoint_variations', 'spatial_refer', 'embodied_spatial_qa',
-           'robot_frame_vqa', 'affordance_point', 'draw_answer', 'contact_sheet']
+           'project', 'parse_point', 'parse_box', 'rollout_frames', 'View', 'render_view', 'see', 'Frame', 'TaskScenes',
+           'Design', 'answer_label', 'Balancer', 'generate', 'task_target', 'robot_direction',
+           'check_disjoint_variations', 'spatial_refer', 'embodied_spatial_qa', 'robot_frame_vqa', 'affordance_point',
+           'contact_sheet']
 
 # %% ../nbs/03d_corpus_embodied.ipynb #af0190ab
 @dataclass(frozen=True)
-class Camera:
+class _Camera:
     "Pinhole model of an upright square image: world position, unit forward and up vectors, vertical fov in degrees."
     pos: tuple[float, float, float] # camera centre in world coordinates (m)
     forward: tuple[float, float, float] # unit viewing direction
@@ -70,12 +68,12 @@ class Camera:
                     size=int(self.size))
 
     @classmethod
-    def from_meta(cls, d: dict) -> Camera:
+    def from_meta(cls, d: dict) -> _Camera:
         "The camera stored by `to_meta`."
         return cls(tuple(d['pos']), tuple(d['forward']), tuple(d['up']), float(d['fovy']), int(d['size']))
 
 # %% ../nbs/03d_corpus_embodied.ipynb #a91df06f
-def project(cam: Camera, # the camera
+def project(cam: _Camera, # the camera
             points: np.ndarray, # (N, 3) world points
             ) -> tuple[np.ndarray, np.ndarray]:
     "Pixel coordinates `(N, 2)` (u right, v down, continuous) and depths `(N,)` along the viewing direction."
@@ -85,7 +83,7 @@ def project(cam: Camera, # the camera
     return np.stack([cam.size / 2 + f * x / z, cam.size / 2 - f * y / z], 1), z
 
 # %% ../nbs/03d_corpus_embodied.ipynb #24fdb036
-def fmt_point(uv: np.ndarray, # a pixel position (u, v)
+def _fmt_point(uv: np.ndarray, # a pixel position (u, v)
               size: int, # image side
               ) -> str:
     "The answer text `(x, y)` of a pixel position, normalised to [0, 1] and clipped."
@@ -93,7 +91,7 @@ def fmt_point(uv: np.ndarray, # a pixel position (u, v)
     return f'({x:.2f}, {y:.2f})'
 
 # %% ../nbs/03d_corpus_embodied.ipynb #afc89583
-def fmt_box(box: np.ndarray, # pixel box (u1, v1, u2, v2)
+def _fmt_box(box: np.ndarray, # pixel box (u1, v1, u2, v2)
             size: int, # image side
             ) -> str:
     "The answer text `[x1, y1, x2, y2]` of a pixel box, normalised to [0, 1] and clipped."
@@ -124,7 +122,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 # %% ../nbs/03d_corpus_embodied.ipynb #e26472aa
 @dataclass(frozen=True)
-class Entity:
+class _Entity:
     "A thing in the scene that questions can name: its bodies, its anchor point, its named parts and its role."
     name: str # how questions call it, e.g. 'red puck'
     bodies: tuple[str, ...] # its bodies; a trailing '*' takes the body's whole subtree
@@ -132,24 +130,24 @@ class Entity:
     parts: tuple = () # ((part name, anchor, role), ...): role 'grasp' | 'press' | 'insert'
     movable: bool = False # can be picked up (asked "is it in the gripper?")
 
-GRIPPER = Entity('gripper', ('right_hand*',), ('body', 'hand'))
-_PUCK = Entity('red puck', ('obj',), ('body', 'obj'), parts=(('red puck', ('body', 'obj'), 'grasp'),), movable=True)
-_DRAWER = Entity('drawer', ('drawercase_link*',), ('center',), parts=(('drawer handle', ('obs', 4), 'grasp'),))
-_WINDOW = Entity('window', ('window*',), ('center',), parts=(('window handle', ('obs', 4), 'grasp'),))
+GRIPPER = _Entity('gripper', ('right_hand*',), ('body', 'hand'))
+_PUCK = _Entity('red puck', ('obj',), ('body', 'obj'), parts=(('red puck', ('body', 'obj'), 'grasp'),), movable=True)
+_DRAWER = _Entity('drawer', ('drawercase_link*',), ('center',), parts=(('drawer handle', ('obs', 4), 'grasp'),))
+_WINDOW = _Entity('window', ('window*',), ('center',), parts=(('window handle', ('obs', 4), 'grasp'),))
 
 # %% ../nbs/03d_corpus_embodied.ipynb #383d50d9
-TASK_ENTITIES: dict[str, tuple[Entity, ...]] = {  # the things of each supported task, besides the gripper
+TASK_ENTITIES: dict[str, tuple[_Entity, ...]] = {  # the things of each supported task, besides the gripper
     'reach-v3': (_PUCK,),
     'push-v3': (_PUCK,),
     'pick-place-v3': (_PUCK,),
-    'door-open-v3': (Entity('door', ('doorlockB*',), ('center',), parts=(('door handle', ('obs', 4), 'grasp'),)),),
+    'door-open-v3': (_Entity('door', ('doorlockB*',), ('center',), parts=(('door handle', ('obs', 4), 'grasp'),)),),
     'drawer-open-v3': (_DRAWER,),
     'drawer-close-v3': (_DRAWER,),
-    'button-press-topdown-v3': (Entity('button box', ('buttonbox',), ('center',)),
-                                Entity('red button', ('button',), ('obs', 4), parts=(('red button', ('obs', 4), 'press'),))),
-    'peg-insert-side-v3': (Entity('green peg', ('peg',), ('site', 'pegGrasp'), parts=(('green peg', ('site', 'pegGrasp'), 'grasp'),),
+    'button-press-topdown-v3': (_Entity('button box', ('buttonbox',), ('center',)),
+                                _Entity('red button', ('button',), ('obs', 4), parts=(('red button', ('obs', 4), 'press'),))),
+    'peg-insert-side-v3': (_Entity('green peg', ('peg',), ('site', 'pegGrasp'), parts=(('green peg', ('site', 'pegGrasp'), 'grasp'),),
                                   movable=True),
-                           Entity('box', ('box*',), ('center',), parts=(('hole of the box', ('site', 'hole'), 'insert'),))),
+                           _Entity('box', ('box*',), ('center',), parts=(('hole of the box', ('site', 'hole'), 'insert'),))),
     'window-open-v3': (_WINDOW,),
     'window-close-v3': (_WINDOW,),
 }
@@ -176,11 +174,11 @@ class View:
     "An upright render with its per-pixel geom ids and its camera."
     image: np.ndarray # (S, S, 3) uint8
     seg: np.ndarray # (S, S) int geom id, -1 where no geom
-    camera: Camera
+    camera: _Camera
     camera_name: str # a named camera, or 'free'
 
 # %% ../nbs/03d_corpus_embodied.ipynb #e61964d9
-def random_camera(r: np.random.Generator, # random source
+def _random_camera(r: np.random.Generator, # random source
                   lookat: np.ndarray, # world point to look at, for free cameras
                   named_p: float = 0.35, # probability of a named Meta-World camera
                   jitter: float = 0.04, # sd (m) of the look-at point around `lookat`
@@ -217,7 +215,7 @@ def render_view(env: sim.SimEnv, # the environment, in the state to render
     gl = mujoco.mjv_averageCamera(renderer.scene.camera[0], renderer.scene.camera[1])
     fwd, up = np.array(gl.forward, float), np.array(gl.up, float)
     if up[2] < 0: image, seg, up = image[::-1, ::-1].copy(), seg[::-1, ::-1].copy(), -up
-    return View(image, seg, Camera(tuple(gl.pos), tuple(fwd), tuple(up), fovy, renderer.width),
+    return View(image, seg, _Camera(tuple(gl.pos), tuple(fwd), tuple(up), fovy, renderer.width),
                 camera if isinstance(camera, str) else 'free')
 
 # %% ../nbs/03d_corpus_embodied.ipynb #c01fcfe3
@@ -263,9 +261,9 @@ def _point(env, obs: np.ndarray, spec: tuple, corners: np.ndarray) -> np.ndarray
 
 # %% ../nbs/03d_corpus_embodied.ipynb #7ced9b5e
 @dataclass
-class Seen:
+class _Seen:
     "One entity as seen in a view: 3D ground truth, pixels, visibility."
-    entity: Entity
+    entity: _Entity
     anchor: np.ndarray # (3,) world
     anchor_uv: np.ndarray # (2,) pixels
     depth: float # along the viewing direction (m)
@@ -295,7 +293,7 @@ class Seen:
     def truth(self, size: int) -> dict:
         "The JSON-ready ground truth stored in `meta`."
         r = lambda a: np.round(np.asarray(a, float), 5).tolist()
-        return dict(anchor=r(self.anchor), corners=r(self.corners), visible_box=fmt_box(self.box(), size) if self.pixels else None,
+        return dict(anchor=r(self.anchor), corners=r(self.corners), visible_box=_fmt_box(self.box(), size) if self.pixels else None,
                     pixels=self.pixels, parts={k: dict(role=ro, point=r(p), unoccluded=ok) for k, (ro, p, _, ok) in self.parts.items()})
 
 # %% ../nbs/03d_corpus_embodied.ipynb #7f605a9b
@@ -307,7 +305,7 @@ def _unoccluded(m, d, eye: tuple, p: np.ndarray, own: np.ndarray, tol: float = 0
     return bool(gid[0] in own and (1 - frac) * np.linalg.norm(vec) <= tol)
 
 # %% ../nbs/03d_corpus_embodied.ipynb #2156b182
-def see(env, obs: np.ndarray, view: View, entity: Entity) -> Seen:
+def see(env, obs: np.ndarray, view: View, entity: _Entity) -> _Seen:
     "What `view` shows of `entity`."
     m, d = env.model, env.data
     geoms = _visible_geoms(m, _body_ids(m, entity.bodies))
@@ -318,10 +316,10 @@ def see(env, obs: np.ndarray, view: View, entity: Entity) -> Seen:
     for name, spec, role in entity.parts:
         p = _point(env, obs, spec, corners)
         parts[name] = (role, p, project(view.camera, p[None])[0][0], _unoccluded(m, d, view.camera.pos, p, geoms))
-    return Seen(entity, anchor, uv, float(depth), corners, np.isin(view.seg, geoms), parts)
+    return _Seen(entity, anchor, uv, float(depth), corners, np.isin(view.seg, geoms), parts)
 
 # %% ../nbs/03d_corpus_embodied.ipynb #a91659d4
-def task_state(env, obs: np.ndarray, task: str) -> dict:
+def _task_state(env, obs: np.ndarray, task: str) -> dict:
     "The task state VQA questions read: gripper opening in [0, 1] (1 open) and the task's joint, if any."
     state = dict(gripper_opening=round(float(obs[3]), 4), tcp=np.round(np.asarray(env.tcp_center, float), 5).tolist())
     joint = {'drawer': 'goal_slidey', 'door': 'doorjoint', 'window': 'window_slide', 'button': 'btnbox_joint'}
@@ -345,11 +343,11 @@ class Frame:
     @property
     def size(self) -> int: return self.view.camera.size
 
-    def visible(self, s: Seen) -> bool:
+    def visible(self, s: _Seen) -> bool:
         "Whether `s` shows enough pixels and its anchor lies on them."
         return s.pixels >= max(6, round(0.0012 * self.size ** 2)) and s.covers(s.anchor_uv)
 
-    def get(self, name: str) -> Seen:
+    def get(self, name: str) -> _Seen:
         "The entity called `name`."
         return next(s for s in self.seen if s.entity.name == name)
 
@@ -438,7 +436,7 @@ def answer_label(answer: str) -> str|None:
     return w if w and ' ' not in w and w[0].isalpha() else None
 
 # %% ../nbs/03d_corpus_embodied.ipynb #0f0a3883
-def reletter(q: str, # a question with lettered options, one per line
+def _reletter(q: str, # a question with lettered options, one per line
              a: str, # its answer, `X. option`
              letter: str, # the letter the right option should get
              ) -> tuple[str, str]:
@@ -475,7 +473,7 @@ class Balancer:
             letters = sorted(l[0] for l in q.split('\n') if _OPT.match(l))
             least = min(self.letters.get((kind, l), 0) for l in letters)
             pick = [l for l in letters if self.letters.get((kind, l), 0) == least]
-            q, a = reletter(q, a, pick[int(r.integers(len(pick)))])
+            q, a = _reletter(q, a, pick[int(r.integers(len(pick)))])
             self.letters[kind, a[0]] = self.letters.get((kind, a[0]), 0) + 1
         if (lab := answer_label(a)) is not None: self.labels[kind, lab] = self.labels.get((kind, lab), 0) + 1
         return q, a, truth
@@ -511,9 +509,9 @@ def generate(source: str, # the source name (ids, seeding)
                 for step, obs in rollout_frames(senv, ep, steps):
                     if D.vla_camera_share and r.random() < D.vla_camera_share:
                         view = render_view(senv, D.vla_camera, scenes.renderer(task, D.vla_size))
-                    else: view = render_view(senv, random_camera(r, _lookat(env, task), jitter=D.lookat_jitter))
+                    else: view = render_view(senv, _random_camera(r, _lookat(env, task), jitter=D.lookat_jitter))
                     fr = Frame(task, ep, step, view, [see(env, obs, view, e) for e in (GRIPPER, *TASK_ENTITIES[task])],
-                               task_state(env, obs, task), _visible_geoms(env.model, _body_ids(env.model, ('tablelink',))))
+                               _task_state(env, obs, task), _visible_geoms(env.model, _body_ids(env.model, ('tablelink',))))
                     cands = ask(fr, r) + (TASK_QUESTIONS[source](fr, r) if D.task_questions and source in TASK_QUESTIONS else [])
                     cands = [c for c in cands if counts.get(c[2]['kind'], 0) < max(1, max_share * n)
                              and (D.free_spot or c[2]['kind'] != 'free_spot')]
@@ -540,21 +538,21 @@ _BOX_HINT = ' Answer with a box [x1, y1, x2, y2], normalised to [0, 1] from the 
 def _choice(r: np.random.Generator, options: tuple[str, ...]) -> str: return options[int(r.integers(len(options)))]
 
 # %% ../nbs/03d_corpus_embodied.ipynb #975733f5
-def _touches_border(s: Seen) -> bool:
+def _touches_border(s: _Seen) -> bool:
     return bool(s.mask[0].any() or s.mask[-1].any() or s.mask[:, 0].any() or s.mask[:, -1].any())
 
 # %% ../nbs/03d_corpus_embodied.ipynb #95c3cf99
-def ask_spatial_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+def _ask_spatial_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "Point, box, part and left/right-of referring questions about the visible entities of `fr`."
     out, vis, S = [], [s for s in fr.seen if fr.visible(s)], fr.size
     for s in vis:
         n = s.entity.name
-        out.append((_choice(r, _POINT).format(n) + _POINT_HINT, fmt_point(s.anchor_uv, S), dict(kind='point', target=n)))
+        out.append((_choice(r, _POINT).format(n) + _POINT_HINT, _fmt_point(s.anchor_uv, S), dict(kind='point', target=n)))
         if not _touches_border(s):
-            out.append((_choice(r, _BOX).format(n) + _BOX_HINT, fmt_box(s.box(), S), dict(kind='box', target=n)))
+            out.append((_choice(r, _BOX).format(n) + _BOX_HINT, _fmt_box(s.box(), S), dict(kind='box', target=n)))
         for part, role, p, uv in s.shown_parts():
             if part != n:
-                out.append((_choice(r, _POINT).format(part) + _POINT_HINT, fmt_point(uv, S),
+                out.append((_choice(r, _POINT).format(part) + _POINT_HINT, _fmt_point(uv, S),
                             dict(kind='part', target=n, part=part, point=np.round(p, 5).tolist())))
     for ref in vis:
         others = [s for s in vis if s is not ref]
@@ -563,7 +561,7 @@ def ask_spatial_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
             hits = [s for s, x in zip(others, du) if x > 0.06 * S]
             if len(hits) == 1 and hits[0] is not fr.seen[0] and all(abs(x) > 0.06 * S for x in du):
                 out.append((f'Point to the object {side} of the {ref.entity.name}.' + _POINT_HINT,
-                            fmt_point(hits[0].anchor_uv, S), dict(kind='relation', side=side, reference=ref.entity.name,
+                            _fmt_point(hits[0].anchor_uv, S), dict(kind='relation', side=side, reference=ref.entity.name,
                                                                     target=hits[0].entity.name)))
     return out
 
@@ -577,7 +575,7 @@ def _mc(question: str, options: list[str], right: int, r: np.random.Generator) -
     return q, f'{letters[k]}. {options[right]}'
 
 # %% ../nbs/03d_corpus_embodied.ipynb #8a7794f1
-def ask_embodied_spatial_qa(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+def _ask_embodied_spatial_qa(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "Closer/left-right/above-below multiple-choice questions about pairs of visible entities of `fr`."
     out, vis, S = [], [s for s in fr.seen if fr.visible(s)], fr.size
     for a in vis:
@@ -607,14 +605,14 @@ _PROGRESS = {  # state key: (question, yes when, no when)
     'button_joint': ('Has the button been pressed?', lambda q: q < -0.06, lambda q: q > -0.01),
 }
 
-def _held(fr: Frame, s: Seen) -> bool|None:
+def _held(fr: Frame, s: _Seen) -> bool|None:
     dist = float(np.linalg.norm(s.anchor - np.asarray(fr.state['tcp'])))
     if fr.state['gripper_opening'] < 0.6 and dist < 0.035 and s.anchor[2] > 0.04: return True
     if dist > 0.08: return False
     return None
 
 # %% ../nbs/03d_corpus_embodied.ipynb #725d0d73
-def ask_robot_frame_vqa(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+def _ask_robot_frame_vqa(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "Gripper, holding, direction and task-progress questions about `fr`."
     out, grip, S = [], fr.seen[0], fr.size
     vis = [s for s in fr.seen[1:] if fr.visible(s)]
@@ -663,19 +661,19 @@ def _free_spot(fr: Frame, table: np.ndarray, r: np.random.Generator, tries: int 
     return None
 
 # %% ../nbs/03d_corpus_embodied.ipynb #cb77dcfd
-def ask_affordance_point(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+def _ask_affordance_point(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "Grasp, press, insert and free-space pointing questions about `fr`."
     out, S = [], fr.size
     for s in fr.seen[1:]:
         if not fr.visible(s): continue
         for part, role, pt, uv in s.shown_parts():
-                out.append((_ROLE_Q[role].format(part) + _POINT_HINT, fmt_point(uv, S),
+                out.append((_ROLE_Q[role].format(part) + _POINT_HINT, _fmt_point(uv, S),
                             dict(kind=role, target=s.entity.name, part=part, point=np.round(pt, 5).tolist())))
     if (p := _free_spot(fr, fr.table, r)) is not None:
         movable = [s.entity.name for s in fr.seen[1:] if s.entity.movable]
         what = f'the {movable[0]}' if movable else 'an object'
         out.append((f'Point to a free spot on the table where {what} could be placed.' + _POINT_HINT,
-                    fmt_point(project(fr.view.camera, p[None])[0][0], S), dict(kind='free_spot', point=p.round(5).tolist())))
+                    _fmt_point(project(fr.view.camera, p[None])[0][0], S), dict(kind='free_spot', point=p.round(5).tolist())))
     return out
 
 # %% ../nbs/03d_corpus_embodied.ipynb #22d7f2fb
@@ -713,10 +711,10 @@ def _target_point(fr: Frame, question: str, kind: str) -> list[Candidate]:
     "A pointing question about the target (`question` formatted with its name), answered by its pixel."
     if (t := task_target(fr)) is None: return []
     name, p, uv = t
-    return [(f'{_task(fr)} {question.format(name)}' + _POINT_HINT, fmt_point(uv, fr.size),
+    return [(f'{_task(fr)} {question.format(name)}' + _POINT_HINT, _fmt_point(uv, fr.size),
              dict(kind=kind, target=name, point=np.round(p, 5).tolist()))]
 
-def ask_task_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+def _ask_task_refer(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "spatial_refer: point to the thing the robot must act on."
     return _target_point(fr, 'Point to the {} it must act on.', 'task_target')
 
@@ -725,7 +723,7 @@ _SIDES = (('robot_side', 0, 'As the robot faces the table, is the {} to the left
           ('robot_reach', 1, 'Is the {} farther from the robot than the gripper, or closer to it?', ['farther', 'closer']),
           ('robot_height', 2, 'Is the {} above or below the gripper?', ['above', 'below']))
 
-def ask_task_sides(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+def _ask_task_sides(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "embodied_spatial_qa: where the target lies from the gripper along each robot axis, as two-option questions."
     if (t := task_target(fr)) is None: return []
     name, p, _ = t
@@ -738,7 +736,7 @@ def ask_task_sides(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     return out
 
 # %% ../nbs/03d_corpus_embodied.ipynb #c816af2a
-def ask_task_direction(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+def _ask_task_direction(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "robot_frame_vqa: which way the gripper must move to reach the target, in the robot's frame."
     if (t := task_target(fr)) is None: return []
     name, p, _ = t
@@ -749,13 +747,13 @@ def ask_task_direction(fr: Frame, r: np.random.Generator) -> list[Candidate]:
              dict(kind='robot_direction', target=name, delta_m=np.round(d, 4).tolist()))]
 
 # %% ../nbs/03d_corpus_embodied.ipynb #2c0bd9b8
-def ask_task_reach(fr: Frame, r: np.random.Generator) -> list[Candidate]:
+def _ask_task_reach(fr: Frame, r: np.random.Generator) -> list[Candidate]:
     "affordance_point: where the gripper should go first."
     return _target_point(fr, 'Point to where the gripper should go first.', 'task_reach')
 
 TASK_QUESTIONS: dict[str, Callable[[Frame, np.random.Generator], list[Candidate]]] = dict(
-    spatial_refer=ask_task_refer, embodied_spatial_qa=ask_task_sides,
-    robot_frame_vqa=ask_task_direction, affordance_point=ask_task_reach)
+    spatial_refer=_ask_task_refer, embodied_spatial_qa=_ask_task_sides,
+    robot_frame_vqa=_ask_task_direction, affordance_point=_ask_task_reach)
 
 # %% ../nbs/03d_corpus_embodied.ipynb #f12dd211
 def _placements(task: str, seed: int) -> np.ndarray:
@@ -792,7 +790,7 @@ def spatial_refer(n: int, # samples
                   **kw, # `tasks`, `scenes`, ... passed to `generate`
                   ) -> Iterator[dict]:
     "RefSpatial stand-in: point to or box named things, parts and the object left/right of another."
-    return generate('spatial_refer', ask_spatial_refer, n, size, seed, **kw)
+    return generate('spatial_refer', _ask_spatial_refer, n, size, seed, **kw)
 
 # %% ../nbs/03d_corpus_embodied.ipynb #cd1969e2
 def embodied_spatial_qa(n: int, # samples
@@ -801,7 +799,7 @@ def embodied_spatial_qa(n: int, # samples
                         **kw, # `tasks`, `scenes`, ... passed to `generate`
                         ) -> Iterator[dict]:
     "EmbSpatial-Bench stand-in: multiple-choice closer / left-right / above-below questions."
-    return generate('embodied_spatial_qa', ask_embodied_spatial_qa, n, size, seed, **kw)
+    return generate('embodied_spatial_qa', _ask_embodied_spatial_qa, n, size, seed, **kw)
 
 # %% ../nbs/03d_corpus_embodied.ipynb #73470f51
 def robot_frame_vqa(n: int, # samples
@@ -810,7 +808,7 @@ def robot_frame_vqa(n: int, # samples
                     **kw, # `tasks`, `scenes`, ... passed to `generate`
                     ) -> Iterator[dict]:
     "Robo2VLM stand-in: gripper state, holding, direction to move and task progress on rollout frames."
-    return generate('robot_frame_vqa', ask_robot_frame_vqa, n, size, seed, **kw)
+    return generate('robot_frame_vqa', _ask_robot_frame_vqa, n, size, seed, **kw)
 
 # %% ../nbs/03d_corpus_embodied.ipynb #080cca53
 def affordance_point(n: int, # samples
@@ -819,14 +817,14 @@ def affordance_point(n: int, # samples
                      **kw, # `tasks`, `scenes`, ... passed to `generate`
                      ) -> Iterator[dict]:
     "RoboPoint stand-in: where to grasp, press or insert, and free spots on the table."
-    return generate('affordance_point', ask_affordance_point, n, size, seed, **kw)
+    return generate('affordance_point', _ask_affordance_point, n, size, seed, **kw)
 
 EMBODIED_SOURCES: dict[str, Callable[..., Iterator[dict]]] = dict(  # name -> (n, size, seed) -> Iterator[sample]
     spatial_refer=spatial_refer, embodied_spatial_qa=embodied_spatial_qa,
     robot_frame_vqa=robot_frame_vqa, affordance_point=affordance_point)
 
 # %% ../nbs/03d_corpus_embodied.ipynb #797ed7e0
-def draw_answer(sample: dict, # a VLM sample of these sources
+def _draw_answer(sample: dict, # a VLM sample of these sources
                 scale: int = 2, # upscaling of the image
                 ) -> Image.Image:
     "The sample's image with its point or box answer drawn on it."
@@ -856,7 +854,7 @@ def contact_sheet(samples: list[dict], # samples to show
     fig, axs = plt.subplots(rows, cols, figsize=(cols * 3.2, rows * 3.9), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, s in zip(axs.flat, samples):
-        ax.imshow(draw_answer(s, scale))
+        ax.imshow(_draw_answer(s, scale))
         q = s['messages'][0]['content'].replace('<image>\n', '').split(' Answer with a')[0].split("\nAnswer with")[0]
         ax.set_title(textwrap.fill(q, 38) + '\n→ ' + s['messages'][-1]['content'], fontsize=7, loc='left')
     fig.tight_layout()

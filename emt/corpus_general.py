@@ -34,18 +34,14 @@ from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from .core import EmtError, rng
-from .data import IMAGE
+from .samples import IMAGE
 
 # %% auto #0
 __all__ = ['SUPERSAMPLE', 'WHOLE', 'PHOTOS', 'CAPTION_PROMPTS', 'DENSE_PROMPTS', 'DOC_TITLES', 'FIRST_NAMES', 'LAST_NAMES',
            'MONTHS', 'FIELD_QUESTIONS', 'CATEGORIES', 'CHART_TITLES', 'DAYS', 'PALETTE', 'SHAPES', 'TITLE_WORDS',
            'COVER_COLOURS', 'INSTRUCT_KINDS', 'DRAWN', 'SHIRTS', 'SKIN', 'SCENARIOS', 'LETTERS', 'GENERAL_SOURCES',
-           'vlm_sample', 'font', 'canvas', 'finish', 'fitted_font', 'text_centered', 'Region', 'Photo', 'photo_array',
-           'photo_view', 'pick', 'photo_choice', 'alt_text', 'web_captions', 'dense_captions', 'document_truth',
-           'draw_document', 'document_turns', 'chart_truth', 'draw_chart', 'chart_turns', 'scene_truth', 'draw_scene',
-           'plural', 'scene_turns', 'book_truth', 'draw_book', 'book_turns', 'with_image_first', 'instruct_vqa',
-           'draw_person', 'Scenario', 'commonsense_truth', 'choices_text', 'commonsense_turns', 'commonsense_vqa',
-           'sample_text', 'sample_sheet']
+           'vlm_sample', 'font', 'finish', 'Photo', 'photo_array', 'pick', 'web_captions', 'dense_captions',
+           'instruct_vqa', 'commonsense_vqa']
 
 # %% ../nbs/03a_corpus_general.ipynb #67bfb4b3
 def vlm_sample(source: str, # the source name, e.g. 'web_captions'
@@ -75,7 +71,7 @@ def font(px: int, # the font size in pixels
     return ImageFont.truetype(font_manager.findfont(props, fallback_to_default=True), max(int(px), 4))
 
 # %% ../nbs/03a_corpus_general.ipynb #a179606c
-def canvas(size: int, # the final side in pixels
+def _canvas(size: int, # the final side in pixels
            bg: tuple|str = 'white', # background colour
            ) -> tuple[Image.Image, ImageDraw.ImageDraw, float]:
     "A supersampled square canvas, its drawer, and the unit `u` (1/128 of its side)."
@@ -88,21 +84,21 @@ def finish(im: Image.Image, size: int) -> Image.Image:
     return im.resize((size, size), Image.LANCZOS)
 
 # %% ../nbs/03a_corpus_general.ipynb #8e79ecfe
-def fitted_font(draw: ImageDraw.ImageDraw, text: str, max_w: float, px: float, bold: bool = False):
+def _fitted_font(draw: ImageDraw.ImageDraw, text: str, max_w: float, px: float, bold: bool = False):
     "The largest font of at most `px` pixels whose rendering of `text` is at most `max_w` wide."
     px = int(px)
     while px > 6 and draw.textlength(text, font=font(px, bold)) > max_w: px -= 1
     return font(px, bold)
 
 # %% ../nbs/03a_corpus_general.ipynb #31739de1
-def text_centered(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, px: float, max_w: float,
+def _text_centered(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, px: float, max_w: float,
                   fill='black', bold: bool = False) -> None:
     "Draw `text` centred on `xy`, shrunk to fit `max_w`."
-    draw.text(xy, text, fill=fill, font=fitted_font(draw, text, max_w, px, bold), anchor='mm')
+    draw.text(xy, text, fill=fill, font=_fitted_font(draw, text, max_w, px, bold), anchor='mm')
 
 # %% ../nbs/03a_corpus_general.ipynb #1bc87ff3
 @dataclass(frozen=True)
-class Region:
+class _Region:
     "A part of a photo (fractions of width and height) and what is true of it."
     name: str # e.g. 'whole', 'face'
     box: tuple[float, float, float, float] # x0, y0, x1, y1 as fractions of the photo
@@ -116,7 +112,7 @@ class Region:
 class Photo:
     "A scikit-image photo and its described regions."
     name: str # the skimage.data loader
-    regions: tuple[Region, ...]
+    regions: tuple[_Region, ...]
     flip: bool = True # a mirror image is still truthful
 
 WHOLE = (0., 0., 1., 1.)
@@ -124,134 +120,134 @@ WHOLE = (0., 0., 1., 1.)
 # %% ../nbs/03a_corpus_general.ipynb #a9c8f102
 PHOTOS: tuple[Photo, ...] = (
     Photo('astronaut', (
-        Region('whole', WHOLE, ('astronaut in an orange spacesuit', 'astronaut portrait with flag and space shuttle model',
+        _Region('whole', WHOLE, ('astronaut in an orange spacesuit', 'astronaut portrait with flag and space shuttle model',
                                 'smiling astronaut in a spacesuit'),
                'An astronaut in an orange spacesuit smiles for an official portrait. An American flag and a model of '
                'the space shuttle stand behind her, and her helmet rests beside her.',
                (('What is the person wearing?', 'An orange spacesuit.'),
                 ('Which flag can be seen?', 'The flag of the United States.'),
                 ('What kind of model is in the background?', 'A model of the space shuttle.'))),
-        Region('face', (0.18, 0.0, 0.66, 0.48), ('smiling woman with short brown hair', 'astronaut portrait close up'),
+        _Region('face', (0.18, 0.0, 0.66, 0.48), ('smiling woman with short brown hair', 'astronaut portrait close up'),
                'A close-up portrait of a smiling woman with short brown hair, wearing an orange spacesuit with a '
                'metal neck ring.',
                (('What colour is her hair?', 'Brown.'), ('Is the person smiling?', 'Yes, she is smiling.'))),
-        Region('shuttle', (0.62, 0.0, 0.98, 0.4), ('space shuttle model', 'model of the space shuttle'),
+        _Region('shuttle', (0.62, 0.0, 0.98, 0.4), ('space shuttle model', 'model of the space shuttle'),
                'A white model of the space shuttle standing upright with its orange fuel tank and two boosters.',
                (('What is this object?', 'A model of the space shuttle.'),
                 ('What colour is the fuel tank?', 'Orange.')), min_scale=0.95),
     )),
     Photo('camera', (
-        Region('whole', WHOLE, ('black and white photo of a man with a camera', 'cameraman with tripod in a field',
+        _Region('whole', WHOLE, ('black and white photo of a man with a camera', 'cameraman with tripod in a field',
                                 'photographer at work'),
                'A black and white photo of a man in a dark coat looking through a camera on a tripod. He stands '
                'on a grassy field with buildings far in the background.',
                (('What is the man doing?', 'He is looking through a camera mounted on a tripod.'),
                 ('Is the photo in colour?', 'No, it is black and white.'))),
-        Region('tripod', (0.45, 0.45, 0.95, 0.98), ('camera tripod on grass', 'tripod legs in a field'),
+        _Region('tripod', (0.45, 0.45, 0.95, 0.98), ('camera tripod on grass', 'tripod legs in a field'),
                'The legs of a camera tripod standing on short grass, in black and white.',
                (('What is standing on the grass?', 'A camera tripod.'),), min_scale=0.85),
     )),
     Photo('chelsea', (
-        Region('whole', WHOLE, ('tabby cat close up', 'cute cat face', 'photo of a cat'),
+        _Region('whole', WHOLE, ('tabby cat close up', 'cute cat face', 'photo of a cat'),
                'A close-up photo of a tabby cat with green eyes and a pink nose looking at the camera.',
                (('What animal is this?', 'A cat, a tabby cat.'), ('What colour are its eyes?', 'Green.'))),
-        Region('face', (0.3, 0.05, 0.85, 0.95), ("cat's face", 'tabby cat looking at the camera'),
+        _Region('face', (0.3, 0.05, 0.85, 0.95), ("cat's face", 'tabby cat looking at the camera'),
                "A close view of a tabby cat's face, with green eyes, long white whiskers and a pink nose.",
                (('What animal is shown?', 'A cat.'), ('What colour is its nose?', 'Pink.')), min_scale=0.9),
     )),
     Photo('coffee', (
-        Region('whole', WHOLE, ('cup of espresso', 'coffee on a wooden table', 'espresso with a spoon'),
+        _Region('whole', WHOLE, ('cup of espresso', 'coffee on a wooden table', 'espresso with a spoon'),
                'A cup of espresso with a light brown crema on a red saucer, with a silver spoon, on a wooden table.',
                (('What drink is in the cup?', 'Espresso coffee.'), ('What colour is the saucer?', 'Red.'),
                 ('What is the table made of?', 'Wood.'))),
-        Region('cup', (0.28, 0.0, 0.78, 0.8), ('espresso cup close up', 'coffee cup'),
+        _Region('cup', (0.28, 0.0, 0.78, 0.8), ('espresso cup close up', 'coffee cup'),
                'A close-up of a cup of espresso coffee with a light brown crema, on a red saucer.',
                (('What is in the cup?', 'Espresso coffee.'),)),
     )),
     Photo('coins', (
-        Region('whole', WHOLE, ('old coins', 'collection of antique coins', 'coins on a dark background'),
+        _Region('whole', WHOLE, ('old coins', 'collection of antique coins', 'coins on a dark background'),
                'Rows of old silver coins of different sizes laid out on a dark background, in black and white.',
                (('What objects are shown?', 'Old coins.'), ('Is the background light or dark?', 'Dark.'))),
-        Region('corner', (0.0, 0.0, 0.55, 0.6), ('antique coins', 'a few old coins'),
+        _Region('corner', (0.0, 0.0, 0.55, 0.6), ('antique coins', 'a few old coins'),
                'A few worn antique coins with faces and lettering, on a dark background.',
                (('What are these?', 'Old coins.'),)),
     )),
     Photo('rocket', (
-        Region('whole', WHOLE, ('rocket on the launch pad', 'rocket launch site at dusk', 'space rocket before launch'),
+        _Region('whole', WHOLE, ('rocket on the launch pad', 'rocket launch site at dusk', 'space rocket before launch'),
                'A rocket stands on its launch pad at dusk between tall lightning towers, with bright lights at its base.',
                (('What vehicle is on the launch pad?', 'A rocket.'), ('Is it daytime?', 'No, it is dusk and getting dark.'))),
-        Region('pad', (0.3, 0.25, 0.72, 1.0), ('rocket on a launch pad', 'rocket ready for launch'),
+        _Region('pad', (0.3, 0.25, 0.72, 1.0), ('rocket on a launch pad', 'rocket ready for launch'),
                'A tall white rocket standing upright against a dark blue evening sky.',
                (('What is shown?', 'A rocket.'), ('What colour is the rocket?', 'White.')), min_scale=0.8),
     )),
     Photo('motorcycle', (
-        Region('whole', WHOLE, ('red motorcycle in a garage', 'vintage motorbike', 'parked red motorbike'),
+        _Region('whole', WHOLE, ('red motorcycle in a garage', 'vintage motorbike', 'parked red motorbike'),
                'A red motorcycle with a black seat is parked on a concrete floor in a garage, in front of metal '
                'shelves with boxes.',
                (('What vehicle is shown?', 'A motorcycle.'), ('What colour is the motorcycle?', 'Red.'),
                 ('Where is it parked?', 'In a garage, on a concrete floor.'))),
-        Region('engine', (0.42, 0.45, 0.7, 0.8), ('motorcycle engine', 'chrome engine of a motorbike'),
+        _Region('engine', (0.42, 0.45, 0.7, 0.8), ('motorcycle engine', 'chrome engine of a motorbike'),
                'A close-up of the chrome engine of a motorcycle.',
                (('What part of the vehicle is this?', 'The engine.'),)),
-        Region('shelves', (0.45, 0.0, 0.97, 0.42), ('garage shelves behind a motorbike', 'storage shelves with boxes'),
+        _Region('shelves', (0.45, 0.0, 0.97, 0.42), ('garage shelves behind a motorbike', 'storage shelves with boxes'),
                'Metal shelves in a garage holding cardboard boxes and other supplies, behind the handlebars and '
                'headlight of a motorcycle.',
                (('What is on the shelves?', 'Cardboard boxes and other supplies.'),), min_scale=0.8),
     ), flip=False),
     Photo('hubble_deep_field', (
-        Region('whole', WHOLE, ('deep space galaxies', 'hubble deep field', 'galaxies in space'),
+        _Region('whole', WHOLE, ('deep space galaxies', 'hubble deep field', 'galaxies in space'),
                'A deep-space telescope image showing many small galaxies and stars of different colours on a black sky.',
                (('What does this image show?', 'Many distant galaxies in deep space.'),
                 ('What colour is the background?', 'Black.'))),
     )),
     Photo('immunohistochemistry', (
-        Region('whole', WHOLE, ('stained tissue under a microscope', 'histology slide', 'microscopy image'),
+        _Region('whole', WHOLE, ('stained tissue under a microscope', 'histology slide', 'microscopy image'),
                'A microscope image of stained tissue, with brown-stained cell clusters and small blue cell nuclei.',
                (('What kind of image is this?', 'A microscope image of stained tissue.'),)),
     )),
     Photo('moon', (
-        Region('whole', WHOLE, ('surface of the moon', 'lunar craters', 'moon surface photo'),
+        _Region('whole', WHOLE, ('surface of the moon', 'lunar craters', 'moon surface photo'),
                'A black and white image of the grey lunar surface with small craters.',
                (('What surface is shown?', 'The surface of the moon.'),)),
     )),
     Photo('retina', (
-        Region('whole', WHOLE, ('retina photo', 'eye fundus image', 'photo of the back of the eye'),
+        _Region('whole', WHOLE, ('retina photo', 'eye fundus image', 'photo of the back of the eye'),
                'A medical photograph of the retina of an eye: an orange-red disc with blood vessels branching from a '
                'bright spot.',
                (('What part of the body is shown?', 'The retina of an eye.'), ('What colour is it?', 'Orange-red.'))),
     )),
     Photo('horse', (
-        Region('whole', WHOLE, ('horse silhouette', 'black horse silhouette', 'silhouette of a standing horse'),
+        _Region('whole', WHOLE, ('horse silhouette', 'black horse silhouette', 'silhouette of a standing horse'),
                'A black silhouette of a horse standing in profile on a white background.',
                (('What animal is shown?', 'A horse.'), ('What colour is the silhouette?', 'Black.'))),
     )),
     Photo('brick', (
-        Region('whole', WHOLE, ('grey brick wall', 'brick texture', 'wall of bricks'),
+        _Region('whole', WHOLE, ('grey brick wall', 'brick texture', 'wall of bricks'),
                'A black and white close-up of a wall made of long rectangular bricks.',
                (('What is the wall made of?', 'Bricks.'),)),
     )),
     Photo('gravel', (
-        Region('whole', WHOLE, ('gravel texture', 'small stones', 'close up of gravel'),
+        _Region('whole', WHOLE, ('gravel texture', 'small stones', 'close up of gravel'),
                'A black and white close-up of a ground covered in small stones of gravel.',
                (('What covers the ground?', 'Gravel, small stones.'),)),
     )),
     Photo('grass', (
-        Region('whole', WHOLE, ('grass texture', 'close up of grass', 'lawn'),
+        _Region('whole', WHOLE, ('grass texture', 'close up of grass', 'lawn'),
                'A black and white close-up of a patch of grass blades.',
                (('What is shown?', 'Grass.'),)),
     )),
     Photo('text', (
-        Region('whole', WHOLE, ('handwritten math', 'equations on paper', 'math notes'),
+        _Region('whole', WHOLE, ('handwritten math', 'equations on paper', 'math notes'),
                'Handwritten mathematical equations in black ink on white paper, photographed at an angle.',
                (('What is written on the paper?', 'Handwritten math equations.'),)),
     ), flip=False),
     Photo('page', (
-        Region('whole', WHOLE, ('scanned book page', 'page of a textbook', 'text page scan'),
+        _Region('whole', WHOLE, ('scanned book page', 'page of a textbook', 'text page scan'),
                'A scanned page of a book with a heading and several lines of printed text.',
                (('What is shown?', 'A scanned page of printed text.'),)),
     ), flip=False),
     Photo('colorwheel', (
-        Region('whole', WHOLE, ('colour wheel', 'rainbow colour circle', 'hue wheel'),
+        _Region('whole', WHOLE, ('colour wheel', 'rainbow colour circle', 'hue wheel'),
                'A round colour wheel showing every hue, fading to white at the centre, on a black background.',
                (('What shape is the colour wheel?', 'A circle.'), ('What colour is the centre?', 'White.'))),
     ), flip=False),
@@ -269,8 +265,8 @@ def photo_array(name: str, # a `Photo.name`
     return a
 
 # %% ../nbs/03a_corpus_general.ipynb #6062b1b5
-def photo_view(photo: Photo, # the photo
-               region: Region, # which region of it
+def _photo_view(photo: Photo, # the photo
+               region: _Region, # which region of it
                size: int, # output side in pixels
                r: np.random.Generator, # the sample's generator
                ) -> tuple[Image.Image, dict]:
@@ -302,12 +298,12 @@ def pick(r: np.random.Generator, seq):
     return seq[int(r.integers(len(seq)))]
 
 # %% ../nbs/03a_corpus_general.ipynb #7e896331
-def photo_choice(r: np.random.Generator) -> tuple[Photo, Region]:
+def _photo_choice(r: np.random.Generator) -> tuple[Photo, _Region]:
     "A photo and one of its regions, uniformly over all regions (photos of objects have more of them)."
     return pick(r, [(p, reg) for p in PHOTOS for reg in p.regions])
 
 # %% ../nbs/03a_corpus_general.ipynb #bdf7fb29
-def alt_text(caption: str, r: np.random.Generator) -> str:
+def _alt_text(caption: str, r: np.random.Generator) -> str:
     "`caption` dressed as scraped alt-text: a template, then maybe file-name or stock-photo noise and casing."
     c = pick(r, ('{}', '{}', 'photo of {}', 'a photo of {}', 'image of {}', '{} - stock photo', '{} picture')).format(caption)
     noise = r.random()
@@ -325,9 +321,9 @@ def web_captions(n: int, # number of samples
     "Short, noisy alt-text captions of real photos (stands in for LAION-400M)."
     for i in range(n):
         r = rng(seed, 'web_captions', i)
-        photo, region = photo_choice(r)
-        im, aug = photo_view(photo, region, size, r)
-        caption = alt_text(pick(r, region.short), r)
+        photo, region = _photo_choice(r)
+        im, aug = _photo_view(photo, region, size, r)
+        caption = _alt_text(pick(r, region.short), r)
         yield vlm_sample('web_captions', i, [im], [(pick(r, CAPTION_PROMPTS), caption)], dict(kind='photo', **aug))
 
 # %% ../nbs/03a_corpus_general.ipynb #15bce40d
@@ -338,8 +334,8 @@ def dense_captions(n: int, # number of samples
     "One- or two-sentence descriptions of real photos (stands in for CC-12M with BLIP captions)."
     for i in range(n):
         r = rng(seed, 'dense_captions', i)
-        photo, region = photo_choice(r)
-        im, aug = photo_view(photo, region, size, r)
+        photo, region = _photo_choice(r)
+        im, aug = _photo_view(photo, region, size, r)
         yield vlm_sample('dense_captions', i, [im], [(pick(r, DENSE_PROMPTS), region.dense)], dict(kind='photo', **aug))
 
 # %% ../nbs/03a_corpus_general.ipynb #5bfbd4ca
@@ -349,7 +345,7 @@ FIRST_NAMES = ('Ana', 'Ben', 'Cleo', 'Dev', 'Eva', 'Finn', 'Gus', 'Ida', 'Jon', 
 LAST_NAMES = ('Lee', 'Diaz', 'Kim', 'Roy', 'Park', 'Cole', 'Shaw', 'Bell', 'Ford', 'Hale', 'Ito', 'Khan', 'Lund', 'Moss')
 MONTHS = ('Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec')
 
-def document_truth(r: np.random.Generator) -> dict:
+def _document_truth(r: np.random.Generator) -> dict:
     "A random document: a title and three of the fields name, date, total, room and code."
     values = dict(Name=pick(r, FIRST_NAMES), Date=f'{int(r.integers(1, 29))} {pick(r, MONTHS)}',
                   Total=f'${int(r.integers(2, 99))}', Room=str(int(r.integers(1, 40))),
@@ -358,14 +354,14 @@ def document_truth(r: np.random.Generator) -> dict:
     return dict(title=pick(r, DOC_TITLES), fields=[[k, values[k]] for k in keys])
 
 # %% ../nbs/03a_corpus_general.ipynb #906816dd
-def draw_document(t: dict, size: int) -> Image.Image:
+def _draw_document(t: dict, size: int) -> Image.Image:
     "A white page with the title in bold and one `key: value` line per field."
-    im, d, u = canvas(size, (232, 232, 226))
+    im, d, u = _canvas(size, (232, 232, 226))
     d.rectangle([10*u, 4*u, 118*u, 124*u], fill='white', outline=(150, 150, 150), width=max(1, int(u)))
-    text_centered(d, (64*u, 22*u), t['title'], 20*u, 100*u, bold=True)
+    _text_centered(d, (64*u, 22*u), t['title'], 20*u, 100*u, bold=True)
     d.line([18*u, 36*u, 110*u, 36*u], fill='black', width=max(1, int(u)))
     for j, (k, v) in enumerate(t['fields']):
-        d.text((18*u, (52 + 25*j)*u), f'{k}: {v}', fill='black', font=fitted_font(d, f'{k}: {v}', 94*u, 15*u), anchor='lm')
+        d.text((18*u, (52 + 25*j)*u), f'{k}: {v}', fill='black', font=_fitted_font(d, f'{k}: {v}', 94*u, 15*u), anchor='lm')
     return finish(im, size)
 
 # %% ../nbs/03a_corpus_general.ipynb #974c1742
@@ -373,7 +369,7 @@ FIELD_QUESTIONS = dict(Name='What name is written on the {d}?', Date='What date 
                        Total='What is the total on the {d}?', Room='Which room number is given?',
                        Code='What is the code on the {d}?')
 
-def document_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
+def _document_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
     "OCR questions about a document, answered from its ground truth."
     doc = t['title'].lower()
     turns = [('What is the title of this document?', t['title'])]
@@ -389,7 +385,7 @@ DAYS = ('Mon', 'Tue', 'Wed', 'Thu', 'Fri')
 PALETTE = dict(red=(220, 40, 40), green=(40, 160, 60), blue=(40, 90, 220), yellow=(240, 200, 20),
                purple=(140, 60, 190), orange=(245, 130, 20))
 
-def chart_truth(r: np.random.Generator) -> dict:
+def _chart_truth(r: np.random.Generator) -> dict:
     "A random chart: kind, title, labels, distinct values (percentages summing to 100 for pies), colours."
     kind = pick(r, ('bar', 'line', 'pie')); k = int(r.integers(3, 5))
     labels = DAYS[:k] if kind == 'line' else sorted(r.choice(CATEGORIES, k, replace=False).tolist())
@@ -403,10 +399,10 @@ def chart_truth(r: np.random.Generator) -> dict:
                 colours=colours)
 
 # %% ../nbs/03a_corpus_general.ipynb #cb953fe7
-def draw_chart(t: dict, size: int) -> Image.Image:
+def _draw_chart(t: dict, size: int) -> Image.Image:
     "Draw a bar, line or pie chart with its title and every value labelled."
-    im, d, u = canvas(size)
-    text_centered(d, (64*u, 10*u), t['title'], 16*u, 110*u, bold=True)
+    im, d, u = _canvas(size)
+    _text_centered(d, (64*u, 10*u), t['title'], 16*u, 110*u, bold=True)
     ls, vs, k = t['labels'], t['values'], len(t['values'])
     if t['chart'] == 'pie':
         box, a0 = [4*u, 30*u, 68*u, 94*u], -90.
@@ -415,7 +411,7 @@ def draw_chart(t: dict, size: int) -> Image.Image:
         for j, (l, v, c) in enumerate(zip(ls, vs, t['colours'])):
             y = (30 + 22*j)*u
             d.rectangle([72*u, y, 80*u, y + 8*u], fill=PALETTE[c])
-            d.text((83*u, y + 4*u), l, fill='black', font=fitted_font(d, l, 42*u, 12*u), anchor='lm')
+            d.text((83*u, y + 4*u), l, fill='black', font=_fitted_font(d, l, 42*u, 12*u), anchor='lm')
             d.text((83*u, y + 15*u), f'{v}%', fill='black', font=font(12*u, True), anchor='lm')
         return finish(im, size)
     x0, x1, y0, y1 = 8*u, 122*u, 110*u, 34*u  # plot area: y0 is the baseline, y1 the top (value 100)
@@ -428,11 +424,11 @@ def draw_chart(t: dict, size: int) -> Image.Image:
     for x, y, l, v in zip(xs, ys, ls, vs):
         if t['chart'] == 'bar': d.rectangle([x - step*0.32, y, x + step*0.32, y0], fill=col)
         d.text((x, y - 4*u), str(v), fill='black', font=font(13*u, True), anchor='mb')
-        d.text((x, y0 + 3*u), l, fill='black', font=fitted_font(d, l, step*0.95, 13*u), anchor='mt')
+        d.text((x, y0 + 3*u), l, fill='black', font=_fitted_font(d, l, step*0.95, 13*u), anchor='mt')
     return finish(im, size)
 
 # %% ../nbs/03a_corpus_general.ipynb #9727d201
-def chart_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
+def _chart_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
     "Questions about a chart, answered from its values: the largest and smallest, one value, a difference or trend."
     ls, vs = t['labels'], t['values']; unit = '%' if t['chart'] == 'pie' else ''
     big, small = ls[int(np.argmax(vs))], ls[int(np.argmin(vs))]
@@ -455,7 +451,7 @@ def chart_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
 # %% ../nbs/03a_corpus_general.ipynb #d9221b08
 SHAPES = ('circle', 'square', 'triangle')
 
-def scene_truth(r: np.random.Generator) -> dict:
+def _scene_truth(r: np.random.Generator) -> dict:
     "Random non-overlapping shapes, each with shape, colour and a box in 0..128 units."
     boxes, objs = [], []
     for _ in range(int(r.integers(2, 8))):
@@ -468,9 +464,9 @@ def scene_truth(r: np.random.Generator) -> dict:
     return dict(objects=objs, background=pick(r, ('white', 'beige', 'grey')))
 
 # %% ../nbs/03a_corpus_general.ipynb #c097d849
-def draw_scene(t: dict, size: int) -> Image.Image:
+def _draw_scene(t: dict, size: int) -> Image.Image:
     "Draw the shapes of a scene."
-    im, d, u = canvas(size, dict(white=(255, 255, 255), beige=(236, 226, 200), grey=(200, 200, 200))[t['background']])
+    im, d, u = _canvas(size, dict(white=(255, 255, 255), beige=(236, 226, 200), grey=(200, 200, 200))[t['background']])
     for o in t['objects']:
         x0, y0, x1, y1 = (v*u for v in o['box']); c = PALETTE[o['colour']]
         if o['shape'] == 'circle': d.ellipse([x0, y0, x1, y1], fill=c, outline='black', width=max(1, int(u)))
@@ -479,19 +475,19 @@ def draw_scene(t: dict, size: int) -> Image.Image:
     return finish(im, size)
 
 # %% ../nbs/03a_corpus_general.ipynb #0d9cec46
-def plural(n: int, word: str) -> str:
+def _plural(n: int, word: str) -> str:
     "`word` with an s unless `n` is 1."
     return word if n == 1 else word + 's'
 
 # %% ../nbs/03a_corpus_general.ipynb #edf1ec94
-def scene_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
+def _scene_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
     "Counting, colour and presence questions about a shape scene, answered from its objects."
     objs = t['objects']; count = collections.Counter((o['colour'], o['shape']) for o in objs)
     by_shape = collections.Counter(o['shape'] for o in objs)
     o = pick(r, objs); s = pick(r, SHAPES); c = pick(r, list(PALETTE))
     qs = [('How many shapes are there in the image?', str(len(objs))),
-          (f'How many {o["colour"]} {plural(2, o["shape"])} are there?', str(count[o['colour'], o['shape']])),
-          (f'How many {plural(2, s)} are there?', str(by_shape[s])),
+          (f'How many {o["colour"]} {_plural(2, o["shape"])} are there?', str(count[o['colour'], o['shape']])),
+          (f'How many {_plural(2, s)} are there?', str(by_shape[s])),
           (f'Is there a {c} {s}?', 'Yes.' if count[c, s] else 'No.')]
     unique = [sh for sh in SHAPES if by_shape[sh] == 1]
     if unique:
@@ -505,7 +501,7 @@ TITLE_WORDS = (('The', 'Red', 'Blue', 'Last', 'Lost', 'Old', 'Dark', 'Wild', 'Qu
 COVER_COLOURS = dict(navy=(25, 40, 90), maroon=(120, 25, 35), green=(30, 100, 60), black=(20, 20, 20),
                      teal=(20, 110, 120), purple=(80, 40, 110))
 
-def book_truth(r: np.random.Generator) -> dict:
+def _book_truth(r: np.random.Generator) -> dict:
     "A random book: a two- or three-word title, an author and a cover colour."
     words = [pick(r, TITLE_WORDS[0]), pick(r, TITLE_WORDS[1])]
     if r.random() < 0.3: words = ['The', pick(r, TITLE_WORDS[0][1:]), words[1]]
@@ -513,18 +509,18 @@ def book_truth(r: np.random.Generator) -> dict:
                 cover=pick(r, list(COVER_COLOURS)))
 
 # %% ../nbs/03a_corpus_general.ipynb #3816cd37
-def draw_book(t: dict, size: int) -> Image.Image:
+def _draw_book(t: dict, size: int) -> Image.Image:
     "A book cover: title words stacked in bold, a rule, the author at the bottom."
-    im, d, u = canvas(size, (235, 235, 235))
+    im, d, u = _canvas(size, (235, 235, 235))
     d.rectangle([16*u, 2*u, 112*u, 126*u], fill=COVER_COLOURS[t['cover']])
     words = t['title'].split(); top = 38 - 10*(len(words) - 2)
-    for j, w in enumerate(words): text_centered(d, (64*u, (top + 22*j)*u), w, 21*u, 88*u, fill='white', bold=True)
+    for j, w in enumerate(words): _text_centered(d, (64*u, (top + 22*j)*u), w, 21*u, 88*u, fill='white', bold=True)
     d.line([30*u, 92*u, 98*u, 92*u], fill=(230, 200, 90), width=max(1, int(2*u)))
-    text_centered(d, (64*u, 108*u), t['author'], 15*u, 90*u, fill=(255, 235, 170), bold=True)
+    _text_centered(d, (64*u, 108*u), t['author'], 15*u, 90*u, fill=(255, 235, 170), bold=True)
     return finish(im, size)
 
 # %% ../nbs/03a_corpus_general.ipynb #1b0769ef
-def book_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
+def _book_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
     "Questions about a book cover, then one text-only follow-up computed from the answer."
     first, last = t['author'].split()
     turns = [('Who is the author of this book?', t['author']), ('What is the title of this book?', t['title'])]
@@ -538,10 +534,10 @@ def book_turns(t: dict, r: np.random.Generator) -> list[tuple[str, str]]:
 
 # %% ../nbs/03a_corpus_general.ipynb #cec02d61
 INSTRUCT_KINDS = dict(document=0.2, chart=0.3, scene=0.2, book=0.15, photo=0.15)
-DRAWN = dict(document=(document_truth, draw_document, document_turns), chart=(chart_truth, draw_chart, chart_turns),
-             scene=(scene_truth, draw_scene, scene_turns), book=(book_truth, draw_book, book_turns))
+DRAWN = dict(document=(_document_truth, _draw_document, _document_turns), chart=(_chart_truth, _draw_chart, _chart_turns),
+             scene=(_scene_truth, _draw_scene, _scene_turns), book=(_book_truth, _draw_book, _book_turns))
 
-def with_image_first(turns: list[tuple[str, str]], r: np.random.Generator) -> list[tuple[str, str]]:
+def _with_image_first(turns: list[tuple[str, str]], r: np.random.Generator) -> list[tuple[str, str]]:
     "`turns` with the `<image>` placeholder before or after the first question."
     (q, a), rest = turns[0], turns[1:]
     return [(f'{IMAGE}\n{q}' if r.random() < 0.7 else f'{q}\n{IMAGE}', a), *rest]
@@ -557,20 +553,20 @@ def instruct_vqa(n: int, # number of samples
         r = rng(seed, 'instruct_vqa', i)
         kind = kinds[int(r.choice(len(kinds), p=p/p.sum()))]
         if kind == 'photo':
-            photo, region = photo_choice(r)
-            im, truth = photo_view(photo, region, size, r)
+            photo, region = _photo_choice(r)
+            im, truth = _photo_view(photo, region, size, r)
             qa = list(region.qa); turns = [qa[j] for j in r.permutation(len(qa))[:int(r.integers(1, 3))]]
             if r.random() < 0.4: turns.append(('Describe the image briefly.', region.dense))
         else:
             make, draw, ask = DRAWN[kind]
             truth = make(r); im = draw(truth, size); turns = ask(truth, r)
-        yield vlm_sample('instruct_vqa', i, [im], with_image_first(turns, r), dict(kind=kind, **truth))
+        yield vlm_sample('instruct_vqa', i, [im], _with_image_first(turns, r), dict(kind=kind, **truth))
 
 # %% ../nbs/03a_corpus_general.ipynb #f7bcbad8
 SHIRTS = dict(red=(210, 50, 50), blue=(50, 90, 210), green=(40, 150, 70), yellow=(230, 190, 30), purple=(130, 60, 170))
 SKIN = ((240, 200, 160), (200, 150, 110), (140, 95, 60), (90, 60, 40))
 
-def draw_person(d: ImageDraw.ImageDraw, u: float, x: float, y: float, tag: int, shirt: str, skin: tuple,
+def _draw_person(d: ImageDraw.ImageDraw, u: float, x: float, y: float, tag: int, shirt: str, skin: tuple,
                 arms: str = 'down') -> None:
     "A standing figure with its feet at (x, y) in 128-units, a numbered tag over its head."
     w = max(1, int(2*u)); S = lambda *p: [v*u for v in p]
@@ -585,7 +581,7 @@ def draw_person(d: ImageDraw.ImageDraw, u: float, x: float, y: float, tag: int, 
 
 # %% ../nbs/03a_corpus_general.ipynb #749900e9
 @dataclass(frozen=True)
-class Scenario:
+class _Scenario:
     "A drawable everyday situation with its question, answer and rationale."
     name: str
     question: str # may use {tag} and {shirt} of the focus person
@@ -599,7 +595,7 @@ def _people(d, u, r, xs, y, focus_arms='down', focus=0):
     shirts = r.choice(list(SHIRTS), len(xs), replace=False).tolist()
     people = []
     for j, x in enumerate(xs):
-        draw_person(d, u, x, y, j + 1, shirts[j], SKIN[int(r.integers(len(SKIN)))], focus_arms if j == focus else 'down')
+        _draw_person(d, u, x, y, j + 1, shirts[j], SKIN[int(r.integers(len(SKIN)))], focus_arms if j == focus else 'down')
         people.append(dict(tag=j + 1, shirt=shirts[j], x=round(float(x), 1)))
     return people
 
@@ -688,32 +684,32 @@ def _crossing(d, u, r):
     return dict(people=people, focus=0)
 
 # %% ../nbs/03a_corpus_general.ipynb #39eecb76
-SCENARIOS: tuple[Scenario, ...] = (
-    Scenario('rain', 'Why is person {tag} holding an umbrella?', 'Because it is raining.',
+SCENARIOS: tuple[_Scenario, ...] = (
+    _Scenario('rain', 'Why is person {tag} holding an umbrella?', 'Because it is raining.',
              'Rain drops are falling from the grey clouds.', _rain, (170, 175, 190)),
-    Scenario('birthday', 'Why are the people gathered around the table?', 'They are celebrating a birthday.',
+    _Scenario('birthday', 'Why are the people gathered around the table?', 'They are celebrating a birthday.',
              'There is a cake with {candles} lit candle{candle_s} on the table.', _birthday, (250, 235, 210)),
-    Scenario('night', 'Why is person {tag} lying in bed?', 'Because it is night and time to sleep.',
+    _Scenario('night', 'Why is person {tag} lying in bed?', 'Because it is night and time to sleep.',
              'The moon and stars are out in the dark sky.', _night, (20, 25, 60)),
-    Scenario('stove', 'What will happen to the water in the pot?', 'It will get hot and boil.',
+    _Scenario('stove', 'What will happen to the water in the pot?', 'It will get hot and boil.',
              'The burner under the pot is lit with flames.', _stove),
-    Scenario('catch', 'What will person {tag} do next?', 'Catch the ball.',
+    _Scenario('catch', 'What will person {tag} do next?', 'Catch the ball.',
              'The ball is flying toward person {tag}, whose arms are raised.', _catch),
-    Scenario('cup', 'What will happen to the cup?', 'It will fall off the table.',
+    _Scenario('cup', 'What will happen to the cup?', 'It will fall off the table.',
              'The cup is tipping over the edge of the table.', _cup, (240, 230, 215)),
-    Scenario('sun', 'Why is the ice cream of the person in the {shirt} shirt melting?', 'Because it is a hot, sunny day.',
+    _Scenario('sun', 'Why is the ice cream of the person in the {shirt} shirt melting?', 'Because it is a hot, sunny day.',
              'The sun is shining brightly in a clear sky.', _sun, (150, 210, 250)),
-    Scenario('crossing', 'What will person {tag} do when the light turns green?', 'Cross the street.',
+    _Scenario('crossing', 'What will person {tag} do when the light turns green?', 'Cross the street.',
              'Person {tag} is waiting at a crosswalk while the traffic light is red.', _crossing, (200, 220, 235)),
 )
 
 # %% ../nbs/03a_corpus_general.ipynb #8079f4e9
 LETTERS = 'ABCD'
 
-def commonsense_truth(r: np.random.Generator, size: int) -> tuple[Image.Image, dict]:
+def _commonsense_truth(r: np.random.Generator, size: int) -> tuple[Image.Image, dict]:
     "A drawn everyday scene and its multiple-choice ground truth."
     sc = pick(r, SCENARIOS)
-    im, d, u = canvas(size, sc.background)
+    im, d, u = _canvas(size, sc.background)
     facts = sc.draw(d, u, r); focus = facts['people'][facts['focus']]
     fill = lambda s: s.format(tag=focus['tag'], shirt=focus['shirt'], **{k: v for k, v in facts.items() if k not in ('people', 'focus')})
     others = sorted((s for s in SCENARIOS if s.name != sc.name), key=lambda s: (s.question[:4] != sc.question[:4], s.name))
@@ -727,17 +723,17 @@ def commonsense_truth(r: np.random.Generator, size: int) -> tuple[Image.Image, d
     return finish(im, size), truth
 
 # %% ../nbs/03a_corpus_general.ipynb #06cf2140
-def choices_text(options: list[str]) -> str:
+def _choices_text(options: list[str]) -> str:
     "Options as lettered lines."
     return '\n'.join(f'{l}. {o}' for l, o in zip(LETTERS, options))
 
 # %% ../nbs/03a_corpus_general.ipynb #0e5067f0
-def commonsense_turns(t: dict) -> list[tuple[str, str]]:
+def _commonsense_turns(t: dict) -> list[tuple[str, str]]:
     "VCR's two steps: question to answer, then question and answer to rationale."
     a, ri = t['answer_index'], t['rationale_index']
-    return [(f"{IMAGE}\n{t['question']}\n{choices_text(t['answers'])}\nAnswer with the option's letter and text.",
+    return [(f"{IMAGE}\n{t['question']}\n{_choices_text(t['answers'])}\nAnswer with the option's letter and text.",
              f"{LETTERS[a]}. {t['answers'][a]}"),
-            (f"Which reason best supports that answer?\n{choices_text(t['rationales'])}",
+            (f"Which reason best supports that answer?\n{_choices_text(t['rationales'])}",
              f"{LETTERS[ri]}. {t['rationales'][ri]}")]
 
 # %% ../nbs/03a_corpus_general.ipynb #76c7c4ab
@@ -748,15 +744,15 @@ def commonsense_vqa(n: int, # number of samples
     "Multiple-choice why/what-next questions with answer and rationale about drawn scenes (stands in for VCR)."
     for i in range(n):
         r = rng(seed, 'commonsense_vqa', i)
-        im, truth = commonsense_truth(r, size)
-        yield vlm_sample('commonsense_vqa', i, [im], commonsense_turns(truth), dict(kind='commonsense', **truth))
+        im, truth = _commonsense_truth(r, size)
+        yield vlm_sample('commonsense_vqa', i, [im], _commonsense_turns(truth), dict(kind='commonsense', **truth))
 
 # %% ../nbs/03a_corpus_general.ipynb #40ae62c2
 GENERAL_SOURCES: dict[str, Callable[..., Iterator[dict]]] = dict(
     web_captions=web_captions, dense_captions=dense_captions, instruct_vqa=instruct_vqa, commonsense_vqa=commonsense_vqa)
 
 # %% ../nbs/03a_corpus_general.ipynb #f64edd8b
-def sample_text(s: dict, width: int = 40, max_lines: int = 11) -> str:
+def _sample_text(s: dict, width: int = 40, max_lines: int = 11) -> str:
     "The chat turns of a sample as short wrapped lines (Q:/A:), for a figure."
     lines = []
     for m in s['messages']:
@@ -765,7 +761,7 @@ def sample_text(s: dict, width: int = 40, max_lines: int = 11) -> str:
     return '\n'.join(lines[:max_lines] + (['...'] if len(lines) > max_lines else []))
 
 # %% ../nbs/03a_corpus_general.ipynb #4a934fd0
-def sample_sheet(samples: list[dict], # VLM samples to show
+def _sample_sheet(samples: list[dict], # VLM samples to show
                  cols: int = 2, # samples per row
                  text_w: int = 240, # width of the text column beside each picture, in pixels
                  ) -> Image.Image:
@@ -777,6 +773,6 @@ def sample_sheet(samples: list[dict], # VLM samples to show
     for j, s in enumerate(samples):
         x, y = (j % cols)*tw + 4, (j//cols)*th + 4
         sheet.paste(s['images'][0].convert('RGB'), (x, y))
-        body = [s['id']] + sample_text(s, per_line, lines - 1).split('\n')
+        body = [s['id']] + _sample_text(s, per_line, lines - 1).split('\n')
         for k, line in enumerate(body): d.text((x + side + 6, y + 11*k), line, fill=(0, 90, 160) if k == 0 else 'black', font=fnt)
     return sheet

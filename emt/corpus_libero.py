@@ -8,7 +8,7 @@ written as one `demo_<i>` group of a `<task>_demo.hdf5` file in the layout of LI
 `obs/agentview_rgb` and `obs/eye_in_hand_rgb` as rendered (OpenGL orientation, upside down), the robot's joint,
 gripper and end-effector states, the 7-dim OSC_POSE delta actions with LIBERO's gripper sign (-1 open, +1 close),
 the flattened simulator states, rewards and dones, and the file attributes (`problem_info`, `bddl_file_content`,
-`env_args`). `emt.data.read_libero_hdf5`, the reader of the released files, is what ingests them, so a VLA trained
+`env_args`). `emt.samples.read_libero_hdf5`, the reader of the released files, is what ingests them, so a VLA trained
 on them goes through the same path as one trained on LIBERO's own data.
 
 A demonstration starts from one of the task's fixed initial states, the same states the benchmark evaluates from
@@ -46,7 +46,7 @@ from .core import EmtError, atomic_path, progress, rpath, write_json
 from .libero import LiberoEnv, LiberoPickPlace
 
 # %% auto #0
-__all__ = ['record_demo', 'write_libero_demos', 'libero_demos']
+__all__ = ['libero_demos']
 
 # %% ../nbs/03e_corpus_libero.ipynb #40ba8e7d
 def _axis_angle(q: np.ndarray) -> np.ndarray:
@@ -57,7 +57,7 @@ def _axis_angle(q: np.ndarray) -> np.ndarray:
     return np.zeros(3) if s < 1e-8 else q[:3] * (2.0 * np.arccos(w) / s)
 
 # %% ../nbs/03e_corpus_libero.ipynb #30e6e265
-def record_demo(env: LiberoEnv, # a task env (with the eye-in-hand camera in `cameras` to record it too)
+def _record_demo(env: LiberoEnv, # a task env (with the eye-in-hand camera in `cameras` to record it too)
                 trial: int, # the initial state
                 policy=None, # the scripted expert (None: a new `LiberoPickPlace`)
                 ) -> dict | None:
@@ -89,7 +89,7 @@ def record_demo(env: LiberoEnv, # a task env (with the eye-in-hand camera in `ca
     return out
 
 # %% ../nbs/03e_corpus_libero.ipynb #c19d902e
-def write_libero_demos(path: str | os.PathLike, # the <task>_demo.hdf5 file to write
+def _write_libero_demos(path: str | os.PathLike, # the <task>_demo.hdf5 file to write
                        env: LiberoEnv, # the task's env (its BDDL file and problem)
                        demos: Sequence[dict], # `record_demo` results
                        ) -> Path:
@@ -142,11 +142,11 @@ def libero_demos(tasks: Sequence[str], # '<suite>/<task name>' entries
             for trial in progress(range(first_state, len(env.states)), task[:40], leave=False):
                 if len(demos) == episodes_per_task: break
                 tried += 1
-                if (d := record_demo(env, trial)) is not None: demos.append(d); states.append(trial)
+                if (d := _record_demo(env, trial)) is not None: demos.append(d); states.append(trial)
             if len(demos) < episodes_per_task:
                 raise EmtError(f'{entry}: the scripted expert succeeded from {len(demos)} of the {tried} initial states, '
                                f'fewer than the {episodes_per_task} demonstrations asked for')
-            f = write_libero_demos(out/suite/f'{task}_demo.hdf5', env, demos)
+            f = _write_libero_demos(out/suite/f'{task}_demo.hdf5', env, demos)
         finally: env.close()
         summary[entry] = {'file': str(f.relative_to(out)), 'demos': len(demos), 'tried': tried, 'initial_states': states,
                           'frames': int(sum(len(d['actions']) for d in demos)), 'seconds': round(time.time() - t0, 1)}

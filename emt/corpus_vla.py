@@ -3,7 +3,7 @@ actions as chunks, and only successful episodes.
 
 The paper fine-tunes VLAs on robot demonstrations (LIBERO, Bridge, CALVIN). The embedded default stands in for them
 with Meta-World MT10: every task has a scripted expert, so demonstrations cost only simulation and rendering. The
-samples follow the VLA schema of `emt.data` (one row per frame, the next `chunk` actions from it).
+samples follow the VLA schema of `emt.samples` (one row per frame, the next `chunk` actions from it).
 
 Docs: https://emt-org.github.io/emt/corpus_vla.html.md"""
 
@@ -19,15 +19,15 @@ import numpy as np
 from PIL import Image
 
 from .core import EmtError, progress, rng
-from .data import action_chunk
-from .sim import DEFAULT_CAMERA, N_VARIATIONS, SimEnv, check_task, instruction, make_env, render, scripted_policy
+from .samples import action_chunk
+from .metaworld_sim import DEFAULT_CAMERA, N_VARIATIONS, SimEnv, check_task, instruction, make_env, render, scripted_policy
 
 # %% auto #0
-__all__ = ['SOURCE', 'Episode', 'rollout', 'episode_samples', 'variation_seed', 'generate_vla']
+__all__ = ['SOURCE', 'rollout', 'variation_seed', 'generate_vla']
 
 # %% ../nbs/03c_corpus_vla.ipynb #7b7d03cb
 @dataclass
-class Episode:
+class _Episode:
     "One rollout: the actions, the frames rendered before the steps that were kept, and when it first succeeded."
     actions: np.ndarray # (T, 4) float32, clipped to [-1, 1]
     frames: dict[int, np.ndarray] = field(default_factory=dict) # step index -> upright (H, W, 3) uint8 frame
@@ -43,7 +43,7 @@ def rollout(env: SimEnv, # an env from `make_env`, set to the variation to run
             extra_steps: int = 5, # steps to keep going after the first success
             frame_stride: int = 1, # render before every `frame_stride`-th step
             render_frames: bool = True, # False: actions only (to measure an expert)
-            ) -> Episode:
+            ) -> _Episode:
     "Run `policy` from the env's reset state; the actions, the kept frames and the first success step."
     obs, actions, frames, success_step = env.reset(), [], {}, None
     for t in range(max_steps):
@@ -53,12 +53,12 @@ def rollout(env: SimEnv, # an env from `make_env`, set to the variation to run
         actions.append(a)
         if success_step is None and info['success']: success_step = t
         if (success_step is not None and t >= success_step + extra_steps) or truncated: break
-    return Episode(np.stack(actions), frames, success_step)
+    return _Episode(np.stack(actions), frames, success_step)
 
 # %% ../nbs/03c_corpus_vla.ipynb #643d7863
 SOURCE = 'metaworld_mt10'
 
-def episode_samples(ep: Episode, # a successful rollout
+def _episode_samples(ep: _Episode, # a successful rollout
                     task: str, # its Meta-World task
                     episode_index: int, # the episode's index in the whole data set
                     task_episode: int, # its index among the task's episodes (used in the id)
@@ -122,7 +122,7 @@ def generate_vla(tasks: Sequence[str], # Meta-World task names, e.g. `MT10_TASKS
                     continue
                 meta = {'seed': variation_seed(seed, task, draw), 'variation': variation, 'camera': camera,
                         'tries': tries}
-                yield from episode_samples(ep, task, episode_index, kept, chunk, meta, source)
+                yield from _episode_samples(ep, task, episode_index, kept, chunk, meta, source)
                 kept += 1; episode_index += 1; bar.update(1)
         finally: env.close()
     bar.close()

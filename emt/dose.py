@@ -32,12 +32,12 @@ from datasets import Dataset, concatenate_datasets
 from .ability import answer_questions, first_turn, heldout_questions, prior, score_answer
 from .backbones import load_vlm, save_vlm
 from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_table, write_json
-from .data import ids_digest, load_dataset_dir
+from .samples import ids_digest, load_dataset_dir
 from .midtrain import load_mixture
 from .params import Params, Recipe
 from .sft import train_sft, weights_digest
 from .stats import manipulation_check
-from .vla import vla_benchmarks, vla_recipe
+from .vla import benchmark_sources, sources_recipe
 
 # %% auto #0
 __all__ = ['Dose', 'ladder', 'dose_recipe', 'general_draw', 'ability_of', 'ridge_r2', 'action_probe', 'run_ladder']
@@ -210,7 +210,7 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
             mix = load_mixture(c) if c != 'general_draw' else None
             dosed = {k: train(mix if mix is not None else general_draw(P, n, k), chosen, k, c) for k in seeds}
             rows.append(_ladder_row(c, chosen, n, gb, manipulation_check(base, dosed, groups, priors, margin, seed=P.seed), dosed, qs))
-    vla_sum = {b: 0.5 * r.lr * r.steps for b, r in ((b, vla_recipe(s, P.vla.recipe)) for b, s in vla_benchmarks(P).items())}
+    vla_sum = {b: 0.5 * r.lr * r.steps for b, r in ((b, sources_recipe(s, P.vla.recipe)) for b, s in benchmark_sources(P).items())}
     result = {'profile': P.profile, 'seeds': list(seeds), 'margin': margin, 'mixture_size': n, 'chosen': chosen.name if chosen else None,
               'base': {s: round(100 * float(np.mean(v)), 1) for s, v in base.items()},
               'priors': {s: round(100 * v, 1) for s, v in priors.items()}, 'groups': {s: groups[s] for s in qs},

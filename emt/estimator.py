@@ -239,7 +239,7 @@ def vla_episode_groups(names: list[str], # the VLA sources, in FeatureSet order
                        data: str | os.PathLike = ARTIFACTS['data'], # where the data stage stored the sources
                        ) -> np.ndarray:
     "The episode of every VLA feature row, as '<source>/<episode_index>' (for the group split)."
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     ep = {}
     for n in names:
         p = rpath(data)/n

@@ -6,7 +6,7 @@ installed from its git repository, with a 500 GB-class data set for ABC→D's va
 adapters are written against the simulators' documented Python APIs and follow their official evaluation
 protocols, but **they have never been run here**: treat a first run on a machine that has the simulator as a
 test. Nothing in them is faked: where the simulator is missing, constructing the adapter raises an `EmtError`
-that says exactly what to install. They plug into `emt.eval.evaluate` like the Meta-World and LIBERO adapters.
+that says exactly what to install. They plug into `emt.evaluation.evaluate` like the Meta-World and LIBERO adapters.
 
 Docs: https://emt-org.github.io/emt/eval_external.html.md"""
 

@@ -34,11 +34,11 @@ from safetensors.numpy import save_file
 
 from .backbones import check_prompt_fits, encode, encode_prompt, load_vlm
 from .core import ARTIFACTS, atomic_path, DataError, Digest, digest, EmtError, progress, rpath, write_json
-from .data import load_dataset_dir, open_image
+from .samples import load_dataset_dir, open_image
 from .params import Params, check_gpu
 
 # %% auto #0
-__all__ = ['Pooling', 'SHARD', 'STORE_DTYPES', 'pool', 'vlm_inputs', 'truncate_rows', 'vla_inputs', 'model_inputs',
+__all__ = ['Pooling', 'SHARD', 'STORE_DTYPES', 'pool_hidden', 'vlm_inputs', 'truncate_rows', 'vla_inputs', 'model_inputs',
            'n_hidden_states', 'embed_batch', 'shard_name', 'write_shard', 'shard_meta', 'read_shard', 'ShardTask',
            'plan_shards', 'process_share', 'is_done', 'model_fingerprint', 'fingerprint', 'Encoded', 'BatchReader',
            'compute_shards', 'write_manifest', 'read_manifest', 'iter_features', 'load_features', 'check_finite',
@@ -47,7 +47,7 @@ __all__ = ['Pooling', 'SHARD', 'STORE_DTYPES', 'pool', 'vlm_inputs', 'truncate_r
 # %% ../nbs/07_features.ipynb #181d725e
 Pooling = Literal['mean', 'last', 'first']
 
-def pool(hidden: torch.Tensor, # (B, T, D) hidden states
+def pool_hidden(hidden: torch.Tensor, # (B, T, D) hidden states
          mask: torch.Tensor, # (B, T) attention mask, 1 on valid tokens
          how: Pooling = 'mean', # mean over valid tokens, last valid token or first valid token
          ) -> torch.Tensor:
@@ -144,7 +144,7 @@ def n_hidden_states(model: torch.nn.Module) -> int:
 def embed_batch(model: torch.nn.Module, # the frozen VLM
                 batch: dict, # from `vlm_inputs` / `vla_inputs`
                 layer: int = -1, # hidden-state index (-1: last hidden state)
-                pooling: Pooling = 'mean', # see `pool`
+                pooling: Pooling = 'mean', # see `pool_hidden`
                 ) -> torch.Tensor:
     "The pooled float32 features of one batch, on the CPU."
     n = n_hidden_states(model)
@@ -154,7 +154,7 @@ def embed_batch(model: torch.nn.Module, # the frozen VLM
     core = getattr(model, 'model', model)
     out = core(**inputs, output_hidden_states=layer != -1)
     hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-    return pool(hidden, inputs['attention_mask'], pooling).cpu()
+    return pool_hidden(hidden, inputs['attention_mask'], pooling).cpu()
 
 # %% ../nbs/07_features.ipynb #2fe255b8
 SHARD = re.compile(r'shard-(\d{5})\.safetensors')

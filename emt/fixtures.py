@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 
 from .core import ARTIFACTS
-from .data import image_bytes
+from .samples import image_bytes
 from .params import Params, example_params, override
 
 # %% auto #0
@@ -131,7 +131,7 @@ def toy_frames(n_episodes: int = 6, # episodes (alternating between two tasks)
                size: int = 16, # image side, px
                source: str = 'toy') -> Dataset:
     "A tiny VLA dataset where the image colour and the task determine the actions (for examples and tests)."
-    from emt.data import image_bytes, samples_to_dataset
+    from emt.samples import image_bytes, samples_to_dataset
     rows = []
     for e in range(n_episodes):
         task = ['push', 'pick'][e % 2]

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from .core import EmtError, rpath, write_text
-from .data import flip_image
+from .samples import flip_image
 
 # %% auto #0
 __all__ = ['LIBERO_INSTALL', 'SUITE_MAX_STEPS', 'WAIT_STEPS', 'NOOP', 'libero_paths', 'ensure_libero_config', 'libero_suite',

@@ -2,7 +2,7 @@
 
 The paper mid-trained with LLaMA-Factory, which brings DeepSpeed ZeRO, sequence packing and multi-node launch.
 emt's own engine (`emt.sft`) is what the pipeline runs and tests on every machine; this module hands the same run to
-LLaMA-Factory instead: the mixture is written as LLaMA-Factory's sharegpt data (`emt.data.write_sharegpt`, which
+LLaMA-Factory instead: the mixture is written as LLaMA-Factory's sharegpt data (`emt.samples.write_sharegpt`, which
 LLaMA-Factory's own converter reads in `tests/test_interop.py`), the recipe becomes its training arguments, its CLI
 runs in its own environment (its pins cannot share emt's: a command prefix such as `conda run -n llamafactory`), and
 the VLM it saves is checked and copied where emt keeps a mid-trained VLM. When to use which: emt's engine for the
@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from .core import EmtError, rpath
-from .data import write_sharegpt
+from .samples import write_sharegpt
 from .params import Recipe
 
 # %% auto #0

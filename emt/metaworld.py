@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .core import rng
-from .sim import DEFAULT_CAMERA, MT10_TASKS, N_VARIATIONS, SimEnv, instruction, make_env, render, scripted_policy
+from .metaworld_sim import DEFAULT_CAMERA, MT10_TASKS, N_VARIATIONS, SimEnv, instruction, make_env, render, scripted_policy
 
 # %% auto #0
 __all__ = ['metaworld_eval_seed', 'MetaWorldEnv', 'MetaWorld', 'MetaWorldExpert']
@@ -65,7 +65,7 @@ class MetaWorld:
     def tasks(self) -> list[str]: return list(self.task_names)
     def protocol(self) -> dict:
         return {'benchmark': self.name, 'suite': 'MT10' if tuple(self.task_names) == MT10_TASKS else 'custom',
-                'image_size': self.size, 'camera': self.camera, 'orientation': 'upright (emt.sim.render)',
+                'image_size': self.size, 'camera': self.camera, 'orientation': 'upright (emt.metaworld_sim.render)',
                 'max_steps': self.max_steps, 'initial_states': 'metaworld.MT1 variations, eval seed stream',
                 'success': "info['success'] at any step", 'state_input': False}
     def make_env(self, task: str) -> MetaWorldEnv:

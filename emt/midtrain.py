@@ -27,7 +27,7 @@ from datasets import Dataset
 
 from .backbones import check_prompt_fits, load_processor
 from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_json
-from .data import load_dataset_dir
+from .samples import load_dataset_dir
 from .params import Params, check_gpu
 from .sft import train_sft
 from .launch import launched

@@ -250,7 +250,7 @@ class Estimator(Section):
 
 # %% ../nbs/01_params.ipynb #d1c62531
 class Ppl(Section):
-    "ppl_baselines stage: the perplexity baselines' VLA LM (a VLM fine-tuned on actions written as text)."
+    "ppl stage: the perplexity baselines' VLA LM (a VLM fine-tuned on actions written as text)."
     style: Literal['decimal', 'bins'] = 'decimal' # actions as signed decimals, or RT-2-style bin indices
     steps: int | None = Field(default=None, gt=0) # its fine-tuning steps (None: a quarter of midtrain.recipe.steps)
 
@@ -261,7 +261,7 @@ KFraction = Annotated[float, Field(gt=0, le=1)]
 SCORERS: dict[str, tuple[str, str]] = { # scoring method -> (the stage that writes its scores, the folder they go to)
     'estimator': ('estimator', ARTIFACTS['scores']), 'random': ('estimator', ARTIFACTS['scores']),
     'feature_distance': ('estimator', ARTIFACTS['scores']),
-    'vla_ppl': ('ppl_baselines', f"{ARTIFACTS['ppl']}/scores"), 'delta_ppl': ('ppl_baselines', f"{ARTIFACTS['ppl']}/scores")}
+    'vla_ppl': ('ppl', f"{ARTIFACTS['ppl']}/scores"), 'delta_ppl': ('ppl', f"{ARTIFACTS['ppl']}/scores")}
 Method = Literal[tuple(SCORERS)]
 
 def scores_file(method: str, # a key of `SCORERS`

@@ -1,6 +1,6 @@
 """The VLA model (a VLM with learnable action queries and a two-branch action head), its action statistics, its checkpoint format, and the policy that benchmarks and robots drive.
 
-This module is what a user's robot, the benchmark harness (`emt.eval`) and its worker processes import: it loads a
+This module is what a user's robot, the benchmark harness (`emt.evaluation`) and its worker processes import: it loads a
 VLA checkpoint and turns camera frames and an instruction into actions, and needs neither accelerate nor the
 training code. Training the model (`train_vla`), its data and the pipeline stage are `emt.vla`, which builds on
 this module.
@@ -365,5 +365,5 @@ class VLAPolicy:
 def load_policy(path: str | os.PathLike, # a VLA checkpoint directory
                 device: str | torch.device | None = None, # None: CUDA if available, else CPU
                 ) -> VLAPolicy:
-    "The VLA checkpoint at `path` as a policy for `emt.eval`."
+    "The VLA checkpoint at `path` as a policy for `emt.evaluation`."
     return VLAPolicy(*load_vla(path, device))

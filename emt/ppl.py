@@ -30,7 +30,7 @@ from datasets import Dataset
 
 from .backbones import IMAGE, encode, load_vlm, save_vlm
 from .core import ARTIFACTS, DataError, EmtError, atomic_path, progress, rpath, save_figure, write_json
-from .data import load_dataset_dir, raw_rows, samples_to_dataset
+from .samples import load_dataset_dir, raw_rows, samples_to_dataset
 from .features import model_inputs
 from .params import Params, Recipe, SCORERS, check_gpu, scores_file
 from .scores import write_scores
@@ -190,7 +190,7 @@ def _skip(P: Params, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 1)); ax.axis('off'); ax.text(0.5, 0.5, 'perplexity baselines skipped: ' + m['reason'],
                                                                    ha='center', va='center', fontsize=7, wrap=True)
-    save_figure(fig, 'ppl_baselines'); plt.close(fig)
+    save_figure(fig, 'ppl'); plt.close(fig)
     write_json(rpath('metrics/ppl.json'), m)
     return m
 
@@ -223,7 +223,7 @@ def run_ppl(P: Params, # validated params
             num_workers: int = 1, # DataLoader workers encoding the fine-tuning batches
             ) -> dict:
     "Train the VLA LM, compute pool perplexities under it and the base VLM, write both baselines' score files."
-    check_gpu(P, 'ppl_baselines')
+    check_gpu(P, 'ppl')
     t0 = time.time()
     if not {'vla_ppl', 'delta_ppl'} & set(P.select.methods): return _skip(P, rpath(scores).parent)
     import matplotlib.pyplot as plt
@@ -249,7 +249,7 @@ def run_ppl(P: Params, # validated params
     write_scores(scores_file('vla_ppl', scores), ids, sources, -ppl_vla)
     write_scores(scores_file('delta_ppl', scores), ids, sources, -(ppl_vla - ppl_base))
     with atomic_path(scores/'ppl.parquet') as tmp: table.to_parquet(tmp, index=False)
-    fig = ppl_figure(table, list(pool)); save_figure(fig, 'ppl_baselines'); plt.close(fig)
+    fig = ppl_figure(table, list(pool)); save_figure(fig, 'ppl'); plt.close(fig)
     shutil.rmtree(work, ignore_errors=True)  # done: the checkpoints are no longer needed to resume
     m = _summary(P, table, rep, {'style': P.ppl.style, 'action_steps': P.vla.chunk, 'max_seq_len': recipe.max_seq_len,
                                       'pool_samples': len(ids), 'ppl_seconds_vla_lm': round(s_vla, 2),

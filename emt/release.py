@@ -1,6 +1,6 @@
 """The paper's data sets as their releases ship them (img2dataset shards, VCR, RefSpatial, EmbSpatial, Robo2VLM, LeRobot v2.x), converted into sources the `data` stage reads.
 
-The `data` stage reads four formats (`emt.data`): LLaVA JSON, Hugging Face chat datasets, LeRobot v3 and LIBERO
+The `data` stage reads four formats (`emt.samples`): LLaVA JSON, Hugging Face chat datasets, LeRobot v3 and LIBERO
 HDF5. LLaVA-665k, RoboPoint and the LIBERO demonstrations ship in those formats. The other sources of the paper
 profile do not, so each has a converter here, run once before `dvc repro`:
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 import pyarrow.parquet as pq
 from .core import DataError, EmtError, atomic_path, progress, rpath, write_json
-from .data import IMAGE, Skipped, bad_row, check_sample, locate, samples_to_dataset, save_dataset, unreadable
+from .samples import IMAGE, Skipped, bad_row, check_sample, locate, samples_to_dataset, save_dataset, unreadable
 
 # %% auto #0
 __all__ = ['Row', 'CAPTION_PROMPT', 'IMG_EXTS', 'VCR_ASK', 'MEDIA_TOKENS', 'REFSPATIAL_FILES', 'V3_DATA', 'V3_VIDEO', 'RELEASES',

@@ -19,13 +19,13 @@ import numpy as np
 
 from .core import EmtError, rpath, save_figure, save_table, write_json
 from .stats import bootstrap_mean_diff, manipulation_check, paired_bootstrap, verdict
-from .eval import REFERENCE, plot_success, result_key
+from .evaluation import REFERENCE, plot_success, result_key
 from .vla import plot_heldout_loss
 from .params import Params
 
 # %% auto #0
 __all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'NOT_TESTED', 'COMPARISON_COLUMNS', 'load_metrics', 'run_label',
-           'bench_key', 'final_success', 'table1', 'table2', 'diversity_table', 'read_rows', 'run_data',
+           'bench_key', 'final_success', 'table1', 'table2', 'diversity_table', 'read_rows', 'comparison_rows',
            'success_by_pair', 'loss_by_pair', 'train_loss_by_pair', 'vla_benchmark', 'comparisons', 'treatment_checks',
            'untested_verdict', 'findings', 'ability_findings', 'composition_vs_paper_figure',
            'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
@@ -163,7 +163,7 @@ def _ci(r: dict, scale: float = 1.0, digits: int = 3) -> str:
     lo, hi = r['ci95']
     return f"{scale * r['mean']:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
 
-def run_data(metrics: str | os.PathLike = 'metrics') -> dict[str, list[dict]]:
+def comparison_rows(metrics: str | os.PathLike = 'metrics') -> dict[str, list[dict]]:
     "The per-episode, per-frame and per-step rows the paired comparisons use."
     return {'episodes': read_rows(Path(metrics)/'eval_episodes.csv'), 'frames': read_rows(Path(metrics)/'vla_heldout_frames.csv'),
             'train': [r for r in read_rows(Path(metrics)/'vla_loss.csv') if r.get('split') == 'train']}
@@ -357,11 +357,12 @@ def _vla_findings(P: Params, data: dict[str, list[dict]] | None, comps: list[dic
 # %% ../nbs/14_report.ipynb #afe62831
 def findings(P: Params, # the params
              m: dict, # the stages' metrics (`load_metrics`)
-             data: dict[str, list[dict]] | None = None, # `run_data` (None: no VLA comparisons)
+             data: dict[str, list[dict]] | None = None, # `comparison_rows` (None: no VLA comparisons)
              comps: list[dict] | None = None, # `comparisons` (None: computed from `data`)
+             checks: dict[str, dict] | None = None, # `treatment_checks` (None: computed from `m`)
              ) -> list[dict]:
     "Each claim of the paper: this run's effect with its 95% interval and a verdict; the manipulation checks first."
-    checks = treatment_checks(P, m.get('ability', {}))
+    if checks is None: checks = treatment_checks(P, m.get('ability', {}))
     return (_treatment_findings(checks) + _gap_findings(P, m.get('gap', {}))
             + _diversity_findings(m.get('select', {}).get('diversity', {}))
             + _estimator_findings(P, m.get('estimator', {})) + _vla_findings(P, data, comps, checks)
@@ -466,13 +467,13 @@ def run_report(P: Params, # validated params
     m, t0 = load_metrics(metrics), time.time()
     if not m: raise EmtError(f'no stage metrics under {rpath(metrics)}: run the pipeline first (dvc repro)')
     label = run_label(P, m)
-    data = run_data(metrics)
+    data = comparison_rows(metrics)
     evaluated = {r['benchmark'] for r in data['episodes'] if r['init'] != REFERENCE}
     benches = sorted(evaluated | ({r['benchmark'] for r in data['frames']} - {vla_benchmark(P, b) for b in evaluated}))
     comps = comparisons(P, data, benches)
     checks = treatment_checks(P, m.get('ability', {}))
     for c in comps: c['verdict'] = untested_verdict(c, checks)  # a comparison is judged only where its treatment happened
-    t1, t2, div, fnd = table1(P, m), table2(P, m), diversity_table(m), findings(P, m, data, comps)
+    t1, t2, div, fnd = table1(P, m), table2(P, m), diversity_table(m), findings(P, m, data, comps, checks)
     if not P.report.compare_paper:  # this run's rows only
         t1, t2 = [r for r in t1 if r['source'] != 'paper'], [r for r in t2 if r['source'] != 'paper']
         div = [{k: v for k, v in r.items() if k != 'paper'} for r in div]

@@ -2,7 +2,7 @@
 
 The paper scores the whole candidate pool and keeps the global top-K: no per-source quota, no threshold, no VLA data
 in the mixture. This notebook does exactly that for every method in `select.methods` (the estimator and its
-baselines, whose scores the `estimator` and `ppl_baselines` stages wrote in one format), and offers two extensions as
+baselines, whose scores the `estimator` and `ppl` stages wrote in one format), and offers two extensions as
 params, with the paper's behaviour as the default:
 
 - `select.sampling: gumbel`: instead of the hard top-K, draw K samples **without replacement with probability
@@ -26,7 +26,7 @@ import numpy as np
 from datasets import concatenate_datasets
 
 from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_figure, save_table, write_json, write_text
-from .data import Skipped, load_dataset_dir, write_hf, write_llava, write_sharegpt
+from .samples import Skipped, load_dataset_dir, write_hf, write_llava, write_sharegpt
 from .scores import rank_order, read_scores, resolve_k, top_k
 from .features import FeatureSet
 from .gap import diversity
@@ -142,7 +142,7 @@ def composition_figure(shares: dict[str, dict[str, float]], # method -> source -
 
 # %% ../nbs/10_select.ipynb #d0a6a795
 def _thumb(ds, i: int):
-    from emt.data import open_image
+    from emt.samples import open_image
     imgs = ds[int(i)]['images']
     return np.asarray(open_image(imgs[0]).convert('RGB')) if imgs else None
 
@@ -173,7 +173,7 @@ def examples_figure(examples: list[dict]):
     return fig
 
 # %% ../nbs/10_select.ipynb #82400a01
-def source_examples(pool: FeatureSet, vla: FeatureSet, scores: dict, datasets: dict, vla_datasets: dict) -> list[dict]:
+def source_examples(pool: FeatureSet, vla: FeatureSet, scores: dict, datasets: dict, load_sources: dict) -> list[dict]:
     "For each pool source: its top- and bottom-scored sample, each with its nearest VLA frame in feature space."
     import torch
     from emt.gap import sq_dists
@@ -188,7 +188,7 @@ def source_examples(pool: FeatureSet, vla: FeatureSet, scores: dict, datasets: d
             local = g - pool.offsets[s_i]
             near = int(sq_dists(torch.from_numpy(pool.rows(np.array([g]))), vx).argmin())
             v_s = int(np.searchsorted(vla.offsets, near, side='right') - 1)
-            v_ds, v_local = vla_datasets[vla.names[v_s]], near - vla.offsets[v_s]
+            v_ds, v_local = load_sources[vla.names[v_s]], near - vla.offsets[v_s]
             panels += [(_thumb(datasets[name], local), f"P(VLA)={_sigmoid(scores['score'][g]):.2f}\n" + _text(datasets[name][int(local)])),
                        (_thumb(v_ds, v_local), _text(v_ds[int(v_local)]))]
         out.append({'source': name, 'panels': panels})

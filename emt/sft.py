@@ -46,7 +46,7 @@ from .backbones import encode, load_vlm, n_params, save_vlm
 from .core import (DataError, Digest, digest, EmtError, in_ipython, progress, rng, seed_everything, write_json,
                       write_text)
 from .params import Recipe
-from .data import ids_digest
+from .samples import ids_digest
 
 # %% auto #0
 __all__ = ['SFT_REPORT', 'accumulation_steps', 'Mixture', 'micro_batch_positions', 'MicroBatches', 'label_tokens',
@@ -505,7 +505,7 @@ def finished_sft(out_dir: str | os.PathLike, # an SFT run's output folder
 # %% ../nbs/05_sft.ipynb #1671b475
 def main(argv: list[str] | None = None) -> dict:
     "Command line: train_sft on saved datasets."
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     ap = argparse.ArgumentParser(prog='python -m emt.sft', description='Supervised fine-tuning of a VLM (emt.sft).')
     ap.add_argument('model', help='VLM checkpoint directory')
     ap.add_argument('data', nargs='+', help='VLM datasets saved by the data stage (mixed; paths from the current directory)')

@@ -130,13 +130,13 @@ def _sum_report(r):
     return {'effect': eff, 'verdicts': r.get('verdicts', {})}
 
 SUMMARIES = {'data': _sum_data, 'base_vlm': _sum_training, 'features': _sum_features, 'gap': _sum_gap,
-             'estimator': _sum_estimator, 'ppl_baselines': _sum_ppl, 'select': _sum_select, 'midtrain': _sum_midtrain,
+             'estimator': _sum_estimator, 'ppl': _sum_ppl, 'select': _sum_select, 'midtrain': _sum_midtrain,
              'ability': _sum_ability, 'vla': _sum_vla, 'eval': _sum_eval, 'report': _sum_report}
 
 # %% ../nbs/15_stage.ipynb #f32ddccf
 def record_path(name: str) -> str:
     "The stage's full record of what it did (read by later stages and the report)."
-    return 'metrics/ppl.json' if name == 'ppl_baselines' else f'metrics/{name}.json'
+    return f'metrics/{name}.json'
 
 # %% ../nbs/15_stage.ipynb #e99d3dca
 def summary_path(name: str) -> str:

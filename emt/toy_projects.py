@@ -19,9 +19,9 @@ from datasets import Dataset
 
 from .backbones import load_vlm, save_vlm, tiny_vlm, train_tokenizer
 from .core import ARTIFACTS
-from .data import load_dataset_dir, samples_to_dataset, save_dataset
+from .samples import load_dataset_dir, samples_to_dataset, save_dataset
 from .fixtures import tiny_backbone, toy_frames, toy_png_bytes
-from .ingest import HELDOUT
+from .data import HELDOUT
 from .params import Params, load_params, override
 
 # %% auto #0

@@ -11,7 +11,7 @@ vision-language-action model with the same recipe, the one of VLM4VLA, and compa
 * **training**: full fine-tuning of VLM and head by default (`vla.freeze`, `vla.lora_rank` for ablations), AdamW,
   warmup and cosine, bf16 where the device has it.
 
-A trained VLA is a directory that `load_policy` turns into what the benchmark harness (`emt.eval`) drives:
+A trained VLA is a directory that `load_policy` turns into what the benchmark harness (`emt.evaluation`) drives:
 `predict(images, instruction) -> (chunk, action_dim)` actions in the benchmark's own action space.
 
 Docs: https://emt-org.github.io/emt/vla.html.md"""
@@ -37,7 +37,7 @@ from .backbones import ARCHS, check_prompt_fits, load_processor, load_vlm, n_par
 from .core import (ARTIFACTS, DataError, digest, EmtError, in_ipython, progress, project_relative, rng, rpath,
                       save_figure, save_table, seed_everything, write_json)
 from .stats import seed_interval
-from .data import ids_digest, load_dataset_dir
+from .samples import ids_digest, load_dataset_dir
 from .launch import launch_pool, run_pool
 from .params import Params, Recipe, Source, check_gpu, init_label, load_params, parse_run, run_name
 from .policy import VLAModel, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla
@@ -45,14 +45,15 @@ from .sft import (enable_checkpointing, fp32_master, make_accelerator, optimizer
                      save_checkpoint, step_loader, weights_digest, config_text)
 
 # %% auto #0
-__all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'vla_config', 'vla_chunk', 'vla_recipe',
-           'frame_table', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches', 'heldout_loss',
-           'train_vla', 'finished_run', 'model_qid', 'main', 'vla_inits', 'vla_benchmarks', 'vla_datasets',
-           'vla_gripper', 'data_action_dim', 'plot_interval', 'by_init_axis', 'seed_losses', 'plot_heldout_loss',
-           'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'vla_calls', 'train_stage_run', 'run_vla']
+__all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'policy_config', 'sources_chunk',
+           'sources_recipe', 'frame_table', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches',
+           'heldout_loss', 'train_vla', 'finished_run', 'model_qid', 'main', 'init_checkpoints', 'benchmark_sources',
+           'load_sources', 'sources_gripper', 'data_action_dim', 'plot_interval', 'by_init_axis', 'seed_losses',
+           'plot_heldout_loss', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'stage_calls',
+           'train_stage_run', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
-def vla_config(P: Params, # validated params (`vla` section)
+def policy_config(P: Params, # validated params (`vla` section)
                action_dim: int, # from the training data
                gripper_dims: Sequence[int] = (-1,), # the data's binary dimensions
                lora_alpha: float | None = None, # LoRA scale (None: 2 x rank)
@@ -71,12 +72,12 @@ def _agreed(sources: Sequence[Source], field: str, default: int, what: str) -> i
     return next(iter(found.values()), default)
 
 # %% ../nbs/12_vla.ipynb #1c81a27d
-def vla_chunk(sources: Sequence[Source], default: int) -> int:
+def sources_chunk(sources: Sequence[Source], default: int) -> int:
     "The action chunk of one VLA's sources (their `vla_chunk`, else `default`); they must agree."
     return _agreed(sources, 'vla_chunk', default, 'chunks')
 
 # %% ../nbs/12_vla.ipynb #0f1f3653
-def vla_recipe(sources: Sequence[Source], recipe: Recipe) -> Recipe:
+def sources_recipe(sources: Sequence[Source], recipe: Recipe) -> Recipe:
     "The training recipe of one VLA's sources: `recipe` with their `vla_steps` (they must agree), else as it is."
     steps = _agreed(sources, 'vla_steps', recipe.steps, 'step counts')
     return recipe if steps == recipe.steps else recipe.model_copy(update={'steps': steps})
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> dict:
                      heldout_fraction=a.heldout, resume=not a.no_resume, num_workers=a.workers, gripper=a.gripper)
 
 # %% ../nbs/12_vla.ipynb #3ac59111
-def vla_inits(P: Params, # the params (`midtrain.methods`)
+def init_checkpoints(P: Params, # the params (`midtrain.methods`)
               base: str = ARTIFACTS['base_vlm'], # the base VLM
               midtrain: str = ARTIFACTS['midtrain'], # the mid-trained VLMs, one folder per method
               ) -> dict[str, Path]:
@@ -474,14 +475,14 @@ def vla_inits(P: Params, # the params (`midtrain.methods`)
 # %% ../nbs/12_vla.ipynb #eb1c0e69
 ANY_BENCHMARK = 'any' # the benchmark key of VLA sources that name none (their VLA is evaluated on every benchmark)
 
-def vla_benchmarks(P: Params) -> dict[str, list[Source]]:
+def benchmark_sources(P: Params) -> dict[str, list[Source]]:
     "The VLA sources grouped by the benchmark they train for: a VLA is fine-tuned per group."
     out: dict[str, list[Source]] = {}
     for s in P.data.vla_sources: out.setdefault(s.benchmark or ANY_BENCHMARK, []).append(s)
     return out
 
 # %% ../nbs/12_vla.ipynb #04bfe632
-def vla_datasets(sources: Sequence[Source], # VLA sources (`data.vla_sources`, or one benchmark's)
+def load_sources(sources: Sequence[Source], # VLA sources (`data.vla_sources`, or one benchmark's)
                  data: str = ARTIFACTS['data'], # where the data stage stored the sources
                  ) -> dict[str, Dataset]:
     "The stored VLA sources, by name."
@@ -493,7 +494,7 @@ def vla_datasets(sources: Sequence[Source], # VLA sources (`data.vla_sources`, o
     return out
 
 # %% ../nbs/12_vla.ipynb #198f4478
-def vla_gripper(sources: Sequence[Source]) -> str:
+def sources_gripper(sources: Sequence[Source]) -> str:
     "The gripper convention of one VLA's sources (`emt.params.GRIPPERS`); they must share one."
     found = {s.name: s.gripper_convention() for s in sources}
     if len(set(found.values())) > 1:
@@ -629,22 +630,22 @@ def train_vlas(calls: dict[str, dict], # run name -> `train_vla` keyword argumen
     return run_pool(fn, calls, jobs, desc='vla runs')
 
 # %% ../nbs/12_vla.ipynb #ff9d079a
-def _vla_plan(P: Params, paths: dict[str, Path], data: str) -> list[tuple]:
+def _stage_plan(P: Params, paths: dict[str, Path], data: str) -> list[tuple]:
     "(benchmark, datasets, config, gripper convention, recipe) per VLA benchmark, every frame checked to fit every VLM's prompt."
     plan = []  # every dataset, convention and config is checked before the first run trains
-    for bench, sources in vla_benchmarks(P).items():
-        ds = vla_datasets(sources, data)
-        cfg = vla_config(P, data_action_dim(ds), P.vla.gripper_dims, chunk=vla_chunk(sources, P.vla.chunk))
-        plan.append((bench, ds, cfg, vla_gripper(sources), vla_recipe(sources, P.vla.recipe)))
+    for bench, sources in benchmark_sources(P).items():
+        ds = load_sources(sources, data)
+        cfg = policy_config(P, data_action_dim(ds), P.vla.gripper_dims, chunk=sources_chunk(sources, P.vla.chunk))
+        plan.append((bench, ds, cfg, sources_gripper(sources), sources_recipe(sources, P.vla.recipe)))
     for proc in [load_processor(p) for p in dict.fromkeys(map(str, paths.values()))]:  # a frame's image must fit
         for _, ds, cfg, *_ in plan:
             for d in ds.values(): check_prompt_fits(proc, d[0], cfg.max_seq_len, 'vla.recipe.max_seq_len')
     return plan
 
 # %% ../nbs/12_vla.ipynb #d9f1ad28
-def vla_calls(P: Params, # validated params
-              paths: dict[str, Path], # initialisation -> its VLM (`vla_inits`)
-              plan: list[tuple], # from `_vla_plan`
+def stage_calls(P: Params, # validated params
+              paths: dict[str, Path], # initialisation -> its VLM (`init_checkpoints`)
+              plan: list[tuple], # from `_stage_plan`
               out: str = ARTIFACTS['vla'], # <out>/<init>/<benchmark>/seed<k>/
               num_workers: int = 1, # DataLoader workers per run
               ) -> dict[str, dict]:
@@ -662,9 +663,9 @@ def train_stage_run(name: str, # a run of the grid: '<init>/<benchmark>/seed<k>'
                     ) -> dict:
     "Train the vla stage's run `name` as the stage trains it, into the stage's folder (where the stage adopts it); its report."
     P = P or load_params()
-    paths = vla_inits(P)
+    paths = init_checkpoints(P)
     init = name.split('/')[0]
-    calls = vla_calls(P, paths, _vla_plan(P, {init: paths[init]} if init in paths else paths, ARTIFACTS['data']),
+    calls = stage_calls(P, paths, _stage_plan(P, {init: paths[init]} if init in paths else paths, ARTIFACTS['data']),
                       num_workers=num_workers)
     if name not in calls:
         raise EmtError(f'{name!r} is not a run of the vla stage in params.yaml; its runs: {sorted(calls)}.')
@@ -720,18 +721,18 @@ def run_vla(P: Params, # validated params
     check_gpu(P, 'vla')
     import matplotlib.pyplot as plt
     t0 = time.time()
-    paths = vla_inits(P, base, midtrain)
+    paths = init_checkpoints(P, base, midtrain)
     if inits is not None:
         if unknown := sorted(set(inits) - set(paths)):
             raise EmtError(f'unknown initialisations {unknown}; known: {sorted(paths)} (base and midtrain.methods).')
         paths = {k: v for k, v in paths.items() if k in inits}
-    groups = vla_benchmarks(P)
-    plan = _vla_plan(P, paths, data)
+    groups = benchmark_sources(P)
+    plan = _stage_plan(P, paths, data)
     runs = [(init, path, bench, ds, cfg, grip, rec, seed) for bench, ds, cfg, grip, rec in plan
             for init, path in paths.items() for seed in P.vla.seeds]
     jobs = P.vla.jobs if PartialState().num_processes == 1 else 1  # under `accelerate launch` the runs take turns
     workers = num_workers if num_workers is not None else (0 if jobs > 1 else 1)
-    calls = vla_calls(P, paths, plan, out, workers)  # a run already finished in its folder (one made by hand) is adopted
+    calls = stage_calls(P, paths, plan, out, workers)  # a run already finished in its folder (one made by hand) is adopted
     reports = train_vlas(calls, jobs, P.vla.processes or P.processes)
     summary = {run_name(init, bench, seed): _run_summary(init, path, bench, ds, grip, seed, reports[run_name(init, bench, seed)])
                for init, path, bench, ds, cfg, grip, _, seed in runs}

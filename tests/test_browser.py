@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The site of a copy of the project with these notebooks (the home page, the guides, API docs, a figure) and every
 # executed stage notebook of `_runs/` with its figures: all of nbs/ takes nbdev minutes to process. To check a
 # complete site instead, build it (`emt docs`) and point EMT_DOCS_SITE at it.
-NOTEBOOKS = ['index.ipynb', '00_core.ipynb', '01_params.ipynb', '02_data.ipynb', '92_getting_started.ipynb',
+NOTEBOOKS = ['index.ipynb', '00_core.ipynb', '01_params.ipynb', '02_samples.ipynb', '92_getting_started.ipynb',
              '93_paper_scale.ipynb']
 
 
@@ -151,7 +151,7 @@ def test_every_page_loads_cleanly(site, visits):
 def test_every_image_renders(visits):
     broken = {p: v['broken'] for p, v in visits['images'].items() if v['broken']}
     assert not broken, broken
-    assert sum(v['n'] for v in visits['images'].values()) >= 1   # there are figures to check (02_data has one)
+    assert sum(v['n'] for v in visits['images'].values()) >= 1   # there are figures to check (02_samples has one)
 
 
 def test_markdown_tables_in_outputs_render_as_tables(visits):

@@ -19,7 +19,7 @@ def module_imports(path: Path, package: str = 'emt') -> list[tuple[str, str, int
         elif isinstance(node, ast.ImportFrom):
             mod = node.module or ''
             if node.level: mod = f'{package}.{mod}' if mod else package
-            if mod == package:  # from emt import eval: the names are modules
+            if mod == package:  # from emt import evaluation: the names are modules
                 out += [(a.name, '', node.lineno) for a in node.names]
             elif mod.startswith(package + '.'):
                 out += [(mod.split('.')[1], a.name, node.lineno) for a in node.names]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from emt.core import EmtError
-from emt.data import IMAGE, check_sample, samples_to_dataset
+from emt.samples import IMAGE, check_sample, samples_to_dataset
 from emt.corpus_general import GENERAL_SOURCES, PHOTOS, SCENARIOS, LETTERS, photo_array, vlm_sample
 
 SIZE = 64

@@ -139,7 +139,7 @@ def test_disjoint_variations_holds_for_the_corpus_seed():
 def test_default_design_is_the_committed_corpus():
     """The default Design renders the committed embedded corpus: the first rows of its first embodied source (built on
     fresh environments, as `emt corpus` builds it; later sources depend on the shared environments' history)."""
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     stored = load_dataset_dir(ROOT/'data/vlm/spatial_refer', 'vlm')
     with ce.TaskScenes(96, seed=0) as sc: fresh = list(ce.spatial_refer(5, 96, 0, scenes=sc, design=ce.Design()))
     for i, s in enumerate(fresh):

@@ -258,5 +258,5 @@ def test_getting_started_says_how_to_read_the_dvc_plots_offline():
     start = text.index('The curves declared')
     figs = re.findall(r'`(figures/\w+\.png)`', text[start:text.index('dvc plots show', start)])
     assert len(figs) >= len(plots), figs
-    stage_nbs = ''.join((REPO/'nbs'/n).read_text() for n in ('06_base_vlm.ipynb', '11_midtrain.ipynb', '12_vla.ipynb', '13_eval.ipynb'))
+    stage_nbs = ''.join((REPO/'nbs'/n).read_text() for n in ('06_base_vlm.ipynb', '11_midtrain.ipynb', '12_vla.ipynb', '13_evaluation.ipynb'))
     for f in figs: assert (REPO/f).exists() and f in stage_nbs, f   # committed, and shown on a stage's page

@@ -60,12 +60,12 @@ def test_stage_deps_cover_every_emt_module_it_imports(stage, nb, deps):
 
 
 def test_the_check_catches_a_missing_module(tmp_path):
-    "The report notebook imports emt.eval; a dvc.yaml without emt/eval.py (and what it imports) fails the check."
+    "The report notebook imports emt.evaluation; a dvc.yaml without emt/evaluation.py (and what it imports) fails the check."
     nb = ROOT/'nbs'/'14_report.ipynb'
     full = closure(notebook_imports(nb))
-    assert {'eval', 'core', 'params'} <= full
-    deps = {f'emt/{m}.py' for m in full} - {'emt/eval.py'}
-    assert missing_deps(nb, deps) == ['emt/eval.py']
+    assert {'evaluation', 'core', 'params'} <= full
+    deps = {f'emt/{m}.py' for m in full} - {'emt/evaluation.py'}
+    assert missing_deps(nb, deps) == ['emt/evaluation.py']
     assert emt_imports('from .core import x\nfrom . import data', 'sft') == {'core', 'data'}
 
 

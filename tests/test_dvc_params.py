@@ -207,8 +207,8 @@ def test_the_read_check_follows_the_params_and_catches_an_untracked_read():
     st = DVC['stages']['eval']
     reads = stage_reads(st)
     assert {('eval',), ('eval', 'benchmarks'), ('vla', 'seeds'), ('seed',), ('corpus', 'vla', 'camera')} <= set(reads)
-    assert reads[('corpus', 'vla', 'camera')].startswith('emt/eval.py:')  # stage cell -> run_eval -> make_adapter
-    assert reads[('eval', 'benchmarks')] == '13_eval.ipynb stage cells'
+    assert reads[('corpus', 'vla', 'camera')].startswith('emt/evaluation.py:')  # stage cell -> run_eval -> make_adapter
+    assert reads[('eval', 'benchmarks')] == '13_evaluation.ipynb stage cells'
     dropped = {**st, 'params': [k for k in st['params'] if k != 'corpus.vla']}
     assert [r.split(' ')[0] for r in untracked_reads(dropped)] == \
         ['corpus.vla.camera', 'corpus.vla.image_size', 'corpus.vla.max_steps']

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from emt.backbones import save_vlm
-from emt.data import save_dataset
+from emt.samples import save_dataset
 from emt.fixtures import tiny_backbone, toy_frames
 
 ROOT = Path(__file__).resolve().parents[1]

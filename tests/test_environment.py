@@ -32,7 +32,7 @@ def test_first_pretraining_steps_match_the_committed_curve(tmp_path, monkeypatch
     from emt import sft
     from emt.base_vlm import pretrain_datasets, scratch_vlm, chat_texts
     from emt.core import project_at
-    from emt.ingest import run_data
+    from emt.data import run_data
     from emt.params import load_params
     if not (REPO/'data').is_dir():  # the embedded corpus, from the remote inside the repository (as make repro does)
         subprocess.run(['dvc', 'pull', '-q', 'data.dvc'], cwd=REPO, check=True)

@@ -1,6 +1,6 @@
 """The CALVIN and SimplerEnv adapters against stand-ins laid out as the real packages are: a CALVIN checkout
 (`calvin_models/calvin_agent`, `calvin_models/conf`, `calvin_env`) whose `get_sequences` starts a process pool as
-CALVIN's does, run through `emt.eval.evaluate` with daemonic workers; SimplerEnv's rotation against scipy."""
+CALVIN's does, run through `emt.evaluation.evaluate` with daemonic workers; SimplerEnv's rotation against scipy."""
 import json, multiprocessing as mp, os, sys, textwrap
 from functools import partial
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from emt.core import EmtError
-from emt.eval import evaluate
+from emt.evaluation import evaluate
 from emt.eval_external import Calvin, calvin_chains, calvin_conf, euler_to_axis_angle, simpler_action
 from emt.fixtures import ConstantPolicy
 

@@ -11,7 +11,7 @@ os.environ['EMT_PROGRESS'] = '0'
 
 from emt.backbones import save_vlm, tiny_vlm, train_tokenizer
 from emt.core import DataError, EmtError
-from emt.data import samples_to_dataset, save_dataset
+from emt.samples import samples_to_dataset, save_dataset
 from emt.features import load_features, read_manifest, read_shard, run_features
 from emt.params import load_params, override
 from emt.fixtures import toy_png_bytes

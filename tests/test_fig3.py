@@ -10,7 +10,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 
-from emt.eval import plot_success, success_curve_figure, summarize
+from emt.evaluation import plot_success, success_curve_figure, summarize
 from emt.vla import plot_heldout_loss
 from emt.report import fig3_figure
 

@@ -46,15 +46,15 @@ def test_one_shared_convention_breaks_bridge_and_inverts_calvin():
 
 def test_vla_sources_of_different_benchmarks_train_separate_vlas_and_one_vla_refuses_mixed_conventions():
     from emt.core import EmtError
-    from emt.vla import vla_benchmarks, vla_gripper
+    from emt.vla import benchmark_sources, sources_gripper
     P = load_params()
-    assert vla_gripper(P.data.vla_sources) == 'close_positive'
+    assert sources_gripper(P.data.vla_sources) == 'close_positive'
     src = P.data.vla_sources[0]
     P2 = override(P, 'data', vla_sources=[src.model_dump(), {**src.model_dump(), 'name': 'c', 'benchmark': 'calvin'}])
-    groups = vla_benchmarks(P2)  # one VLA per benchmark, each with its own convention
+    groups = benchmark_sources(P2)  # one VLA per benchmark, each with its own convention
     assert {b: [s.name for s in v] for b, v in groups.items()} == {'metaworld': [src.name], 'calvin': ['c']}
-    assert vla_gripper(groups['calvin']) == 'open_positive'
-    with pytest.raises(EmtError, match='mix gripper conventions'): vla_gripper(P2.data.vla_sources)
+    assert sources_gripper(groups['calvin']) == 'open_positive'
+    with pytest.raises(EmtError, match='mix gripper conventions'): sources_gripper(P2.data.vla_sources)
 
 
 def test_every_benchmark_has_a_convention():
@@ -64,7 +64,7 @@ def test_every_benchmark_has_a_convention():
 def test_eval_refuses_a_vla_on_another_benchmarks_gripper(tmp_path):
     import json
     from emt.core import EmtError
-    from emt.eval import VLACheckpoint, check_gripper
+    from emt.evaluation import VLACheckpoint, check_gripper
     ck = tmp_path/'calvin_vla'; ck.mkdir()
     (ck/'action_stats.json').write_text(json.dumps({'low': [0], 'high': [1], 'gripper_dims': [0], 'gripper': 'open_positive'}))
     check_gripper('calvin_vla', VLACheckpoint(ck), 'calvin')

@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 
 from emt.core import DataError
-from emt.data import check_sample, image_bytes, samples_to_dataset, write_llava, write_sharegpt
+from emt.samples import check_sample, image_bytes, samples_to_dataset, write_llava, write_sharegpt
 
 os.environ['HF_HUB_OFFLINE'] = '1'
 
@@ -162,7 +162,7 @@ def test_llava_trains_on_every_llava_row(tmp_path, mixture, llava_train, llama_l
 
 def test_llava_takes_emts_turns_and_not_a_system_turn(llava_train, llama_like_tokenizer):
     "LLaVA's preprocess has no system role: a system turn as such raises, emt's folded turns go through."
-    from emt.data import llava_conversations
+    from emt.samples import llava_conversations
     messages = [sy('Be brief.'), u('Hi'), a('Yo')]
     with pytest.raises(KeyError, match='system'):
         llava_train.preprocess([[{'from': 'system', 'value': 'Be brief.'}, {'from': 'human', 'value': 'Hi'},

@@ -8,7 +8,7 @@ import pytest
 
 from emt.backbones import load_vlm, save_vlm
 from emt.core import EmtError
-from emt.data import samples_to_dataset
+from emt.samples import samples_to_dataset
 from emt.llamafactory import adopt_lf_checkpoint, lf_config, run_lf, write_lf_run
 from emt.params import Recipe
 from emt.fixtures import tiny_backbone, toy_png_bytes

@@ -96,7 +96,7 @@ def test_a_finished_run_of_other_inputs_is_trained_again(tmp_project):
     P = override(P, 'midtrain', methods=['estimator'])
     work = tmp_project/'artifacts/midtrain_train/estimator'
     from emt.sft import train_sft
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     other = P.midtrain.recipe.model_copy(update={'lr': P.midtrain.recipe.lr / 2})
     train_sft(str(tmp_project/'artifacts/base_vlm'), load_dataset_dir(tmp_project/'artifacts/select/estimator/hf', 'vlm'),
               other, work, seed=P.seed, num_workers=0)

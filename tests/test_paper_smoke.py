@@ -1,6 +1,6 @@
 """The paper profile's code paths, end to end, on tiny inputs.
 
-`profiles/paper.yaml` is run stage by stage (data, base_vlm, features, gap, estimator, ppl_baselines, select, midtrain,
+`profiles/paper.yaml` is run stage by stage (data, base_vlm, features, gap, estimator, ppl, select, midtrain,
 ability, vla, eval, report) in a throwaway project:
 
 - its eleven sources are written, a few rows each, at the paths the profile names and in the formats it names
@@ -109,7 +109,7 @@ def test_paper_profile_runs_every_stage_on_tiny_inputs(tmp_path, read_keys, monk
     with project_at(tmp_path):
         read_keys.clear()  # from here on: what loading and the stages read
         P = load_params(path)
-        from emt.ingest import run_data
+        from emt.data import run_data
         from emt.base_vlm import run_base_vlm
         from emt.features import run_features
         from emt.gap import run_gap
@@ -119,7 +119,7 @@ def test_paper_profile_runs_every_stage_on_tiny_inputs(tmp_path, read_keys, monk
         from emt.midtrain import run_midtrain
         from emt.ability import run_ability
         from emt.vla import run_vla
-        from emt.eval import run_eval
+        from emt.evaluation import run_eval
         from emt.report import run_report
         data = run_data(P)
         assert set(data['sources']) == {s['name'] for s in raw['data']['vlm_sources'] + raw['data']['vla_sources']}

@@ -43,7 +43,7 @@ def test_metrics_and_plots_of_every_stage_are_listed(clone):
     import json
     metrics = _run('dvc metrics show --json', cwd=clone)
     files = set(next(iter(json.loads(metrics).values()))['data'])
-    assert {f'metrics/summary/{s}.json' for s in ('data', 'base_vlm', 'features', 'gap', 'estimator', 'ppl_baselines',
+    assert {f'metrics/summary/{s}.json' for s in ('data', 'base_vlm', 'features', 'gap', 'estimator', 'ppl',
                                                   'select', 'midtrain', 'ability', 'vla', 'eval', 'report')} <= files, files
     plots = json.loads(_run('dvc plots show --json', cwd=clone))['data']
     assert {'metrics/base_vlm_loss.csv', 'metrics/midtrain_loss.csv', 'metrics/vla_loss.csv',

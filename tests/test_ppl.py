@@ -13,7 +13,7 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared machi
 
 from emt.backbones import encode, load_vlm
 from emt.core import DataError
-from emt.data import samples_to_dataset
+from emt.samples import samples_to_dataset
 from emt.params import load_params, override
 from emt.scores import read_scores, write_scores
 from emt.ppl import _pool, _pool_ppl, actions_to_text, perplexities, run_ppl, vla_chat_dataset
@@ -83,7 +83,7 @@ def test_score_files_rows_order_direction(in_project):
         if method == 'vla_ppl': assert best == col['ppl_vla'].idxmin()
         else: assert best == (col['ppl_vla'] - col['ppl_base']).idxmin()
     assert m['pool_samples'] == 24 and set(m['sources']) == {'captions', 'points'}
-    assert (d/'figures/ppl_baselines.png').exists() and (d/'metrics/ppl.json').exists()
+    assert (d/'figures/ppl.png').exists() and (d/'metrics/ppl.json').exists()
     assert not (d/'artifacts/ppl_train').exists()  # training checkpoints removed once the run is done
 
 

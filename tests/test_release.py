@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from emt.core import DataError, EmtError
-from emt.data import load_source, read_hf, read_lerobot
+from emt.samples import load_source, read_hf, read_lerobot
 from emt.release import convert, convert_lerobot_v2
 from release_fixtures import (write_embspatial, write_img2dataset, write_lerobot_v2, write_refspatial,
                               write_robo2vlm, write_vcr)

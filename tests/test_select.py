@@ -7,7 +7,7 @@ from datasets import Dataset
 from PIL import Image
 
 from emt.core import DataError, EmtError
-from emt.data import save_dataset
+from emt.samples import save_dataset
 from emt.estimator import run_estimator
 from emt.scores import read_scores
 from emt.gap import run_gap

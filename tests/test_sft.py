@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from emt.backbones import save_vlm, tiny_vlm, train_tokenizer
 from emt.core import DataError, EmtError
-from emt.data import save_dataset
+from emt.samples import save_dataset
 from emt.sft import checkpoints, train_sft
 from emt.toy_projects import toy_base_vlm_project
 
@@ -83,7 +83,7 @@ def launch(setup, out, n):
 def in_process(setup, out, recipe):
     "The same run as `cli`, in this (single) process."
     from emt.backbones import load_vlm
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     return train_sft(load_vlm(setup/'vlm'), [load_dataset_dir(setup/d, 'vlm') for d in ('ds_a', 'ds_b')], recipe, out,
                      num_workers=0)
 

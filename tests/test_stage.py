@@ -99,7 +99,7 @@ def test_a_changed_corpus_is_refused_and_restorable(ran):
     assert 'data/vlm/dense_captions/data-00000-of-00001.arrow' in out and 'git checkout data.dvc' in out, out[-2000:]
     # the stage itself trips on the file when told the change is wanted; the previous outputs still survive
     out = failed_untouched(d, before, sh('dvc repro data', d, ok=False, env={'EMT_CORPUS_CHANGE': '1'}))
-    assert 'dense_captions' in out and (d/'_runs'/'failed'/'02b_ingest.ipynb').exists(), out[-2000:]
+    assert 'dense_captions' in out and (d/'_runs'/'failed'/'02b_data.ipynb').exists(), out[-2000:]
     sh('git checkout data.dvc && dvc checkout --force data.dvc', d)  # the restore the message gives
     assert 'up to date' in sh('dvc status data', d).stdout.lower()
     assert snapshot(d) == before

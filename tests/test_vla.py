@@ -11,7 +11,7 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest, and the only san
 
 from emt.backbones import ARCHS, save_vlm
 from emt.core import DataError, EmtError
-from emt.data import save_dataset
+from emt.samples import save_dataset
 from emt.policy import VLAConfig, action_stats, build_vla, load_policy, save_vla
 from emt.vla import frame_table, train_vla
 from emt.fixtures import tiny_backbone, toy_frames
@@ -37,7 +37,7 @@ def frames(n=3):
 
 
 def test_loss_falls_and_checkpoints_have_heldout_loss(setup, tmp_path):
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     recipe = dict(RECIPE, steps=80, micro_batch=8, save_every=20, lr=1e-2, schedule='constant')
     rep = train_vla(setup/'vlm', load_dataset_dir(setup/'toy', 'vla'), VLAConfig(**CFG), recipe, tmp_path,
                     heldout_fraction=0.2, num_workers=0)
@@ -53,7 +53,7 @@ def test_loss_falls_and_checkpoints_have_heldout_loss(setup, tmp_path):
 
 
 def test_reload_in_a_fresh_process_predicts_identical_actions(setup, tmp_path):
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     train_vla(setup/'vlm', load_dataset_dir(setup/'toy', 'vla'), VLAConfig(**CFG), dict(RECIPE, steps=4, save_every=0),
               tmp_path/'run', num_workers=0)
     ck = tmp_path/'run/step_000004'
@@ -123,7 +123,7 @@ def test_two_process_launch_trains_and_writes_a_checkpoint(setup, tmp_path):
     # every held-out frame's final loss, gathered from both processes in the order one process writes them
     two = json.loads((tmp_path/'heldout_frames.json').read_text())
     one_dir = tmp_path.parent/(tmp_path.name + '-one')
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     train_vla(str(setup/'vlm'), {'toy': load_dataset_dir(setup/'toy', 'vla')}, VLAConfig(**CFG), RECIPE, one_dir, num_workers=0)
     one = json.loads((one_dir/'heldout_frames.json').read_text())
     assert two['ids'] == one['ids'] and len(two['loss']) == rep['heldout'][-1]['frames'] and None not in two['loss']
@@ -133,7 +133,7 @@ def test_two_process_launch_trains_and_writes_a_checkpoint(setup, tmp_path):
 
 def test_the_stage_launches_each_run_on_two_processes(setup, tmp_path, monkeypatch):
     "`processes: 2`: `train_vlas` runs each VLA under `accelerate launch` on two processes; the report, the heldout loss and the checkpoint match one process."
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     from emt.vla import train_vlas
     monkeypatch.setenv('EMT_ROOT', str(setup)); (setup/'params.yaml').touch()
     monkeypatch.setenv('OMP_NUM_THREADS', '1'); monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
@@ -162,7 +162,7 @@ SLOW = textwrap.dedent('''
 
 
 def test_kill_and_resume_ends_like_an_uninterrupted_run(setup, tmp_path):
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     recipe = dict(RECIPE, steps=16, save_every=4)
     ref = train_vla(setup/'vlm', {'toy': load_dataset_dir(setup/'toy', 'vla')}, VLAConfig(**CFG), recipe, tmp_path/'ref',
                     num_workers=0)
@@ -186,7 +186,7 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(setup, tmp_path):
 
 
 def test_bad_inputs_raise_clear_errors(setup, tmp_path):
-    from emt.data import load_dataset_dir
+    from emt.samples import load_dataset_dir
     ds = load_dataset_dir(setup/'toy', 'vla')
     short = dict(RECIPE, steps=1, save_every=0)
     def run(data, **cfg): return train_vla(setup/'vlm', data, VLAConfig(**{**CFG, **cfg}), short, tmp_path, num_workers=0)
@@ -212,7 +212,7 @@ def test_bad_inputs_raise_clear_errors(setup, tmp_path):
 
 
 def test_vla_stage_on_a_toy_project(tmp_project):
-    from emt.eval import vla_policies
+    from emt.evaluation import vla_policies
     from emt.params import load_params
     from emt.vla import run_vla
     P = toy_vla_project(tmp_project, load_params(Path(__file__).parents[1]/'params.yaml'))

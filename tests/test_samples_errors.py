@@ -9,10 +9,10 @@ import pytest
 from datasets import Dataset, Features, Image, List, Value
 
 from emt.core import DataError
-from emt.data import read_hf, read_lerobot, read_libero_hdf5, read_llava
+from emt.samples import read_hf, read_lerobot, read_libero_hdf5, read_llava
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_data import EPISODES, LIBERO_NAME, _rewrite_data, write_libero, write_llava_files, llava_rows  # noqa: E402
+from test_samples import EPISODES, LIBERO_NAME, _rewrite_data, write_libero, write_llava_files, llava_rows  # noqa: E402
 from emt.fixtures import write_toy_lerobot
 
 
@@ -127,7 +127,7 @@ def test_no_arrow_folder_left_after_an_error(tmp_path, monkeypatch):
 def test_no_arrow_folder_left_after_reading(tmp_path):
     f = write_llava_files(tmp_path/'src', llava_rows(3))
     tmp = tmp_path/'tmp'; tmp.mkdir()
-    code = (f"from emt.data import read_llava\nds, _ = read_llava({str(f)!r})\n"
+    code = (f"from emt.samples import read_llava\nds, _ = read_llava({str(f)!r})\n"
             "import glob, tempfile; print(len(glob.glob(tempfile.gettempdir() + '/emt-arrow-*')), len(ds))")
     r = subprocess.run([sys.executable, '-c', code], env={**os.environ, 'TMPDIR': str(tmp)}, capture_output=True,
                        text=True, timeout=300)
@@ -138,7 +138,7 @@ def test_no_arrow_folder_left_after_reading(tmp_path):
 
 def test_checks_in_worker_processes_give_the_same_data_and_errors(tmp_path):
     "parallel_checks(2) (the data stage's data.num_proc): the same rows kept, the same skip report, the same error raised."
-    from emt.data import parallel_checks
+    from emt.samples import parallel_checks
     ids = [f'r{i}' for i in range(300)]
     Dataset.from_list(chat_rows(ids, broken={'r7', 'r250'}), features=FEATS).save_to_disk(str(tmp_path/'d'))
     one, sk1 = read_hf(tmp_path/'d', source='s', on_error='skip', cache_dir=tmp_path/'c1')

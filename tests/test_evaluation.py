@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from emt.core import EmtError
-from emt.eval import RandomPolicy, ResultsLog, evaluate, make_adapter, run_eval
+from emt.evaluation import RandomPolicy, ResultsLog, evaluate, make_adapter, run_eval
 from emt.metaworld import MetaWorldExpert
 from emt.fixtures import LineBench, LineEnv, push_right
 
@@ -29,7 +29,7 @@ def _alive(pid: int) -> bool:
 def test_sigkill_then_resume_counts_every_episode_once(tmp_path):
     out = tmp_path/'run'
     script = textwrap.dedent(f'''
-        from emt.eval import evaluate; from emt.fixtures import LineBench, push_right
+        from emt.evaluation import evaluate; from emt.fixtures import LineBench, push_right
         evaluate(LineBench(step_delay=0.03), push_right, {str(out)!r}, trials=15, workers=2)
     ''')
     env = {**os.environ, 'EMT_ROOT': str(REPO), 'EMT_PROGRESS': '0'}
@@ -83,14 +83,14 @@ def test_worker_failure_names_the_cause(tmp_path):
 
 def test_metaworld_eval_sees_the_corpus_view_and_experts_solve_mt10(tmp_path):
     from emt.params import load_params
-    from emt.sim import make_env, render
+    from emt.metaworld_sim import make_env, render
     P = load_params(REPO/'params.yaml')
     adapter = make_adapter(P.eval.benchmarks[0], P)
     assert (adapter.camera, adapter.size) == (P.corpus.vla.camera, P.corpus.vla.image_size)
     env = adapter.make_env('pick-place-v3')
     frame = env.reset(3)
     ref = make_env('pick-place-v3', env.sim.seed, adapter.size, adapter.camera, variation=3)
-    assert np.array_equal(frame, render(ref)), 'same camera, size, orientation and variation as emt.sim'
+    assert np.array_equal(frame, render(ref)), 'same camera, size, orientation and variation as emt.metaworld_sim'
     ref.close(); env.close()
     res = evaluate(adapter, MetaWorldExpert, tmp_path, trials=1, workers=2)
     assert res['mean'] >= 0.9, res['tasks']
@@ -152,7 +152,7 @@ def test_run_eval_keeps_a_seeds_block_when_seeds_are_added_and_refuses_more_tria
 
 
 def test_reference_policies_random_binds_the_action_size_expert_only_where_one_exists():
-    from emt.eval import reference_policies, run_episode
+    from emt.evaluation import reference_policies, run_episode
     from emt.libero import LiberoPickPlace
     refs = reference_policies(['random', 'expert'], 'metaworld')
     assert set(refs) == {'reference/random', 'reference/expert'}
@@ -178,7 +178,7 @@ def test_libero_imports_offline_without_prompt_or_home_config(tmp_path):
 
 
 def test_libero_scripted_policy_solves_a_libero_object_task_random_does_not():
-    from emt.eval import run_episode
+    from emt.evaluation import run_episode
     from emt.libero import Libero, LiberoPickPlace, libero_tasks
     adapter = Libero('libero_object', size=64)
     assert adapter.protocol()['max_steps'] == 280

@@ -1,4 +1,4 @@
-"Meta-World helpers (emt.sim) and VLA demonstrations (emt.corpus_vla): projection, determinism, success, padding."
+"Meta-World helpers (emt.metaworld_sim) and VLA demonstrations (emt.corpus_vla): projection, determinism, success, padding."
 import json, os
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
@@ -8,8 +8,8 @@ import pytest
 
 import emt.corpus_vla as cv
 from emt.core import EmtError
-from emt.data import check_sample, load_dataset_dir, samples_to_dataset, save_dataset
-from emt.sim import (CAMERAS, body_box, make_env, object_states, project, project_gl, render, scripted_policy,
+from emt.samples import check_sample, load_dataset_dir, samples_to_dataset, save_dataset
+from emt.metaworld_sim import (CAMERAS, body_box, make_env, object_states, project, project_gl, render, scripted_policy,
                      upside_down)
 
 CORNERS = ('corner', 'corner2', 'corner3', 'corner4')

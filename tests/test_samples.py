@@ -1,4 +1,4 @@
-"Readers and writers of emt.data on files in their real formats, round trips, and every bad-input case."
+"Readers and writers of emt.samples on files in their real formats, round trips, and every bad-input case."
 import io, json, os, re, sys
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import pytest
 from datasets import Dataset
 
 from emt.core import DataError, EmtError
-from emt.data import (load_dataset_dir, load_source, read_hf, read_lerobot, read_libero_hdf5, read_llava,
+from emt.samples import (load_dataset_dir, load_source, read_hf, read_lerobot, read_libero_hdf5, read_llava,
                       samples_to_dataset, save_dataset, Skipped, validate, write_hf, write_llava, write_sharegpt)
 from emt.fixtures import write_toy_lerobot
 
