@@ -83,6 +83,23 @@ def _jpeg_images(samples: Iterable[dict], # samples whose `images` are PIL image
 # %% ../nbs/03_corpus.ipynb #c190e65c
 CORPUS_PARTS = ('vlm', 'vla', 'libero') # the VLM sources, the Meta-World demonstrations, the LIBERO demonstrations
 
+def _build_vlm(p: Corpus, names: list[str], out: Path, scratch) -> dict[str, dict]:
+    "Generate and store the VLM sources `names`; their manifest entries."
+    from emt.corpus_embodied import Design, TaskScenes, check_disjoint_variations
+    reg, E, entries = vlm_sources(), p.embodied, {}
+    design = Design(p.vla.camera, p.vla.image_size, E.vla_camera_share, E.balance, E.task_questions, E.free_spot,
+                    E.lookat_jitter)
+    if any(reg[n][0] == 'embodied' for n in names): check_disjoint_variations(p.seed)
+    with TaskScenes(p.image_size, p.seed) as scenes:
+        for name in progress(names, 'VLM sources'):
+            t0, (group, gen) = time.time(), reg[name]
+            # the embodied sources share one env per task
+            kw = {'scenes': scenes, 'design': design} if group == 'embodied' else {}
+            n = (E.per_source or p.per_source) if group == 'embodied' else p.per_source
+            samples = _jpeg_images(gen(n, p.image_size, p.seed, **kw), p.jpeg_quality)
+            entries[name] = _store(samples, 'vlm', out/'vlm'/name, scratch, t0) | {'group': group}
+    return entries
+
 def build_corpus(p: Corpus, # the `corpus` section of params
                  out: str|Path|None = None, # output folder (default: `p.out`, under the project root)
                  parts: Sequence[str]|None = None, # what to (re)generate, of `CORPUS_PARTS` (None: all; libero when set)
@@ -104,20 +121,7 @@ def build_corpus(p: Corpus, # the `corpus` section of params
                             if ('vla' if v.get('group') == 'vla' else 'vlm') not in parts}}
     if 'libero' not in parts and 'libero' in old: manifest['libero'] = old['libero']
     with tempfile.TemporaryDirectory(prefix='emt-corpus-') as scratch:
-        if 'vlm' in parts:
-            from emt.corpus_embodied import Design, TaskScenes, check_disjoint_variations
-            E = p.embodied
-            design = Design(p.vla.camera, p.vla.image_size, E.vla_camera_share, E.balance, E.task_questions, E.free_spot,
-                            E.lookat_jitter)
-            if any(reg[n][0] == 'embodied' for n in names): check_disjoint_variations(p.seed)
-            with TaskScenes(p.image_size, p.seed) as scenes:
-                for name in progress(names, 'VLM sources'):
-                    t0, (group, gen) = time.time(), reg[name]
-                    # the embodied sources share one env per task
-                    kw = {'scenes': scenes, 'design': design} if group == 'embodied' else {}
-                    n = (E.per_source or p.per_source) if group == 'embodied' else p.per_source
-                    samples = _jpeg_images(gen(n, p.image_size, p.seed, **kw), p.jpeg_quality)
-                    manifest['sources'][name] = _store(samples, 'vlm', out/'vlm'/name, scratch, t0) | {'group': group}
+        if 'vlm' in parts: manifest['sources'] |= _build_vlm(p, names, out, scratch)
         if 'vla' in parts:
             from emt.corpus_vla import generate_vla
             t0, v = time.time(), p.vla

@@ -268,6 +268,14 @@ def _vla_sample(vla: FeatureSet, n: int | None, seed: int) -> np.ndarray:
     return vla.rows(idx)
 
 # %% ../nbs/09_estimator.ipynb #de52da45
+def _source_scores(vlm: list[str], groups: dict[str, str], srcs: list[str], logits: np.ndarray, dist: np.ndarray) -> list[dict]:
+    "Per pool source: its size, mean estimator probability and logit, and mean feature distance to the VLA data."
+    src = np.array(srcs)
+    return [{'source': n, 'group': groups[n], 'n': int((src == n).sum()),
+             'estimator_mean_prob': float((1 / (1 + np.exp(-logits[src == n]))).mean()),
+             'estimator_mean_logit': float(logits[src == n].mean()),
+             'feature_distance_mean': float(dist[src == n].mean())} for n in vlm]
+
 def run_estimator(P: Params, # validated params
                   features: str | os.PathLike = ARTIFACTS['features'], # the features stage's output
                   out: str | os.PathLike = ARTIFACTS['estimator'], # the trained estimator
@@ -305,11 +313,7 @@ def run_estimator(P: Params, # validated params
     dist = mean_distances(pool, _vla_sample(vla, E.distance_vla_samples, P.seed))
     write_scores(scores_file('feature_distance', scores), ids, srcs, -dist, mean_l2_distance=dist)
     _, _, vla_logits = score_sources(model, vla_names, features)
-    src = np.array(srcs)
-    per = [{'source': n, 'group': groups[n], 'n': int((src == n).sum()),
-            'estimator_mean_prob': float((1 / (1 + np.exp(-logits[src == n]))).mean()),
-            'estimator_mean_logit': float(logits[src == n].mean()),
-            'feature_distance_mean': float(dist[src == n].mean())} for n in vlm]
+    per = _source_scores(vlm, groups, srcs, logits, dist)
     save_table(per, 'estimator_source_scores')
     by_group = {g: float(np.mean([r['estimator_mean_logit'] for r in per if r['group'] == g]))
                 for g in sorted({r['group'] for r in per})}

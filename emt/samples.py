@@ -713,6 +713,17 @@ def _lerobot_meta_episodes(root: Path) -> dict[int, dict]:
     return out
 
 # %% ../nbs/02_samples.ipynb #e3c76cf1
+def _lerobot_rows(f: Path, key: str, dtype: str) -> Iterator[dict]:
+    "The rows of one LeRobot data file, with the columns a VLA sample needs (checked to be there)."
+    try: pf = pq.ParquetFile(f)
+    except Exception as err: raise unreadable(err, f) from None
+    need = [key] if dtype == 'image' else []
+    for c in need + ['task_index']:
+        if c not in pf.schema_arrow.names:
+            raise DataError(f'missing column (has {pf.schema_arrow.names})', file=f, field=c)
+    cols = [c for c in need + ['episode_index', 'frame_index', 'task_index', 'index'] if c in pf.schema_arrow.names]
+    return (r for b in pf.iter_batches(batch_size=64, columns=cols) for r in b.to_pylist())
+
 def read_lerobot(root: str|os.PathLike, # the data set's directory (holding meta/ and data/)
                  source: str|None = None, # the samples' source; default: the directory's name
                  chunk: int = 1, # C, the action chunk length
@@ -737,16 +748,7 @@ def read_lerobot(root: str|os.PathLike, # the data set's directory (holding meta
         frames = None
         for f in files:
             if f in broken: continue
-            try: pf = pq.ParquetFile(f)
-            except Exception as err: raise unreadable(err, f) from None
-            need = [key] if dtype == 'image' else []
-            for c in need + ['task_index']:
-                if c not in pf.schema_arrow.names:
-                    raise DataError(f'missing column (has {pf.schema_arrow.names})', file=f, field=c)
-            cols = [c for c in need + ['episode_index', 'frame_index', 'task_index', 'index']
-                    if c in pf.schema_arrow.names]
-            rows = (r for b in pf.iter_batches(batch_size=64, columns=cols) for r in b.to_pylist())
-            for _, i, r in _guarded(f, rows):
+            for _, i, r in _guarded(f, _lerobot_rows(f, key, dtype)):
                 e, t = r['episode_index'], r['frame_index']
                 if e not in episodes: continue
                 try:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse, json, os, shutil, time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -240,6 +240,18 @@ def _vlm_and_processor(vlm) -> tuple:
     if isinstance(vlm, (tuple, list)) and len(vlm) == 2: return fp32_master(vlm[0]), vlm[1]
     raise EmtError('vlm must be a VLM checkpoint directory or a (model, processor) pair.')
 
+def _backbone(vlm, recipe: Recipe) -> tuple:
+    "The VLM and processor a run starts from, checked, with gradient checkpointing as `recipe` asks."
+    net, processor = _vlm_and_processor(vlm)
+    if recipe.gradient_checkpointing: enable_checkpointing(net)
+    check_arch(net, vlm if isinstance(vlm, (str, os.PathLike)) else None)
+    return net, processor
+
+def _prepared(acc, model, recipe: Recipe) -> tuple:
+    "The model in training mode, its optimiser and schedule, prepared by `acc`."
+    model.train()
+    return acc.prepare(model, *optimizer_and_schedule(model, recipe))
+
 # %% ../nbs/12_vla.ipynb #1f54bf8f
 def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, datasets: dict, extra) -> str:
     "What determines a VLA run (as `emt.sft.run_fingerprint`: not the process count, which leaves the global batches as they are)."
@@ -295,9 +307,15 @@ def _loss_fns(acc, model, cfg: VLAConfig, n_proc: int, k: int) -> tuple[Callable
     return count, micro_loss
 
 # %% ../nbs/12_vla.ipynb #f6de49d4
-def _write_run_files(out_dir: Path, history: list, heldout: list, keep_state: bool, frame_losses,
+def _write_run_files(acc: Accelerator, out_dir: Path, history: list, heldout: list, keep_state: bool, frame_losses,
                      fp: str, steps: int, held_ids: list[str]) -> None:
-    "On the main process: drop the resume state (unless kept), write the log and the final per-frame held-out losses."
+    "By the main process, every process waiting: drop the resume state (unless kept), write the log and the final per-frame held-out losses."
+    acc.wait_for_everyone()
+    if acc.is_main_process: _run_files(out_dir, history, heldout, keep_state, frame_losses, fp, steps, held_ids)
+    acc.wait_for_everyone()
+
+def _run_files(out_dir: Path, history: list, heldout: list, keep_state: bool, frame_losses, fp: str, steps: int,
+               held_ids: list[str]) -> None:
     if not keep_state: shutil.rmtree(out_dir/'checkpoints', ignore_errors=True); shutil.rmtree(out_dir/'checkpoints.stale', ignore_errors=True)
     write_json(out_dir/'log.json', {'history': history, 'heldout': heldout})
     if frame_losses is not None:  # the paired comparisons of the report bootstrap over these frames (every process's)
@@ -347,6 +365,26 @@ def _save_step(acc: Accelerator, unwrapped, processor, stats, out_dir: Path, rec
         save_checkpoint(acc, out_dir, done, {'step': done, 'history': history, 'heldout': heldout, 'fingerprint': fp}, keep=1)
     return frame_losses
 
+# %% ../nbs/12_vla.ipynb #c41d7e25
+def _train_steps(acc: Accelerator, trained: tuple, # (model, optimiser, scheduler), prepared by `acc`
+                 recipe: Recipe, cfg: VLAConfig, micro_batches, # from `step_loader`
+                 losses: tuple, # (first step, `count`, `micro_loss`) for `optimizer_steps`
+                 history: list, # log rows, appended to
+                 log_every: int, save: Callable[[int], Any], # called at each checkpoint step
+                 ) -> Any:
+    "The optimiser steps of a VLA run: a log row every `log_every` steps, `save(step)` at each checkpoint; the last save's result."
+    (model, opt, sched), (start, count, micro_loss) = trained, losses
+    last, t0, seen = None, time.time(), 0
+    for o in optimizer_steps(acc, model, opt, sched, recipe, micro_batches, start, count, micro_loss, n_parts=2,
+                             desc='vla steps'):
+        done, seen = o.step, seen + recipe.global_batch
+        if done % log_every == 0 or done == recipe.steps:
+            hub, bce = (acc.reduce(o.parts, 'sum') / max(o.total, 1.0)).tolist()
+            history.append(_log_row(done, hub + cfg.gripper_weight * bce, hub, bce, o.lr, o.grad_norm, seen / max(time.time() - t0, 1e-9)))
+            t0, seen = time.time(), 0
+        if (recipe.save_every and done % recipe.save_every == 0) or done == recipe.steps: last = save(done)
+    return last
+
 # %% ../nbs/12_vla.ipynb #094da123
 def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a (model, processor) pair
               datasets: Dataset | Sequence[Dataset] | dict[str, Dataset], # VLA-schema training data (sources, mixed in equal parts)
@@ -367,9 +405,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     recipe = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
     acc = make_accelerator(recipe)
     n_proc, k, out_dir = acc.num_processes, acc.gradient_accumulation_steps, Path(out_dir)
-    net, processor = _vlm_and_processor(vlm)
-    if recipe.gradient_checkpointing: enable_checkpointing(net)
-    check_arch(net, vlm if isinstance(vlm, (str, os.PathLike)) else None)
+    net, processor = _backbone(vlm, recipe)
     data = _as_datasets(datasets)
     ss = seed if split_seed is None else split_seed
     splits, stats = _prepare_data(data, cfg, heldout_fraction, ss, gripper)
@@ -377,9 +413,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     seed_everything(seed + acc.process_index)
     fp = _fingerprint(net, cfg, recipe, seed, data, [heldout_fraction, heldout_max, gripper, ss])
     if resume is True and (done := finished_run(out_dir, fp)) is not None: return done  # this very run is complete
-    model.train()
-    opt, sched = optimizer_and_schedule(model, recipe)
-    model, opt, sched = acc.prepare(model, opt, sched)
+    model, opt, sched = _prepared(acc, model, recipe)
     st = _fresh_or_resumed(acc, out_dir, resume, fp)
     start, history, heldout = st['step'], st['history'], st['heldout']
     names = list(data)
@@ -389,27 +423,14 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     batches = FrameBatches(frames, processor, cfg, model_qid(model), stats, recipe.micro_batch, k, acc.process_index, n_proc, recipe.steps)
     count, micro_loss = _loss_fns(acc, model, cfg, n_proc, k)
     micro_batches = step_loader(batches, start, recipe, k, num_workers)
-    frame_losses = None  # the final checkpoint's per-frame held-out losses
-    t_run, t0, seen = time.time(), time.time(), 0
-    unwrapped = acc.unwrap_model(model)
-    for o in optimizer_steps(acc, model, opt, sched, recipe, micro_batches, start, count, micro_loss, n_parts=2,
-                             desc='vla steps'):
-        done, n_valid = o.step, o.total
-        seen += recipe.global_batch
-        if done % log_every == 0 or done == recipe.steps:
-            hub, bce = (acc.reduce(o.parts, 'sum') / max(n_valid, 1.0)).tolist()
-            history.append(_log_row(done, hub + cfg.gripper_weight * bce, hub, bce, o.lr, o.grad_norm, seen / max(time.time() - t0, 1e-9)))
-            t0, seen = time.time(), 0
-        if (recipe.save_every and done % recipe.save_every == 0) or done == recipe.steps:
-            frame_losses = _save_step(acc, unwrapped, processor, stats, out_dir, recipe, done, history, heldout,
-                                      held_batches, len(held), fp)
+    unwrapped, t_run = acc.unwrap_model(model), time.time()
+    save = lambda done: _save_step(acc, unwrapped, processor, stats, out_dir, recipe, done, history, heldout,
+                                   held_batches, len(held), fp)
+    frame_losses = _train_steps(acc, (model, opt, sched), recipe, cfg, micro_batches, (start, count, micro_loss),
+                                history, log_every, save)
     seconds = time.time() - t_run
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        ids = {n: data[n]['id'] for n in names}
-        _write_run_files(out_dir, history, heldout, keep_state, frame_losses, fp, recipe.steps,
-                         [ids[names[s]][r] for s, r in held])
-    acc.wait_for_everyone()
+    ids = {n: data[n]['id'] for n in names}
+    _write_run_files(acc, out_dir, history, heldout, keep_state, frame_losses, fp, recipe.steps, [ids[names[s]][r] for s, r in held])
     rep = _run_report(acc, recipe, start, seconds, history, heldout, unwrapped, frames, held, stats, cfg, fp, out_dir)
     if acc.is_main_process: write_json(out_dir/REPORT_FILE, rep)  # written last: its presence marks the run complete
     acc.wait_for_everyone()
