@@ -357,6 +357,7 @@ class Eval(Section):
 class Report(Section):
     "report stage: the paper's tables and figures beside this run's."
     compare_paper: bool = True
+    dose_ladders: list[str] = [] # `emt dose` results (ladder.json) shown in the manipulation-check table; each is also a dependency of the report stage in dvc.yaml
 
 # %% ../nbs/01_params.ipynb #da7a2dc6
 class Params(Section):

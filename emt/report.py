@@ -18,17 +18,17 @@ from typing import Sequence
 import numpy as np
 
 from .core import EmtError, rpath, save_figure, save_table, write_json
-from .stats import bootstrap_mean_diff, manipulation_check, paired_bootstrap, verdict
+from .stats import bootstrap_mean_diff, check_rule, manipulation_check, paired_bootstrap, verdict
 from .evaluation import REFERENCE, plot_success, result_key
 from .vla import plot_heldout_loss
 from .params import Params
 
 # %% auto #0
-__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'NOT_TESTED', 'COMPARISON_COLUMNS', 'load_metrics', 'run_label',
-           'bench_key', 'final_success', 'table1', 'table2', 'diversity_table', 'read_rows', 'comparison_rows',
-           'success_by_pair', 'loss_by_pair', 'train_loss_by_pair', 'vla_benchmark', 'comparisons', 'treatment_checks',
-           'untested_verdict', 'findings', 'ability_findings', 'composition_vs_paper_figure',
-           'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
+__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'NOT_TESTED', 'LADDER_COLUMNS', 'COMPARISON_COLUMNS', 'load_metrics',
+           'run_label', 'bench_key', 'final_success', 'table1', 'table2', 'diversity_table', 'read_rows',
+           'comparison_rows', 'success_by_pair', 'loss_by_pair', 'train_loss_by_pair', 'vla_benchmark', 'comparisons',
+           'treatment_checks', 'untested_verdict', 'ladder_rows', 'findings', 'ability_findings',
+           'composition_vs_paper_figure', 'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
 
 # %% ../nbs/14_report.ipynb #ea3ab2cc
 PAPER = {
@@ -326,6 +326,45 @@ def _treatment_findings(checks: dict[str, dict]) -> list[dict]:
                         f"[{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}]", 'holds' if k['passed'] else 'does not hold'))
     return out
 
+# %% ../nbs/14_report.ipynb #d8a41c6e
+LADDER_COLUMNS = ['profile', 'mixture', 'dose', 'steps', 'seeds', 'embodied mid - base [95%]', 'embodied mean (prior)',
+                  'general mid - base [95%]', 'probe R^2 (base)', 'delivered', 'kept', 'passed']
+
+def _pts(d: dict) -> str: return f"{d['difference']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]"
+
+def ladder_rows(paths: Sequence[str], # ladder.json files written by `emt dose` (`report.dose_ladders`)
+                ) -> list[dict]:
+    "Every dose of every ladder, its numbers and the rule's verdicts (recomputed; a ladder that disagrees is refused)."
+    out = []
+    for p in paths:
+        if not rpath(p).is_file(): raise EmtError(f'report.dose_ladders: no {p} (run `emt dose --out {Path(p).parent}`, or take it out of the list)')
+        L = json.loads(rpath(p).read_text())
+        for r in L['rows']:
+            v = check_rule(r['embodied'], r['general'], L['margin'])
+            if any(v[k] != r[k] for k in v): raise EmtError(f"{p}: {r['mixture']} {r['dose']} records {[r[k] for k in v]}, the rule gives {list(v.values())}")
+            probe = f"{r['probe_r2_seed0']:.3f} ({L['probe_r2_base']:.3f})" if r.get('probe_r2_seed0') is not None else '-'
+            out.append({'profile': L['profile'], 'mixture': r['mixture'], 'dose': r['dose'], 'steps': r['steps'], 'seeds': len(L['seeds']),
+                        'embodied mid - base [95%]': _pts(r['embodied']), 'embodied mean (prior)': f"{r['embodied']['mean']:.1f} ({r['embodied']['prior']:.1f})",
+                        'general mid - base [95%]': _pts(r['general']), 'probe R^2 (base)': probe, **v,
+                        '_above_prior': r['embodied']['mean'] - r['embodied']['prior']})
+    return out
+
+# %% ../nbs/14_report.ipynb #e93b5f27
+def _ladder_findings(rows: list[dict]) -> list[dict]:
+    "Whether any dose of the ladders delivered the treatment to the estimator's mixture; if none, the closest and why."
+    est = [r for r in rows if r['mixture'] == 'estimator']
+    if not est: return []
+    passed = [r for r in est if r['passed']]
+    r = passed[0] if passed else max(est, key=lambda r: (r['kept'], r['_above_prior']))
+    why = [] if passed else [w for w, bad in (('embodied mean not above the prior', r['_above_prior'] <= 0),
+                                              ('embodied interval not above 0', not r['delivered'] and r['_above_prior'] > 0),
+                                              ('general interval not above -5', not r['kept'])) if bad]
+    run = (f"{len(passed)} of {len(est)} doses over {len({x['profile'] for x in est})} designs passed; "
+           + ('first' if passed else 'closest') + f": {r['profile']} {r['dose']}, embodied {r['embodied mid - base [95%]']}, "
+           f"mean {r['embodied mean (prior)']}, general {r['general mid - base [95%]']}" + (f" ({'; '.join(why)})" if why else ''))
+    return [_row("Manipulation check at the study's doses: some dose of `emt dose`'s ladders delivers the treatment and "
+                 'keeps general ability (the rule of study section 5)', '-', run, 'holds' if passed else 'does not hold')]
+
 # %% ../nbs/14_report.ipynb #ae90273f
 def _vla_findings(P: Params, data: dict[str, list[dict]] | None, comps: list[dict] | None,
                   checks: dict[str, dict] | None = None) -> list[dict]:
@@ -360,10 +399,12 @@ def findings(P: Params, # the params
              data: dict[str, list[dict]] | None = None, # `comparison_rows` (None: no VLA comparisons)
              comps: list[dict] | None = None, # `comparisons` (None: computed from `data`)
              checks: dict[str, dict] | None = None, # `treatment_checks` (None: computed from `m`)
+             ladders: list[dict] | None = None, # `ladder_rows` (None: read from `P.report.dose_ladders`)
              ) -> list[dict]:
     "Each claim of the paper: this run's effect with its 95% interval and a verdict; the manipulation checks first."
     if checks is None: checks = treatment_checks(P, m.get('ability', {}))
-    return (_treatment_findings(checks) + _gap_findings(P, m.get('gap', {}))
+    if ladders is None: ladders = ladder_rows(P.report.dose_ladders)
+    return (_treatment_findings(checks) + _ladder_findings(ladders) + _gap_findings(P, m.get('gap', {}))
             + _diversity_findings(m.get('select', {}).get('diversity', {}))
             + _estimator_findings(P, m.get('estimator', {})) + _vla_findings(P, data, comps, checks)
             + ability_findings(P, m.get('ability', {})))
@@ -473,11 +514,13 @@ def run_report(P: Params, # validated params
     comps = comparisons(P, data, benches)
     checks = treatment_checks(P, m.get('ability', {}))
     for c in comps: c['verdict'] = untested_verdict(c, checks)  # a comparison is judged only where its treatment happened
-    t1, t2, div, fnd = table1(P, m), table2(P, m), diversity_table(m), findings(P, m, data, comps, checks)
+    ladders = ladder_rows(P.report.dose_ladders)
+    t1, t2, div, fnd = table1(P, m), table2(P, m), diversity_table(m), findings(P, m, data, comps, checks, ladders)
     if not P.report.compare_paper:  # this run's rows only
         t1, t2 = [r for r in t1 if r['source'] != 'paper'], [r for r in t2 if r['source'] != 'paper']
         div = [{k: v for k, v in r.items() if k != 'paper'} for r in div]
     save_table(comps, 'comparisons', columns=COMPARISON_COLUMNS)
+    save_table(ladders, 'manipulation_check', columns=LADDER_COLUMNS)
     save_table(t1, 'table1_main', columns=_cols(t1)); save_table(t2, 'table2_ablation', columns=_cols(t2))
     save_table(div, 'table_a5_diversity_vs_paper', columns=[c for c in ['set', 'paper', 'this run'] if any(c in x for x in div)])
     save_table(fnd, 'report_findings', columns=['claim', 'paper', 'this run (effect [95% interval])', 'verdict'])
@@ -487,7 +530,7 @@ def run_report(P: Params, # validated params
         if fig is not None: save_figure(fig, name); plt.close(fig)
     out = {'profile': P.profile, 'label': label, 'stages': sorted(m), 'findings': fnd,
            'verdicts': {v: sum(f['verdict'] == v for f in fnd) for v in ('holds', 'does not hold', 'inconclusive', NOT_TESTED)},
-           'treatment': checks,
+           'treatment': checks, 'dose_ladders': [{k: v for k, v in r.items() if not k.startswith('_')} for r in ladders],
            'comparisons': comps,
            'seconds': round(time.time() - t0, 1)}
     write_json(rpath('metrics/report.json'), out)

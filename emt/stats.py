@@ -19,7 +19,7 @@ from .core import EmtError, rng
 
 # %% auto #0
 __all__ = ['Z_POWER', 'paired_bootstrap', 'verdict', 'bootstrap_mean_diff', 'wilson', 'seed_interval', 'interval',
-           'paired_difference', 'manipulation_check', 'reliability', 'platt']
+           'paired_difference', 'check_rule', 'manipulation_check', 'reliability', 'platt']
 
 # %% ../nbs/00a_stats.ipynb #d575d83a
 Z_POWER = 2.8016 # z_0.975 + z_0.8: the smallest detectable difference, in standard errors
@@ -147,6 +147,15 @@ def paired_difference(base: dict[str, list[float]], # source -> the base VLM's q
     return est, float(lo), float(hi)
 
 # %% ../nbs/00a_stats.ipynb #c87276da
+def check_rule(embodied: dict, # the embodied group: 'difference', 'ci95' (points), 'mean' and 'prior' (%)
+               general: dict, # the general group, alike
+               margin: float = 5.0, # points: general ability kept when the interval lies above -margin
+               ) -> dict[str, bool]:
+    "The rule of the study's manipulation check on one dose's numbers: embodied ability delivered, general ability kept."
+    delivered = bool(embodied['ci95'][0] > 0 and embodied['mean'] > embodied['prior'])
+    kept = bool(general['ci95'][0] > -margin)
+    return {'delivered': delivered, 'kept': kept, 'passed': delivered and kept}
+
 def manipulation_check(base: dict[str, list[float]], # source -> the base VLM's question scores
                        dosed: dict[int, dict[str, list[float]]], # mid-training seed -> source -> question scores
                        groups: dict[str, str], # source -> its group
@@ -166,11 +175,7 @@ def manipulation_check(base: dict[str, list[float]], # source -> the base VLM's 
                   'mean': round(100 * float(np.mean([np.mean(x[s]) for x in dosed.values() for s in srcs])), 2),
                   'base': round(100 * float(np.mean([np.mean(base[s]) for s in srcs])), 2),
                   'prior': round(100 * float(np.mean([priors[s] for s in srcs])), 2)}
-    e, gen = out['embodied'], out['general']
-    out['delivered'] = bool(e['ci95'][0] > 0 and e['mean'] > e['prior'])
-    out['kept'] = bool(gen['ci95'][0] > -margin)
-    out['passed'] = out['delivered'] and out['kept']
-    return out
+    return out | check_rule(out['embodied'], out['general'], margin)
 
 # %% ../nbs/00a_stats.ipynb #c1418dfd
 def reliability(logits: np.ndarray, y: np.ndarray, bins: int = 10, seed: int = 0) -> dict:

@@ -123,3 +123,21 @@ def test_artifact_paths_are_written_once():
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"""['"]artifacts/""", line.split('#')[0])]
     assert not found, f'artifacts/ paths spelt out in {found}'
+
+
+def report_ladders_missing(dvc: dict, params: dict) -> list[str]:
+    "The dose ladders the params show in the report that the report stage does not depend on."
+    deps = set(dvc['stages']['report']['deps'])
+    return sorted(set((params.get('report') or {}).get('dose_ladders') or []) - deps)
+
+
+@pytest.mark.parametrize('params_file', ['params.yaml', *sorted(str(p.relative_to(ROOT)) for p in (ROOT/'profiles').glob('*.yaml'))])
+def test_the_report_depends_on_every_dose_ladder_it_shows(params_file):
+    "A ladder the report reads is a DVC dependency of the report, so a new `emt dose` result makes `dvc repro` redo it."
+    dvc = yaml.safe_load((ROOT/'dvc.yaml').read_text())
+    params = yaml.safe_load((ROOT/params_file).read_text())
+    assert not (gone := report_ladders_missing(dvc, params)), f'{params_file}: report.dose_ladders {gone} not in the report deps of dvc.yaml'
+    for p in (params.get('report') or {}).get('dose_ladders') or []: assert (ROOT/p).is_file(), p
+    # and the check fails where it should: a ladder that dvc.yaml does not list
+    params = {'report': {'dose_ladders': ['results/elsewhere/ladder.json']}}
+    assert report_ladders_missing(dvc, params) == ['results/elsewhere/ladder.json']
