@@ -25,7 +25,7 @@ except ImportError as e:
 if _why_not and not REQUIRED: pytest.skip(f'no browser for the docs test: {_why_not}', allow_module_level=True)
 
 LOCAL_SCHEMES = ('data:', 'blob:', 'about:')
-SHOTS = ['index.html', 'getting_started.html', 'paper_scale.html', 'data.html']
+SHOTS = ['index.html', 'getting_started.html', 'paper_scale.html', 'samples.html']
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
