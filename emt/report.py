@@ -346,7 +346,7 @@ def ladder_rows(paths: Sequence[str], # ladder.json files written by `emt dose` 
             out.append({'profile': L['profile'], 'mixture': r['mixture'], 'dose': r['dose'], 'steps': r['steps'], 'seeds': len(L['seeds']),
                         'embodied mid - base [95%]': _pts(r['embodied']), 'embodied mean (prior)': f"{r['embodied']['mean']:.1f} ({r['embodied']['prior']:.1f})",
                         'general mid - base [95%]': _pts(r['general']), 'probe R^2 (base)': probe, **v,
-                        '_above_prior': r['embodied']['mean'] - r['embodied']['prior']})
+                        '_above_prior': r['embodied']['mean'] - r['embodied']['prior'], '_margin': L['margin']})
     return out
 
 # %% ../nbs/14_report.ipynb #e93b5f27
@@ -358,7 +358,7 @@ def _ladder_findings(rows: list[dict]) -> list[dict]:
     r = passed[0] if passed else max(est, key=lambda r: (r['kept'], r['_above_prior']))
     why = [] if passed else [w for w, bad in (('embodied mean not above the prior', r['_above_prior'] <= 0),
                                               ('embodied interval not above 0', not r['delivered'] and r['_above_prior'] > 0),
-                                              ('general interval not above -5', not r['kept'])) if bad]
+                                              (f"general interval not above -{r['_margin']:g}", not r['kept'])) if bad]
     run = (f"{len(passed)} of {len(est)} doses over {len({x['profile'] for x in est})} designs passed; "
            + ('first' if passed else 'closest') + f": {r['profile']} {r['dose']}, embodied {r['embodied mid - base [95%]']}, "
            f"mean {r['embodied mean (prior)']}, general {r['general mid - base [95%]']}" + (f" ({'; '.join(why)})" if why else ''))
