@@ -124,7 +124,8 @@ def _stage(a) -> int:
 
 def _dose(a) -> int:
     from emt.dose import ladder, run_ladder
-    r = run_ladder(load_params(a.params), out=a.out, method=a.method, seeds=a.seeds, doses=ladder(a.epochs, a.lrs))
+    r = run_ladder(load_params(a.params), out=a.out, method=a.method, seeds=a.seeds, doses=ladder(a.epochs, a.lrs),
+                   replay=a.replay)
     print(f"dose ladder: {'chosen ' + r['chosen'] if r['chosen'] else 'no dose delivered the treatment'}; "
           f"{rpath(a.out)/'ladder.md'}")
     return 0
@@ -203,6 +204,8 @@ def _add_dose(sub) -> None:
     do.add_argument('--seeds', type=ints, default=(0, 1, 2), help='mid-training seeds, comma-separated (default 0,1,2)')
     do.add_argument('--epochs', type=ints, default=(1, 3, 10), help="the ladder's epochs over the mixture (default 1,3,10)")
     do.add_argument('--lrs', type=floats, default=(1e-4, 1e-3), help="the ladder's peak learning rates (default 1e-4,1e-3)")
+    do.add_argument('--replay', type=float, default=0.0, help='general samples added to each mixture per mixture sample '
+                    '(default 0: none)')
     do.set_defaults(fn=_dose)
 
 def _add_convert(sub) -> None:

@@ -88,7 +88,7 @@ def _build_vlm(p: Corpus, names: list[str], out: Path, scratch) -> dict[str, dic
     from emt.corpus_embodied import Design, TaskScenes, check_disjoint_variations
     reg, E, entries = vlm_sources(), p.embodied, {}
     design = Design(p.vla.camera, p.vla.image_size, E.vla_camera_share, E.balance, E.task_questions, E.free_spot,
-                    E.lookat_jitter)
+                    E.lookat_jitter, E.point_answer)
     if any(reg[n][0] == 'embodied' for n in names): check_disjoint_variations(p.seed)
     with TaskScenes(p.image_size, p.seed) as scenes:
         for name in progress(names, 'VLM sources'):

@@ -42,11 +42,11 @@ from .core import EmtError, rng
 from . import metaworld_sim as sim
 
 # %% auto #0
-__all__ = ['GRIPPER', 'TASK_ENTITIES', 'NAMED_CAMERAS', 'Candidate', 'TASK_TARGETS', 'TASK_QUESTIONS', 'EMBODIED_SOURCES',
-           'project', 'parse_point', 'parse_box', 'rollout_frames', 'View', 'render_view', 'see', 'Frame', 'TaskScenes',
-           'Design', 'answer_label', 'Balancer', 'generate', 'task_target', 'robot_direction',
-           'check_disjoint_variations', 'spatial_refer', 'embodied_spatial_qa', 'robot_frame_vqa', 'affordance_point',
-           'contact_sheet']
+__all__ = ['GRIPPER', 'TASK_ENTITIES', 'NAMED_CAMERAS', 'Candidate', 'CELLS', 'TASK_TARGETS', 'TASK_QUESTIONS',
+           'EMBODIED_SOURCES', 'project', 'parse_point', 'parse_box', 'rollout_frames', 'View', 'render_view', 'see',
+           'Frame', 'TaskScenes', 'Design', 'answer_label', 'Balancer', 'generate', 'as_cell', 'task_target',
+           'robot_direction', 'check_disjoint_variations', 'spatial_refer', 'embodied_spatial_qa', 'robot_frame_vqa',
+           'affordance_point', 'contact_sheet']
 
 # %% ../nbs/03d_corpus_embodied.ipynb #af0190ab
 @dataclass(frozen=True)
@@ -424,6 +424,7 @@ class Design:
     task_questions: bool = False # also ask the source's `TASK_QUESTIONS`
     free_spot: bool = True # keep free-spot questions
     lookat_jitter: float = 0.04 # sd (m) of a free camera's look-at point
+    point_answer: str = 'xy' # 'xy': points as `(x, y)`; 'grid': as the cell of a 3 x 3 grid (`as_cell`), boxes left out
 
 # %% ../nbs/03d_corpus_embodied.ipynb #ef5587d1
 _OPT = re.compile(r'^([A-D])\. (.+)$')
@@ -513,6 +514,7 @@ def generate(source: str, # the source name (ids, seeding)
                     fr = Frame(task, ep, step, view, [see(env, obs, view, e) for e in (GRIPPER, *TASK_ENTITIES[task])],
                                _task_state(env, obs, task), _visible_geoms(env.model, _body_ids(env.model, ('tablelink',))))
                     cands = ask(fr, r) + (TASK_QUESTIONS[source](fr, r) if D.task_questions and source in TASK_QUESTIONS else [])
+                    if D.point_answer == 'grid': cands = [as_cell(c) for c in cands if c[2]['kind'] != 'box']
                     cands = [c for c in cands if counts.get(c[2]['kind'], 0) < max(1, max_share * n)
                              and (D.free_spot or c[2]['kind'] != 'free_spot')]
                     if D.balance: cands = bal.eligible(cands)
@@ -536,6 +538,19 @@ _POINT_HINT = ' Answer with a point (x, y), normalised to [0, 1] from the top-le
 _BOX_HINT = ' Answer with a box [x1, y1, x2, y2], normalised to [0, 1] from the top-left corner.'
 
 def _choice(r: np.random.Generator, options: tuple[str, ...]) -> str: return options[int(r.integers(len(options)))]
+
+# %% ../nbs/03d_corpus_embodied.ipynb #c32af37c
+CELLS = (('northwest', 'north', 'northeast'), ('west', 'center', 'east'), ('southwest', 'south', 'southeast'))
+_CELL_HINT = (' Answer with the cell of a 3 x 3 grid over the image that holds it, as one word: northwest, north,'
+              ' northeast, west, center, east, southwest, south or southeast (north is the top of the image).')
+
+def as_cell(cand: Candidate) -> Candidate:
+    "A point question as its grid-cell question (`CELLS`); any other candidate unchanged."
+    q, a, truth = cand
+    if not q.endswith(_POINT_HINT): return cand
+    x, y = parse_point(a)
+    cell = CELLS[min(int(y * 3), 2)][min(int(x * 3), 2)]
+    return q[:-len(_POINT_HINT)] + _CELL_HINT, cell, {**truth, 'point_xy': [x, y]}
 
 # %% ../nbs/03d_corpus_embodied.ipynb #975733f5
 def _touches_border(s: _Seen) -> bool:

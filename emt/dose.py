@@ -40,7 +40,7 @@ from .stats import manipulation_check
 from .vla import benchmark_sources, sources_recipe
 
 # %% auto #0
-__all__ = ['Dose', 'ladder', 'dose_recipe', 'general_draw', 'ability_of', 'ridge_r2', 'action_probe', 'run_ladder']
+__all__ = ['Dose', 'ladder', 'dose_recipe', 'general_draw', 'with_replay', 'ability_of', 'ridge_r2', 'action_probe', 'run_ladder']
 
 # %% ../nbs/11b_dose.ipynb #97d462f8
 @dataclass(frozen=True)
@@ -75,18 +75,31 @@ def general_draw(P: Params, # the params (`data.vlm_sources`)
                  n: int, # samples
                  seed: int, # the draw
                  data: str = ARTIFACTS['data'], # the data stage's stored sources
+                 stream: str = 'general-draw', # the random stream ('replay' for `with_replay`)
                  ) -> Dataset:
     "A same-size draw of the general (pretraining) sources of the pool: the control mixture."
     parts = [load_dataset_dir(rpath(data)/s.name, 'vlm') for s in P.data.vlm_sources if s.group == 'general']
     if not parts: raise EmtError('no general source in data.vlm_sources: the general-draw control needs one')
     pool = concatenate_datasets(parts)
     if n > len(pool): raise EmtError(f'a general draw of {n} samples from a general pool of {len(pool)}')
-    return pool.select(sorted(rng(seed, 'general-draw').choice(len(pool), n, replace=False).tolist()))
+    return pool.select(sorted(rng(seed, stream).choice(len(pool), n, replace=False).tolist()))
 
 # %% ../nbs/11b_dose.ipynb #018bd695
 def _read(f: Path) -> dict|None:
     try: return json.loads(f.read_text())
     except (OSError, ValueError): return None
+
+# %% ../nbs/11b_dose.ipynb #c9656c70
+def with_replay(mix: Dataset, # a mixture
+                P: Params, # the params (`data.vlm_sources`)
+                ratio: float, # general samples added per mixture sample (0: none)
+                seed: int, # the draw
+                data: str = ARTIFACTS['data'], # the data stage's stored sources
+                ) -> Dataset:
+    "`mix` and a draw of `ratio * len(mix)` general samples (`general_draw`, stream 'replay')."
+    if ratio < 0: raise EmtError(f'replay ratio {ratio} < 0')
+    n = round(ratio * len(mix))
+    return concatenate_datasets([mix, general_draw(P, n, seed, data, stream='replay')]) if n else mix
 
 # %% ../nbs/11b_dose.ipynb #104fa126
 def ability_of(path: Path, # a VLM checkpoint
@@ -184,6 +197,7 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
                controls: tuple[str, ...] = ('random', 'general_draw'), # trained at the chosen dose only
                margin: float = 5.0, # points of general ability that may be lost
                with_probe: bool = True, # the frozen-VLM probe of the first action, per dose (seed 0's VLM)
+               replay: float = 0.0, # general samples added per mixture sample (`with_replay`), for every mixture
                ) -> dict:
     """The study's manipulation check: mid-train the base VLM on `method`'s mixture at each dose of the ladder, smallest
     first, over `seeds`; score each VLM's held-out ability; stop at the first dose that delivers embodied ability and
@@ -196,22 +210,24 @@ def run_ladder(P: Params, # the params: the base VLM, the mixtures and the recip
     base = ability_of(base_path, qs, P.ability.max_new_tokens)
     probe = {'base': round(action_probe(base_path, P), 4)} if with_probe else {}
     mixtures = {method: load_mixture(method)}
-    train = _dose_trainer(P, qs, base_path, work)
+    dose_train, tag = _dose_trainer(P, qs, base_path, work), f'+replay{replay:g}' if replay else ''
+    def train(mix, dose, k, name): return dose_train(with_replay(mix, P, replay, k), dose, k, name + tag)
     n, gb = len(mixtures[method]), P.midtrain.recipe.global_batch
+    n_fed = n + round(replay * n)  # what an epoch passes over
     rows, chosen = [], None
     for dose in progress(doses or ladder(), 'dose ladder'):
         dosed = {k: train(mixtures[method], dose, k, method) for k in seeds}
         chk = manipulation_check(base, dosed, groups, priors, margin, seed=P.seed)
-        if with_probe: chk['probe_r2_seed0'] = round(action_probe(work/method/dose.name/f'seed{seeds[0]}', P), 4)
-        rows.append(_ladder_row(method, dose, n, gb, chk, dosed, qs))
+        if with_probe: chk['probe_r2_seed0'] = round(action_probe(work/(method + tag)/dose.name/f'seed{seeds[0]}', P), 4)
+        rows.append(_ladder_row(method + tag, dose, n_fed, gb, chk, dosed, qs))
         if chk['passed']: chosen = dose; break
     if chosen is not None:
         for c in controls:
             mix = load_mixture(c) if c != 'general_draw' else None
             dosed = {k: train(mix if mix is not None else general_draw(P, n, k), chosen, k, c) for k in seeds}
-            rows.append(_ladder_row(c, chosen, n, gb, manipulation_check(base, dosed, groups, priors, margin, seed=P.seed), dosed, qs))
+            rows.append(_ladder_row(c + tag, chosen, n_fed, gb, manipulation_check(base, dosed, groups, priors, margin, seed=P.seed), dosed, qs))
     vla_sum = {b: 0.5 * r.lr * r.steps for b, r in ((b, sources_recipe(s, P.vla.recipe)) for b, s in benchmark_sources(P).items())}
-    result = {'profile': P.profile, 'seeds': list(seeds), 'margin': margin, 'mixture_size': n, 'chosen': chosen.name if chosen else None,
+    result = {'profile': P.profile, 'seeds': list(seeds), 'margin': margin, 'mixture_size': n, 'replay': replay, 'chosen': chosen.name if chosen else None,
               'base': {s: round(100 * float(np.mean(v)), 1) for s, v in base.items()},
               'priors': {s: round(100 * v, 1) for s, v in priors.items()}, 'groups': {s: groups[s] for s in qs},
               'vla_summed_lr': vla_sum, 'probe_r2_base': probe.get('base'), 'rows': rows, 'seconds': round(time.time() - t0, 1)}

@@ -156,6 +156,7 @@ class CorpusEmbodied(Section):
     task_questions: bool = False # also ask what the VLA must find: its target, and the way to it in the robot's frame
     free_spot: bool = True # free-spot questions (many right answers: the ability check leaves them out)
     lookat_jitter: float = Field(default=0.04, ge=0) # sd (m) of a free camera's look-at point
+    point_answer: Literal['xy', 'grid'] = 'xy' # points as (x, y), or as the cell of a 3 x 3 grid (boxes left out)
 
 # %% ../nbs/01_params.ipynb #95e75c2d
 class Corpus(Section):
