@@ -44,14 +44,16 @@ def ladder_env(tmp_path, monkeypatch):
         Path(dest).mkdir(parents=True, exist_ok=True); (Path(dest)/'config.json').write_text('{}')
 
     def train_sft(model, mix, recipe, out, **kw):
-        trained.append((len(mix), recipe.steps, recipe.lr))
+        trained.append((len(mix), recipe.steps, recipe.lr, sorted({i.rstrip('0123456789-') for i in mix['id']})))
 
     mix = Dataset.from_dict({'id': [f'm{i}' for i in range(40)]})
     monkeypatch.setattr(dose, 'heldout_questions', lambda P_, n: (qs,))
     monkeypatch.setattr(dose, 'ability_of', ability_of)
     monkeypatch.setattr(dose, 'action_probe', lambda path, P_: 0.25)
     monkeypatch.setattr(dose, 'load_mixture', lambda method: mix)
-    monkeypatch.setattr(dose, 'general_draw', lambda P_, n, seed: Dataset.from_dict({'id': [f'g{seed}-{i}' for i in range(n)]}))
+    def general_draw(P_, n, seed, data=None, stream='general-draw'):
+        return Dataset.from_dict({'id': [f'{stream}{seed}-{i}' for i in range(n)]})
+    monkeypatch.setattr(dose, 'general_draw', general_draw)
     monkeypatch.setattr(dose, 'load_vlm', lambda path: (None, None))
     monkeypatch.setattr(dose, 'weights_digest', lambda model: 'base')
     monkeypatch.setattr(dose, 'train_sft', train_sft)
@@ -101,3 +103,31 @@ def test_the_command_line_sets_the_ladder():
     d = parser().parse_args(['dose'])
     assert len(ladder(d.epochs, d.lrs)) == 6 and d.seeds == (0, 1, 2)
     with pytest.raises(SystemExit): parser().parse_args(['dose', '--epochs', '3,x'])
+
+
+def test_replay_adds_general_samples_to_every_mixture_and_counts_them_in_the_steps(ladder_env):
+    "`replay=1`: each mixture (the estimator's and both controls) is trained with as many replay samples again, an epoch passes over both, and the rows say so."
+    P, trained, root = ladder_env
+    res = dose.run_ladder(P, out='results/replay', seeds=(0, 1), doses=[dose.Dose(10, 1e-4)], replay=1.0)
+    gb = P.midtrain.recipe.global_batch
+    assert res['replay'] == 1.0 and res['chosen'] == 'ep10-lr0.0001'
+    assert [r['mixture'] for r in res['rows']] == ['estimator+replay1', 'random+replay1', 'general_draw+replay1']
+    assert all(r['steps'] == 10 * -(-80 // gb) for r in res['rows'])
+    assert [t[:2] for t in trained] == [(80, 10 * -(-80 // gb))] * 6  # 40 + 40 samples, per seed and mixture
+    assert trained[0][3] == ['m', 'replay'] and trained[-1][3] == ['general-draw', 'replay']
+    assert len(trained) == 6
+    dose.run_ladder(P, out='results/plain', seeds=(0, 1), doses=[dose.Dose(10, 1e-4)])
+    assert len(trained) == 12 and trained[-1][:2] == (40, 10 * -(-40 // gb))  # without replay: other VLMs, not reused
+
+
+def test_with_replay_draws_its_own_stream(monkeypatch):
+    "The replay draw: `ratio` times the mixture's size, from the stream 'replay'; nothing added at 0; a negative ratio refused."
+    from emt.core import EmtError
+    from emt.cli import parser
+    mix, calls = Dataset.from_dict({'id': [f'm{i}' for i in range(10)]}), []
+    monkeypatch.setattr(dose, 'general_draw', lambda P_, n, seed, data, stream: calls.append((n, seed, stream))
+                        or Dataset.from_dict({'id': ['g'] * n}))
+    assert len(dose.with_replay(mix, None, 0.5, 3)) == 15 and calls == [(5, 3, 'replay')]
+    assert dose.with_replay(mix, None, 0.0, 3) is mix and len(calls) == 1
+    with pytest.raises(EmtError): dose.with_replay(mix, None, -1.0, 3)
+    assert parser().parse_args(['dose', '--replay', '1']).replay == 1.0 and parser().parse_args(['dose']).replay == 0.0
