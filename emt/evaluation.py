@@ -32,7 +32,7 @@ from .vla import by_init_axis, plot_interval
 __all__ = ['REFERENCE', 'EPISODE_COLUMNS', 'Policy', 'TaskEnv', 'RandomPolicy', 'check_chunk', 'rollout', 'run_episode',
            'summarize', 'episode_key', 'ResultsLog', 'write_video', 'episode_seed', 'Job', 'plan_jobs', 'job_units',
            'evaluate', 'make_adapter', 'VLACheckpoint', 'check_gripper', 'vla_policies', 'success_rows', 'plot_success',
-           'success_curve_figure', 'reference_policies', 'result_key', 'pooled_results', 'run_eval']
+           'success_curve_figure', 'reference_policies', 'result_key', 'pooled_results', 'episode_order', 'run_eval']
 
 # %% ../nbs/13_evaluation.ipynb #d893e5a3
 class Policy(Protocol):
@@ -604,6 +604,14 @@ def _eval_runs(P: Params, policies: dict, slot: dict[int, int], blocks: int) -> 
     return runs + [(name, factory, spec, 0, spec.trials * blocks, 0) for spec in E.benchmarks
                    for name, factory in reference_policies(E.references, spec.name).items()]
 
+# %% ../nbs/13_evaluation.ipynb #73a08b6e
+def episode_order(records: Sequence[dict], # episode records, in any order
+                  tasks: Sequence[str]|None = None, # the benchmark's tasks, in their order (others after, by name)
+                  ) -> list[dict]:
+    "`records` sorted by trial, then by the task's place in `tasks`."
+    at = {t: i for i, t in enumerate(tasks or ())}
+    return sorted(records, key=lambda e: (int(e['trial']), at.get(e['task'], len(at)), str(e['task'])))
+
 # %% ../nbs/13_evaluation.ipynb #cccf9951
 def _eval_one(P: Params, out: Path, name: str, factory, spec, videos: int, trials: int, first: int) -> tuple[str, dict, list[dict]]:
     "One policy on one benchmark (an older checkpoint's results under the same name are dropped); its result and episode rows."
@@ -619,7 +627,7 @@ def _eval_one(P: Params, out: Path, name: str, factory, spec, videos: int, trial
     key = _grid_key(name) or {'init': name.split('/')[0], 'seed': None, 'step': _step_of(name)}
     episodes = [{'policy': name, 'init': key['init'], 'benchmark': bench, 'seed': key['seed'], 'step': key['step'],
                  'task': e['task'], 'trial': e['trial'], 'success': int(bool(e['success'])), 'steps': e['steps']}
-                for e in r.pop('records')]
+                for e in episode_order(r.pop('records'), spec.tasks)]
     return bench, r, episodes
 
 # %% ../nbs/13_evaluation.ipynb #7ae4d42e
