@@ -450,6 +450,9 @@ def _reletter(q: str, # a question with lettered options, one per line
     return '\n'.join(lines), letter + a[1:]
 
 # %% ../nbs/03d_corpus_embodied.ipynb #7a0c7145
+CELLS = (('northwest', 'north', 'northeast'), ('west', 'center', 'east'), ('southwest', 'south', 'southeast'))
+_CELL_WORDS = frozenset(c for row in CELLS for c in row)
+
 class Balancer:
     "Counts of answer labels and option letters per question kind, for `Design.balance`."
     def __init__(self): self.labels, self.letters, self.offered = {}, {}, {}
@@ -462,6 +465,9 @@ class Balancer:
             kind, lab = c[2]['kind'], answer_label(c[1])
             if lab is None: return True
             labs = self.offered[kind]
+            if lab in _CELL_WORDS:  # nine cells, some seldom on offer: none above 2.5 times the mean of those offered
+                cells = [self.labels.get((kind, l), 0) for l in labs if l in _CELL_WORDS]
+                return self.labels.get((kind, lab), 0) < max(3, 2.5 * sum(cells) / len(cells))
             counts = [self.labels.get((kind, l), 0) for l in labs]
             return self.labels.get((kind, lab), 0) < max(min(counts) + 2, 1.1 * sum(counts) / len(counts))
         return [c for c in cands if ok(c)]
@@ -540,7 +546,6 @@ _BOX_HINT = ' Answer with a box [x1, y1, x2, y2], normalised to [0, 1] from the 
 def _choice(r: np.random.Generator, options: tuple[str, ...]) -> str: return options[int(r.integers(len(options)))]
 
 # %% ../nbs/03d_corpus_embodied.ipynb #c32af37c
-CELLS = (('northwest', 'north', 'northeast'), ('west', 'center', 'east'), ('southwest', 'south', 'southeast'))
 _CELL_HINT = (' Answer with the cell of a 3 x 3 grid over the image that holds it, as one word: northwest, north,'
               ' northeast, west, center, east, southwest, south or southeast (north is the top of the image).')
 

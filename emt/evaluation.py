@@ -604,7 +604,7 @@ def _eval_runs(P: Params, policies: dict, slot: dict[int, int], blocks: int) -> 
     return runs + [(name, factory, spec, 0, spec.trials * blocks, 0) for spec in E.benchmarks
                    for name, factory in reference_policies(E.references, spec.name).items()]
 
-# %% ../nbs/13_evaluation.ipynb #73a08b6e
+# %% ../nbs/13_evaluation.ipynb #a5cb1773
 def episode_order(records: Sequence[dict], # episode records, in any order
                   tasks: Sequence[str]|None = None, # the benchmark's tasks, in their order (others after, by name)
                   ) -> list[dict]:

@@ -154,17 +154,19 @@ def test_grid_answers_name_the_cell_of_the_reprojected_target():
     with ce.TaskScenes(96, seed=0) as sc:
         got = {n: list(ce.EMBODIED_SOURCES[n](N, 96, 0, tasks=TASKS, scenes=sc, design=design))
                for n in ('spatial_refer', 'affordance_point')}
-    checked, cells = 0, collections.Counter()
+    checked, cells = 0, collections.Counter()  # (kind, cell) -> answers
     for ss in got.values():
         for s in ss:
             a, q = answer(s), s['messages'][0]['content']
             assert kind(s) != 'box' and not a.startswith(('(', '[')) and 'normalised' not in q, (a, q)
             assert a in {c for row in ce.CELLS for c in row} and 'one word: northwest' in q, a
-            cells[a] += 1
+            cells[kind(s), a] += 1
             if kind(s) != 'task_target': continue
             x, y = pixel(meta(s), target_point(meta(s)))
             if min(abs(v * 3 - round(v * 3)) for v in (x, y)) < 0.03: continue  # on a cell border: rounding decides
             assert a == ce.CELLS[min(int(y * 3), 2)][min(int(x * 3), 2)], (a, x, y)
             checked += 1
     assert checked >= 5, checked
-    assert max(cells.values()) <= 0.3 * sum(cells.values()), cells  # no constant cell near the old 24-40% priors
+    for k in {k for k, _ in cells}:  # balanced: no cell above 2.5 times the mean of its kind's cells (or 3), plus the last one taken
+        n = [v for (k_, _), v in cells.items() if k_ == k]
+        assert max(n) <= max(3, 2.5 * sum(n) / len(n)) + 1, (k, n)
