@@ -352,7 +352,7 @@ def ladder_rows(paths: Sequence[str], # ladder.json files written by `emt dose` 
 # %% ../nbs/14_report.ipynb #e93b5f27
 def _ladder_findings(rows: list[dict]) -> list[dict]:
     "Whether any dose of the ladders delivered the treatment to the estimator's mixture; if none, the closest and why."
-    est = [r for r in rows if r['mixture'] == 'estimator']
+    est = [r for r in rows if r['mixture'].split('+')[0] == 'estimator']  # with or without replay ('estimator+replay1')
     if not est: return []
     passed = [r for r in est if r['passed']]
     r = passed[0] if passed else max(est, key=lambda r: (r['kept'], r['_above_prior']))
