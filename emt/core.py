@@ -88,7 +88,7 @@ STAGE_IO = { # stage -> (the ARTIFACTS it reads, the ARTIFACTS it writes as DVC 
     'data': ((), ('data',)), 'base_vlm': (('data',), ('base_vlm',)), 'features': (('data', 'base_vlm'), ('features',)),
     'gap': (('features',), ()), 'estimator': (('features', 'data'), ('estimator', 'scores')),
     'ppl': (('data', 'base_vlm'), ('ppl',)), 'select': (('features', 'data', 'scores', 'ppl'), ('select',)),
-    'midtrain': (('select', 'base_vlm'), ('midtrain',)), 'ability': (('data', 'base_vlm', 'midtrain'), ()), 'vla': (('data', 'base_vlm', 'midtrain'), ('vla',)),
+    'midtrain': (('select', 'base_vlm', 'data'), ('midtrain',)), 'ability': (('data', 'base_vlm', 'midtrain'), ()), 'vla': (('data', 'base_vlm', 'midtrain'), ('vla',)),
     'eval': (('vla',), ('eval',)), 'report': ((), ())}
 
 # %% ../nbs/00_core.ipynb #97628c99

@@ -27,20 +27,20 @@ from typing import Callable
 
 import numpy as np
 import torch
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
 
 from .ability import answer_questions, first_turn, heldout_questions, prior, score_answer
 from .backbones import load_vlm, save_vlm
-from .core import ARTIFACTS, EmtError, progress, rng, rpath, save_table, write_json
+from .core import ARTIFACTS, progress, rng, rpath, save_table, write_json
 from .samples import ids_digest, load_dataset_dir
-from .midtrain import load_mixture
+from .midtrain import general_draw, load_mixture, with_replay
 from .params import Params, Recipe
 from .sft import train_sft, weights_digest
 from .stats import manipulation_check
 from .vla import benchmark_sources, sources_recipe
 
 # %% auto #0
-__all__ = ['Dose', 'ladder', 'dose_recipe', 'general_draw', 'with_replay', 'ability_of', 'ridge_r2', 'action_probe', 'run_ladder']
+__all__ = ['Dose', 'ladder', 'dose_recipe', 'ability_of', 'ridge_r2', 'action_probe', 'run_ladder']
 
 # %% ../nbs/11b_dose.ipynb #97d462f8
 @dataclass(frozen=True)
@@ -70,36 +70,10 @@ def dose_recipe(base: Recipe, # the profile's mid-training recipe (batch sizes, 
     return base.model_copy(update=dict(steps=dose.steps(n, base.global_batch), lr=dose.lr, warmup_ratio=0.05,
                                        warmup_steps=None, schedule='cosine', min_lr_ratio=0.0))
 
-# %% ../nbs/11b_dose.ipynb #adcc4f78
-def general_draw(P: Params, # the params (`data.vlm_sources`)
-                 n: int, # samples
-                 seed: int, # the draw
-                 data: str = ARTIFACTS['data'], # the data stage's stored sources
-                 stream: str = 'general-draw', # the random stream ('replay' for `with_replay`)
-                 ) -> Dataset:
-    "A same-size draw of the general (pretraining) sources of the pool: the control mixture."
-    parts = [load_dataset_dir(rpath(data)/s.name, 'vlm') for s in P.data.vlm_sources if s.group == 'general']
-    if not parts: raise EmtError('no general source in data.vlm_sources: the general-draw control needs one')
-    pool = concatenate_datasets(parts)
-    if n > len(pool): raise EmtError(f'a general draw of {n} samples from a general pool of {len(pool)}')
-    return pool.select(sorted(rng(seed, stream).choice(len(pool), n, replace=False).tolist()))
-
 # %% ../nbs/11b_dose.ipynb #018bd695
 def _read(f: Path) -> dict|None:
     try: return json.loads(f.read_text())
     except (OSError, ValueError): return None
-
-# %% ../nbs/11b_dose.ipynb #c9656c70
-def with_replay(mix: Dataset, # a mixture
-                P: Params, # the params (`data.vlm_sources`)
-                ratio: float, # general samples added per mixture sample (0: none)
-                seed: int, # the draw
-                data: str = ARTIFACTS['data'], # the data stage's stored sources
-                ) -> Dataset:
-    "`mix` and a draw of `ratio * len(mix)` general samples (`general_draw`, stream 'replay')."
-    if ratio < 0: raise EmtError(f'replay ratio {ratio} < 0')
-    n = round(ratio * len(mix))
-    return concatenate_datasets([mix, general_draw(P, n, seed, data, stream='replay')]) if n else mix
 
 # %% ../nbs/11b_dose.ipynb #104fa126
 def ability_of(path: Path, # a VLM checkpoint

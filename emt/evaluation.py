@@ -448,18 +448,26 @@ def check_gripper(name: str, policy, benchmark: str) -> None:
 
 # %% ../nbs/13_evaluation.ipynb #0398362e
 def vla_policies(folder: str|os.PathLike = ARTIFACTS['vla'], # the vla stage's output
-                 checkpoints: str = 'all', # 'last': each run's last checkpoint only
+                 checkpoints: str | list[float] = 'all', # 'last': each run's last checkpoint only; fractions: the
+                                                         # checkpoints at those fractions of each run's last step
                  ) -> dict[str, VLACheckpoint]:
     "Every VLA checkpoint `<folder>/<init>/<benchmark>/seed<k>/step_<N>/` as a policy factory named by that path."
     found = sorted(rpath(folder).glob('*/*/seed*/step_*/config.json'))
     if not found: raise EmtError(f'no VLA checkpoints (<init>/<benchmark>/seed<k>/step_<N>/config.json) under '
                                  f'{rpath(folder)}: run `dvc repro vla` first')
     out = {str(p.parent.relative_to(rpath(folder))): VLACheckpoint(p.parent) for p in found}
-    if checkpoints == 'last':
-        last = {}
-        for name in out: last[name.rsplit('/', 1)[0]] = max(last.get(name.rsplit('/', 1)[0], name), name)
-        out = {n: out[n] for n in sorted(last.values())}
-    return out
+    if checkpoints == 'all': return out
+    last = {}
+    for name in out: last[name.rsplit('/', 1)[0]] = max(last.get(name.rsplit('/', 1)[0], name), name)
+    if checkpoints == 'last': return {n: out[n] for n in sorted(last.values())}
+    keep = []
+    for run, name in last.items():
+        want = [round(f * _step_of(name)) for f in checkpoints]
+        if miss := [s for s in want if f'{run}/step_{s:06d}' not in out]:
+            raise EmtError(f'{run}: no checkpoint at steps {miss} (fractions {checkpoints} of {_step_of(name)}); saved: '
+                           f"{sorted(_step_of(n) for n in out if n.startswith(run + '/'))}. Set vla.recipe.save_every to match.")
+        keep += [f'{run}/step_{s:06d}' for s in want]
+    return {n: out[n] for n in sorted(set(keep))}
 
 # %% ../nbs/13_evaluation.ipynb #c9994746
 def _step_of(name: str) -> int|None:

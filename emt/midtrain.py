@@ -23,17 +23,18 @@ from __future__ import annotations
 import os, shutil, time
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 
 from .backbones import check_prompt_fits, load_processor
-from .core import ARTIFACTS, EmtError, rpath, save_figure, save_table, write_json
+from .core import ARTIFACTS, EmtError, rng, rpath, save_figure, save_table, write_json
 from .samples import load_dataset_dir
 from .params import Params, check_gpu
 from .sft import train_sft
 from .launch import launched
 
 # %% auto #0
-__all__ = ['LOSS_COLUMNS', 'mixture_dir', 'load_mixture', 'loss_rows', 'loss_figure', 'midtrain_one', 'run_midtrain']
+__all__ = ['LOSS_COLUMNS', 'mixture_dir', 'load_mixture', 'loss_rows', 'loss_figure', 'midtrain_one', 'general_draw',
+           'with_replay', 'run_midtrain']
 
 # %% ../nbs/11_midtrain.ipynb #d5eb046b
 def mixture_dir(select: str | os.PathLike, # the select stage's output folder
@@ -101,6 +102,32 @@ def midtrain_one(P: Params, # validated params (`midtrain.recipe`, `seed`)
     shutil.rmtree(work, ignore_errors=True)  # finished: the optimiser state only existed to resume
     return rep
 
+# %% ../nbs/11_midtrain.ipynb #adcc4f78
+def general_draw(P: Params, # the params (`data.vlm_sources`)
+                 n: int, # samples
+                 seed: int, # the draw
+                 data: str = ARTIFACTS['data'], # the data stage's stored sources
+                 stream: str = 'general-draw', # the random stream ('replay' for `with_replay`)
+                 ) -> Dataset:
+    "A same-size draw of the general (pretraining) sources of the pool: the control mixture."
+    parts = [load_dataset_dir(rpath(data)/s.name, 'vlm') for s in P.data.vlm_sources if s.group == 'general']
+    if not parts: raise EmtError('no general source in data.vlm_sources: the general-draw control needs one')
+    pool = concatenate_datasets(parts)
+    if n > len(pool): raise EmtError(f'a general draw of {n} samples from a general pool of {len(pool)}')
+    return pool.select(sorted(rng(seed, stream).choice(len(pool), n, replace=False).tolist()))
+
+# %% ../nbs/11_midtrain.ipynb #c9656c70
+def with_replay(mix: Dataset, # a mixture
+                P: Params, # the params (`data.vlm_sources`)
+                ratio: float, # general samples added per mixture sample (0: none)
+                seed: int, # the draw
+                data: str = ARTIFACTS['data'], # the data stage's stored sources
+                ) -> Dataset:
+    "`mix` and a draw of `ratio * len(mix)` general samples (`general_draw`, stream 'replay')."
+    if ratio < 0: raise EmtError(f'replay ratio {ratio} < 0')
+    n = round(ratio * len(mix))
+    return concatenate_datasets([mix, general_draw(P, n, seed, data, stream='replay')]) if n else mix
+
 # %% ../nbs/11_midtrain.ipynb #ff31edb0
 def run_midtrain(P: Params, # validated params
                  select: str = ARTIFACTS['select'], # the select stage's mixtures
@@ -116,13 +143,15 @@ def run_midtrain(P: Params, # validated params
     if not (rpath(base)/'config.json').is_file():
         raise EmtError(f'no base VLM at {rpath(base)}: run `dvc repro base_vlm` first.')
     mixtures = {m: load_mixture(m, select) for m in P.midtrain.methods}  # every mixture checked before any training
+    if P.midtrain.replay:  # general replay: `replay` general samples per mixture sample
+        mixtures = {m: with_replay(ds, P, P.midtrain.replay, P.seed) for m, ds in mixtures.items()}
     proc = load_processor(rpath(base))
     for ds in mixtures.values(): check_prompt_fits(proc, ds[0], P.midtrain.recipe.max_seq_len, 'midtrain.recipe.max_seq_len')
     per_method, histories = {}, {}
     for m, ds in mixtures.items():
         rep = midtrain_one(P, m, ds, rpath(base), rpath(out)/m, rpath(work)/m, num_workers)
         histories[m] = rep['history']
-        per_method[m] = {'mixture_size': len(ds), 'steps': rep['steps'], 'first_loss': rep['first_loss'],
+        per_method[m] = {'mixture_size': len(ds), 'replay': P.midtrain.replay, 'steps': rep['steps'], 'first_loss': rep['first_loss'],
                          'final_loss': rep['final_loss'], 'seconds': rep['seconds'], 'tokens_per_s': rep['tokens_per_s'],
                          'seconds_per_step': round(rep['seconds'] / max(rep['steps'] - rep['resumed_from'], 1), 4),
                          **{k: rep[k] for k in ('params', 'processes', 'accumulation', 'mixed_precision', 'skipped',

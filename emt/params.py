@@ -296,6 +296,8 @@ class Midtrain(Section):
     recipe: Recipe
     engine: Literal['emt', 'llamafactory'] = 'emt' # who trains: emt's engine, or LLaMA-Factory's CLI (the paper's)
     llamafactory: LlamaFactoryEngine = LlamaFactoryEngine() # engine: llamafactory
+    replay: float = Field(default=0.0, ge=0) # general samples added to each mixture per mixture sample, drawn from the
+                                             # pool's general sources with the project seed (`emt.midtrain.with_replay`)
 
 # %% ../nbs/01_params.ipynb #b3f23ee4
 class Ability(Section):
@@ -322,6 +324,8 @@ class VLA(Section):
                                        # on a CPU in a process of its own on cores/jobs threads (1 under `accelerate launch`)
     processes: int | None = Field(default=None, gt=0) # processes (GPUs) per VLA run (None: the top-level `processes`);
                                                       # jobs x processes GPUs are busy at once
+    frozen_arms: list[str] = [] # initialisations ('base', midtrain methods) that also get VLAs with the whole VLM
+                                # frozen (init '<name>-frozen': only the action head and queries train)
     recipe: Recipe
 
     @field_validator('seeds')
@@ -349,7 +353,8 @@ class Eval(Section):
                                        # episodes and their results are those of envs: 1; reference policies: 1)
     replan_every: int | None = Field(default=None, gt=0) # steps executed per chunk (None: the whole chunk)
     videos_per_task: int = Field(default=1, ge=0)
-    checkpoints: Literal['last', 'all'] = 'all' # evaluate each VLA's last checkpoint, or every saved one (Fig. 3)
+    checkpoints: Literal['last', 'all'] | list[float] = 'all' # each VLA's last checkpoint, every saved one (Fig. 3),
+                                                              # or those at these fractions of its steps (0.25: step 50 of 200)
     references: list[Literal['random', 'expert']] = [] # reference policies run beside the VLAs: uniform random
                                                        # actions (the floor) and, where a benchmark has one, its
                                                        # privileged scripted expert (the ceiling; Meta-World)
@@ -381,6 +386,19 @@ class Params(Section):
     vla: VLA
     eval: Eval
     report: Report = Report()
+
+    @model_validator(mode='after')
+    def _arms_and_checkpoints(self):
+        "Frozen arms name known initialisations; checkpoint fractions are ones the VLA recipe saves."
+        if bad := sorted(set(self.vla.frozen_arms) - {'base', *self.midtrain.methods}):
+            raise ValueError(f"vla.frozen_arms {bad}: not 'base' or a midtrain method {self.midtrain.methods}")
+        if isinstance(cp := self.eval.checkpoints, list):
+            R = self.vla.recipe
+            saved = set(range(R.save_every, R.steps + 1, R.save_every)) if R.save_every else set()
+            if missing := [f for f in cp if not 0 < f <= 1 or (round(f * R.steps) not in saved | {R.steps})]:
+                raise ValueError(f'eval.checkpoints {missing}: each fraction f needs 0 < f <= 1 and a checkpoint the VLA '
+                                 f'saves at step round(f x {R.steps}) (vla.recipe.save_every: {R.save_every})')
+        return self
 
     @model_validator(mode='after')
     def _demos_held_out(self):

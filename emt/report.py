@@ -18,17 +18,17 @@ from typing import Sequence
 import numpy as np
 
 from .core import EmtError, rpath, save_figure, save_table, write_json
-from .stats import bootstrap_mean_diff, check_rule, manipulation_check, paired_bootstrap, verdict
+from .stats import bootstrap_mean_diff, check_rule, holm, manipulation_check, paired_bootstrap, verdict
 from .evaluation import REFERENCE, plot_success, result_key
-from .vla import plot_heldout_loss
+from .vla import FROZEN, plot_heldout_loss
 from .params import Params
 
 # %% auto #0
-__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'NOT_TESTED', 'LADDER_COLUMNS', 'COMPARISON_COLUMNS', 'load_metrics',
-           'run_label', 'bench_key', 'final_success', 'table1', 'table2', 'diversity_table', 'read_rows',
-           'comparison_rows', 'success_by_pair', 'loss_by_pair', 'train_loss_by_pair', 'vla_benchmark', 'comparisons',
-           'treatment_checks', 'untested_verdict', 'ladder_rows', 'findings', 'ability_findings',
-           'composition_vs_paper_figure', 'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
+__all__ = ['PAPER', 'METHOD_NAMES', 'BENCH_NAMES', 'STAGES', 'HOLM_FAMILY', 'NOT_TESTED', 'LADDER_COLUMNS', 'COMPARISON_COLUMNS',
+           'load_metrics', 'run_label', 'bench_key', 'final_success', 'table1', 'table2', 'diversity_table',
+           'read_rows', 'comparison_rows', 'success_by_pair', 'loss_by_pair', 'train_loss_by_pair', 'vla_benchmark',
+           'comparison_pairs', 'comparisons', 'treatment_checks', 'untested_verdict', 'ladder_rows', 'findings',
+           'ability_findings', 'composition_vs_paper_figure', 'diversity_vs_paper_figure', 'fig3_figure', 'run_report']
 
 # %% ../nbs/14_report.ipynb #ea3ab2cc
 PAPER = {
@@ -176,11 +176,18 @@ def _last_step(rows: list[dict], init: str, bench: str) -> dict[str, int]:
         if r['init'] == init and r['benchmark'] == bench: out[r['seed']] = max(out.get(r['seed'], -1), int(r['step']))
     return out
 
-def success_by_pair(episodes: list[dict], init: str, bench: str) -> dict[tuple, float]:
-    "(seed, (task, trial)) -> success of `init`'s last checkpoint of each seed on `bench`."
-    last = _last_step(episodes, init, bench)
-    return {(r['seed'], (r['task'], int(r['trial']))): float(r['success']) for r in episodes
-            if r['init'] == init and r['benchmark'] == bench and int(r['step']) == last.get(r['seed'])}
+def success_by_pair(episodes: list[dict], init: str, bench: str,
+                    steps: str = 'last', # 'last': each seed's last checkpoint; 'mean': the mean over its evaluated ones
+                    ) -> dict[tuple, float]:
+    "(seed, (task, trial)) -> success of `init`'s last checkpoint of each seed on `bench` (or its mean over checkpoints)."
+    rows = [r for r in episodes if r['init'] == init and r['benchmark'] == bench]
+    if steps == 'last':
+        last = _last_step(rows, init, bench)
+        rows = [r for r in rows if int(r['step']) == last.get(r['seed'])]
+    elif steps != 'mean': raise EmtError(f"success_by_pair: steps {steps!r} is not 'last' or 'mean'")
+    acc: dict[tuple, list[float]] = {}
+    for r in rows: acc.setdefault((r['seed'], (r['task'], int(r['trial']))), []).append(float(r['success']))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
 
 # %% ../nbs/14_report.ipynb #650dea87
 def loss_by_pair(frames: list[dict], init: str, bench: str) -> dict[tuple, float]:
@@ -202,26 +209,45 @@ def vla_benchmark(P: Params, bench: str) -> str:
     return next((s.name for s in P.eval.benchmarks if result_key(s) == bench), bench)
 
 # %% ../nbs/14_report.ipynb #4d89eb5e
-def comparisons(P: Params, data: dict[str, list[dict]], benches: Sequence[str]) -> list[dict]:
-    "Paired effects: every mid-trained init vs base, and the estimator vs every other method; success and held-out loss."
+HOLM_FAMILY = ('estimator - base', 'estimator - random', 'random - base') # judged together with Holm's correction (study section 5)
+
+def comparison_pairs(P: Params) -> list[tuple[str, str]]:
+    "Every mid-trained init - base, the estimator - every other method, and each frozen arm - the frozen base."
     methods = list(P.midtrain.methods)
     pairs = [(m, 'base') for m in methods] + [('estimator', m) for m in methods if m != 'estimator' and 'estimator' in methods]
+    frozen = [f'{a}{FROZEN}' for a in P.vla.frozen_arms]
+    return pairs + [(f, f'base{FROZEN}') for f in frozen if f != f'base{FROZEN}' and f'base{FROZEN}' in frozen]
+
+def comparisons(P: Params, data: dict[str, list[dict]], benches: Sequence[str]) -> list[dict]:
+    """Paired effects of `comparison_pairs` on success and held-out loss. Success is each seed's last checkpoint, or the
+    mean over the evaluated checkpoints when `eval.checkpoints` lists fractions. The comparisons of `HOLM_FAMILY` present
+    are judged together per benchmark and metric with Holm's correction (`holm`); the others at 95%."""
+    steps = 'mean' if isinstance(P.eval.checkpoints, list) else 'last'
     out = []
     for b in benches:
-        for x, y in pairs:
-            for metric, get, scale, better, source in (
-                    ('success (points)', success_by_pair, 100.0, 1, 'episodes'),
-                    ('held-out action loss', loss_by_pair, 1.0, -1, 'frames')):
-                key = b if source == 'episodes' else vla_benchmark(P, b)  # one VLA's success and loss under one row key
+        for metric, get, scale, better, source in (
+                ('success (points)', lambda *a: success_by_pair(*a, steps=steps), 100.0, 1, 'episodes'),
+                ('held-out action loss', loss_by_pair, 1.0, -1, 'frames')):
+            key = b if source == 'episodes' else vla_benchmark(P, b)  # one VLA's success and loss under one row key
+            rows, draws = [], []
+            for x, y in comparison_pairs(P):
                 a, c = get(data[source], x, key), get(data[source], y, key)
                 if not a or not c or not (set(a) & set(c)): continue
-                r = (paired_bootstrap(a, c, seed=P.seed) if source == 'episodes' else  # seed k: its own initial states
-                     paired_bootstrap(a, c, seed=P.seed, cluster=lambda u: u[0], crossed=True))  # shared held-out episodes
-                out.append({'comparison': f'{x} - {y}', 'benchmark': b, 'metric': metric,
-                            'effect': round(scale * r['mean'], 4), 'ci95_low': round(scale * r['ci95'][0], 4),
-                            'ci95_high': round(scale * r['ci95'][1], 4), 'detectable': round(scale * r['mde'], 4),
-                            'seeds': r['seeds'], 'clusters': r['clusters'], 'pairs': r['pairs'],
-                            'verdict': verdict(r['ci95'], better), 'better': 'higher' if better > 0 else 'lower'})
+                r = (paired_bootstrap(a, c, seed=P.seed, keep_draws=True) if source == 'episodes' else  # seed k: its own initial states
+                     paired_bootstrap(a, c, seed=P.seed, cluster=lambda u: u[0], crossed=True, keep_draws=True))  # shared held-out episodes
+                rows.append({'comparison': f'{x} - {y}', 'benchmark': b, 'metric': metric,
+                             'effect': round(scale * r['mean'], 4), 'ci95_low': round(scale * r['ci95'][0], 4),
+                             'ci95_high': round(scale * r['ci95'][1], 4), 'detectable': round(scale * r['mde'], 4),
+                             'seeds': r['seeds'], 'clusters': r['clusters'], 'pairs': r['pairs'], 'p': round(r['p'], 4),
+                             'checkpoints': steps if source == 'episodes' else 'last',
+                             'verdict': verdict(r['ci95'], better), 'better': 'higher' if better > 0 else 'lower'})
+                draws.append(r['draws'])
+            fam = [i for i, row in enumerate(rows) if row['comparison'] in HOLM_FAMILY]
+            if len(fam) > 1:
+                for i, h in zip(fam, holm([draws[i] for i in fam], [better] * len(fam))):
+                    rows[i] |= {'judged_at': round(h['level'], 4), 'adjusted_low': round(scale * h['ci'][0], 4),
+                                'adjusted_high': round(scale * h['ci'][1], 4), 'verdict': h['verdict']}
+            out += rows
     return out
 
 # %% ../nbs/14_report.ipynb #8e599771
@@ -310,7 +336,7 @@ def untested_verdict(c: dict, # a row of `comparisons` ('x - y')
                      checks: dict[str, dict] | None, # `treatment_checks`
                      ) -> str:
     "The comparison's verdict, or `NOT_TESTED` when a mid-trained side of it did not pass its manipulation check."
-    sides = c['comparison'].split(' - ')
+    sides = [s.removesuffix(FROZEN) for s in c['comparison'].split(' - ')]  # a frozen arm's VLM is its init's
     return NOT_TESTED if checks and any(s in checks and not checks[s]['passed'] for s in sides) else c['verdict']
 
 # %% ../nbs/14_report.ipynb #5bd6a142
@@ -375,12 +401,18 @@ def _vla_findings(P: Params, data: dict[str, list[dict]] | None, comps: list[dic
     comps = comps if comps is not None else (comparisons(P, data, benches) if data else [])
     for c in comps:
         x, y = c['comparison'].split(' - ')
-        what = ('mid-training beats the same VLM without it' if y == 'base' else f'the estimator beats {y} selection')
-        table = 'Table 1' if y == 'base' and x == 'estimator' else 'Table 2' if y != 'base' else 'Table 2 (vs none)'
+        what = ('mid-training beats the same VLM without it' if y == 'base' else
+                'with the VLM frozen, mid-training beats the same VLM without it' if y.endswith(FROZEN) else
+                f'the estimator beats {y} selection')
+        table = ('Table 1' if y == 'base' and x == 'estimator' else 'Frozen-VLM arm' if y.endswith(FROZEN) else
+                 'Table 2' if y != 'base' else 'Table 2 (vs none)')
         if c['metric'].startswith('success'):
-            out.append(_row(f"{table}: {what} ({x} - {y}, {c['benchmark']} success, points; detectable {c['detectable']:.1f})",
-                            'yes', f"{c['effect']:+.1f} [{c['ci95_low']:+.1f}, {c['ci95_high']:+.1f}], {c['seeds']} seeds, {c['pairs']} paired episodes",
-                            untested_verdict(c, checks)))
+            over = ' averaged over the evaluated checkpoints' if c.get('checkpoints') == 'mean' else ''
+            holm_ = (f"; Holm: [{c['adjusted_low']:+.1f}, {c['adjusted_high']:+.1f}] at {100 * c['judged_at']:.1f}%"
+                     if c.get('judged_at') not in (None, '') else '')
+            out.append(_row(f"{table}: {what} ({x} - {y}, {c['benchmark']} success{over}, points; detectable {c['detectable']:.1f})",
+                            'yes', f"{c['effect']:+.1f} [{c['ci95_low']:+.1f}, {c['ci95_high']:+.1f}]{holm_}, {c['seeds']} seeds, "
+                            f"{c['pairs']} paired episodes", untested_verdict(c, checks)))
     if data and data.get('train'):
         for b in sorted({r['benchmark'] for r in data['train']}):
             a, c = train_loss_by_pair(data['train'], 'estimator', b), train_loss_by_pair(data['train'], 'base', b)
@@ -498,8 +530,8 @@ def fig3_figure(m: dict, loss_csv: str | os.PathLike = 'metrics/vla_loss.csv', l
     return fig
 
 # %% ../nbs/14_report.ipynb #c7268140
-COMPARISON_COLUMNS = ['comparison', 'benchmark', 'metric', 'effect', 'ci95_low', 'ci95_high', 'detectable',
-                      'seeds', 'clusters', 'pairs', 'better', 'verdict']
+COMPARISON_COLUMNS = ['comparison', 'benchmark', 'metric', 'checkpoints', 'effect', 'ci95_low', 'ci95_high', 'detectable',
+                      'seeds', 'clusters', 'pairs', 'better', 'p', 'judged_at', 'adjusted_low', 'adjusted_high', 'verdict']
 
 def run_report(P: Params, # validated params
                metrics: str | os.PathLike = 'metrics') -> dict:

@@ -18,11 +18,17 @@ import numpy as np
 from .core import EmtError, rng
 
 # %% auto #0
-__all__ = ['Z_POWER', 'paired_bootstrap', 'verdict', 'bootstrap_mean_diff', 'wilson', 'seed_interval', 'interval',
-           'paired_difference', 'check_rule', 'manipulation_check', 'reliability', 'platt']
+__all__ = ['Z_POWER', 'bootstrap_p', 'paired_bootstrap', 'verdict', 'holm', 'bootstrap_mean_diff', 'wilson', 'seed_interval',
+           'interval', 'paired_difference', 'check_rule', 'manipulation_check', 'reliability', 'platt']
 
 # %% ../nbs/00a_stats.ipynb #d575d83a
 Z_POWER = 2.8016 # z_0.975 + z_0.8: the smallest detectable difference, in standard errors
+
+def bootstrap_p(draws: np.ndarray, # bootstrap draws of an effect
+                ) -> float:
+    "Two-sided bootstrap p-value of a zero effect: twice the smaller share of draws on either side of 0 (add-one)."
+    d, n = np.asarray(draws, dtype=float), len(draws)
+    return float(min(1.0, 2 * min((np.sum(d <= 0) + 1) / (n + 1), (np.sum(d >= 0) + 1) / (n + 1))))
 
 def paired_bootstrap(a: dict[tuple, float], # (seed, unit) -> value, one arm
                      b: dict[tuple, float], # the same keys for the other arm (only common keys are used)
@@ -30,6 +36,7 @@ def paired_bootstrap(a: dict[tuple, float], # (seed, unit) -> value, one arm
                      seed: int = 0,
                      cluster: Callable | None = None, # unit -> its cluster, resampled as a whole (None: each unit alone)
                      crossed: bool = False, # every seed measured the same clusters (False: each seed its own)
+                     keep_draws: bool = False, # also return the bootstrap draws ('draws'), for `holm`
                      ) -> dict:
     """Mean of a - b over the pairs, its 95% interval, SE and detectable difference.
 
@@ -65,8 +72,9 @@ def paired_bootstrap(a: dict[tuple, float], # (seed, unit) -> value, one arm
     if len(seeds) > 1: draws = mean + (draws - mean) * np.sqrt(len(seeds) / (len(seeds) - 1))
     se = float(draws.std(ddof=1)) if n_boot > 1 else float('nan')
     lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {'mean': mean, 'ci95': [float(lo), float(hi)], 'se': se, 'mde': Z_POWER * se, 'seeds': len(seeds),
-            'clusters': len(clusters), 'pairs': len(keys)}
+    out = {'mean': mean, 'ci95': [float(lo), float(hi)], 'se': se, 'mde': Z_POWER * se, 'seeds': len(seeds),
+           'clusters': len(clusters), 'pairs': len(keys), 'p': bootstrap_p(draws)}
+    return out | {'draws': draws} if keep_draws else out
 
 # %% ../nbs/00a_stats.ipynb #cfb44093
 def verdict(ci: Sequence[float], # the 95% interval of the effect
@@ -81,6 +89,24 @@ def verdict(ci: Sequence[float], # the 95% interval of the effect
         return 'inconclusive'
     if better < 0: lo, hi = -hi, -lo
     return 'holds' if lo > 0 else 'does not hold' if hi < 0 else 'inconclusive'
+
+# %% ../nbs/00a_stats.ipynb #8ef12f86
+def holm(draws: Sequence[np.ndarray], # each comparison's bootstrap draws (`paired_bootstrap(..., keep_draws=True)`)
+         better: Sequence[int], # each claim's direction: +1 effect > 0, -1 effect < 0
+         alpha: float = 0.05, # the family's error rate
+         ) -> list[dict]:
+    "Holm's step-down over a family: per comparison (in the given order) its p-value, the level and interval it is judged at, its verdict."
+    if len(draws) != len(better): raise EmtError(f'holm: {len(draws)} draws for {len(better)} directions')
+    m, ps = len(draws), [bootstrap_p(d) for d in draws]
+    out: list[dict] = [{} for _ in range(m)]
+    stopped = False
+    for r, i in enumerate(sorted(range(m), key=lambda i: ps[i])):
+        a = alpha / (m - r)
+        lo, hi = (float(x) for x in np.percentile(draws[i], [100 * a / 2, 100 * (1 - a / 2)]))
+        v = 'inconclusive' if stopped else verdict((lo, hi), better[i])
+        stopped = stopped or v == 'inconclusive'
+        out[i] = {'p': ps[i], 'level': 1 - a, 'ci': [lo, hi], 'verdict': v}
+    return out
 
 # %% ../nbs/00a_stats.ipynb #ce431101
 def bootstrap_mean_diff(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:

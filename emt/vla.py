@@ -45,11 +45,11 @@ from .sft import (enable_checkpointing, fp32_master, make_accelerator, optimizer
                      save_checkpoint, step_loader, weights_digest, config_text)
 
 # %% auto #0
-__all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'policy_config', 'sources_chunk',
-           'sources_recipe', 'frame_table', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches',
-           'heldout_loss', 'train_vla', 'finished_run', 'model_qid', 'main', 'init_checkpoints', 'benchmark_sources',
-           'load_sources', 'sources_gripper', 'data_action_dim', 'plot_interval', 'by_init_axis', 'seed_losses',
-           'plot_heldout_loss', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'stage_calls',
+__all__ = ['REPORT_FILE', 'FROZEN', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'policy_config',
+           'sources_chunk', 'sources_recipe', 'frame_table', 'split_episodes', 'action_loss_sums', 'BalancedFrames',
+           'FrameBatches', 'heldout_loss', 'train_vla', 'finished_run', 'model_qid', 'main', 'init_checkpoints',
+           'benchmark_sources', 'load_sources', 'sources_gripper', 'data_action_dim', 'plot_interval', 'by_init_axis',
+           'seed_losses', 'plot_heldout_loss', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'stage_calls',
            'train_stage_run', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
@@ -481,12 +481,15 @@ def main(argv: list[str] | None = None) -> dict:
                      heldout_fraction=a.heldout, resume=not a.no_resume, num_workers=a.workers, gripper=a.gripper)
 
 # %% ../nbs/12_vla.ipynb #3ac59111
+FROZEN = '-frozen' # the suffix of an initialisation whose VLAs train with the whole VLM frozen (`vla.frozen_arms`)
+
 def init_checkpoints(P: Params, # the params (`midtrain.methods`)
               base: str = ARTIFACTS['base_vlm'], # the base VLM
               midtrain: str = ARTIFACTS['midtrain'], # the mid-trained VLMs, one folder per method
               ) -> dict[str, Path]:
-    "The VLM checkpoint of every initialisation: 'base', then one per mid-training method."
+    "The VLM checkpoint of every initialisation: 'base', one per mid-training method, then the frozen arms ('<init>-frozen')."
     inits = {'base': rpath(base), **{m: rpath(midtrain)/m for m in P.midtrain.methods}}
+    inits |= {f'{a}{FROZEN}': inits[a] for a in P.vla.frozen_arms}
     for name, p in inits.items():
         if not (p/'config.json').is_file():
             stage = 'base_vlm' if name == 'base' else 'midtrain'
@@ -671,7 +674,8 @@ def stage_calls(P: Params, # validated params
               num_workers: int = 1, # DataLoader workers per run
               ) -> dict[str, dict]:
     "The `train_vla` keyword arguments of every run of the grid (benchmark x initialisation x seed), by run name."
-    return {run_name(init, bench, seed): dict(vlm=path, datasets=ds, cfg=VLAConfig(**asdict(cfg)), recipe=rec,
+    arm = lambda init: {'freeze': 'vlm', 'lora_rank': 0} if init.endswith(FROZEN) else {}  # a frozen arm: head and queries only
+    return {run_name(init, bench, seed): dict(vlm=path, datasets=ds, cfg=VLAConfig(**{**asdict(cfg), **arm(init)}), recipe=rec,
                                               out_dir=rpath(out)/run_name(init, bench, seed), seed=seed, split_seed=P.seed,
                                               heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max,
                                               num_workers=num_workers, gripper=grip)

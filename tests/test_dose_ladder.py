@@ -10,6 +10,7 @@ import pytest
 from datasets import Dataset
 
 import emt.dose as dose
+import emt.midtrain as midtrain
 from emt.core import project_at
 from emt.params import load_params
 
@@ -54,6 +55,7 @@ def ladder_env(tmp_path, monkeypatch):
     def general_draw(P_, n, seed, data=None, stream='general-draw'):
         return Dataset.from_dict({'id': [f'{stream}{seed}-{i}' for i in range(n)]})
     monkeypatch.setattr(dose, 'general_draw', general_draw)
+    monkeypatch.setattr(midtrain, 'general_draw', general_draw)  # the replay draw (`with_replay`)
     monkeypatch.setattr(dose, 'load_vlm', lambda path: (None, None))
     monkeypatch.setattr(dose, 'weights_digest', lambda model: 'base')
     monkeypatch.setattr(dose, 'train_sft', train_sft)
@@ -125,7 +127,7 @@ def test_with_replay_draws_its_own_stream(monkeypatch):
     from emt.core import EmtError
     from emt.cli import parser
     mix, calls = Dataset.from_dict({'id': [f'm{i}' for i in range(10)]}), []
-    monkeypatch.setattr(dose, 'general_draw', lambda P_, n, seed, data, stream: calls.append((n, seed, stream))
+    monkeypatch.setattr(midtrain, 'general_draw', lambda P_, n, seed, data, stream: calls.append((n, seed, stream))
                         or Dataset.from_dict({'id': ['g'] * n}))
     assert len(dose.with_replay(mix, None, 0.5, 3)) == 15 and calls == [(5, 3, 'replay')]
     assert dose.with_replay(mix, None, 0.0, 3) is mix and len(calls) == 1

@@ -103,3 +103,11 @@ def test_a_finished_run_of_other_inputs_is_trained_again(tmp_project):
     assert (work/'report.json').is_file()
     m = run_midtrain(P, num_workers=0)['methods']['estimator']
     assert m['resumed_from'] == 0 and m['steps'] == P.midtrain.recipe.steps
+
+
+def test_replay_adds_a_general_draw_to_every_mixture(tmp_project):
+    P = toy_midtrain_project(tmp_project, load_params(MAIN/'params.yaml'))
+    P = override(P, 'midtrain', replay=1.0, recipe={**P.midtrain.recipe.model_dump(mode='json'), 'steps': 2})
+    m = run_midtrain(P, num_workers=0)['methods']
+    assert m['estimator']['mixture_size'] == m['random']['mixture_size'] == 12 and m['estimator']['replay'] == 1.0
+    assert m['estimator']['steps'] == 2
