@@ -318,6 +318,7 @@ class VLA(Section):
     gripper_dims: list[int] = Field(default_factory=lambda: [-1]) # binary action dimensions (negative: from the end)
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1) # episodes held out per source for the held-out loss
     heldout_max: int = Field(default=512, gt=0) # held-out frames evaluated at most (a fixed seeded subset)
+    heldout_by_task: bool = False # hold episodes out within each task (instruction), so that every task is held out
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1) # a VLA per seed (head init, data order);
                                                                         # the held-out split stays the project seed's
     jobs: int = Field(default=1, gt=0) # VLA runs trained at once, each on its own GPU(s) (`launch.gpu_slots`), or

@@ -120,19 +120,27 @@ def frame_table(ds: Dataset, # a VLA-schema dataset
             raise DataError('NaN or infinite actions: fix or drop the frame.', file=file, row=sid, field='actions')
         acts.append(np.nan_to_num(a[:chunk])); pads.append(p)
     if not acts: raise DataError('no frames: the dataset is empty.', file=file)
-    return {'actions': np.stack(acts), 'pad': np.stack(pads), 'episode': np.asarray(cols['episode_index'])}
+    return {'actions': np.stack(acts), 'pad': np.stack(pads), 'episode': np.asarray(cols['episode_index']),
+            'task': np.asarray(cols['instruction'])}
 
 # %% ../nbs/12_vla.ipynb #596bf0a8
 def split_episodes(episodes: np.ndarray, # the episode index of every frame
                    fraction: float, # of the episodes held out
                    seed: int, # split seed
                    source: str = '', # makes each source's split independent
+                   tasks: np.ndarray | None = None, # the task of every frame: the split is made within each task
                    ) -> tuple[np.ndarray, np.ndarray]:
-    "Frame indices of the training and held-out episodes (at least one of each when there are two episodes or more)."
-    eps = np.unique(episodes)
-    n = int(round(fraction * len(eps)))
-    if fraction > 0 and len(eps) > 1: n = min(max(n, 1), len(eps) - 1)
-    held = rng(seed, 'vla-heldout', source).permutation(eps)[:n] if n else eps[:0]
+    """Frame indices of the training and held-out episodes (at least one of each when there are two episodes or more;
+    with `tasks`, so within every task, and the held-out set covers each task that has two episodes)."""
+    def pick(eps, *stream):
+        n = int(round(fraction * len(eps)))
+        if fraction > 0 and len(eps) > 1: n = min(max(n, 1), len(eps) - 1)
+        return rng(seed, 'vla-heldout', source, *stream).permutation(eps)[:n] if n else eps[:0]
+    if tasks is None: held = pick(np.unique(episodes))
+    else:  # an episode belongs to the task of its first frame
+        first = {e: t for e, t in zip(episodes[::-1], np.asarray(tasks)[::-1])}
+        held = np.concatenate([pick(np.array(sorted(e for e in first if first[e] == t)), str(t))
+                               for t in sorted(set(first.values()), key=str)])
     mask = np.isin(episodes, held)
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
@@ -263,12 +271,12 @@ def _fingerprint(vlm, cfg: VLAConfig, recipe: Recipe, seed: int, datasets: dict,
 
 # %% ../nbs/12_vla.ipynb #50f59cbb
 def _prepare_data(datasets: dict[str, Dataset], cfg: VLAConfig, heldout_fraction: float, seed: int,
-                  gripper: str = 'close_positive') -> tuple:
+                  gripper: str = 'close_positive', by_task: bool = False) -> tuple:
     "Checked tables, training/held-out rows per source, and the action statistics of the training frames."
     tables = {}
     for name, ds in datasets.items():
         tables[name] = frame_table(ds, cfg.chunk, cfg.action_dim)
-    splits = {n: split_episodes(t['episode'], heldout_fraction, seed, n) for n, t in tables.items()}
+    splits = {n: split_episodes(t['episode'], heldout_fraction, seed, n, t['task'] if by_task else None) for n, t in tables.items()}
     acts = np.concatenate([tables[n]['actions'][splits[n][0]] for n in tables])
     pads = np.concatenate([tables[n]['pad'][splits[n][0]] for n in tables])
     return splits, action_stats(acts, pads, cfg.gripper_dims, gripper=gripper)
@@ -400,6 +408,7 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
               log_every: int = 1, # steps between log rows
               keep_state: bool = False, # keep the optimiser checkpoints after the run (they exist to resume)
               gripper: str = 'close_positive', # the data's gripper convention (a key of `emt.params.GRIPPERS`)
+              heldout_by_task: bool = False, # hold episodes out within each task (instruction): every task is held out
               ) -> dict:
     "Fine-tune a VLM into a VLA with `recipe`; loadable checkpoints under `out_dir`; the run's report."
     recipe = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
@@ -408,10 +417,10 @@ def train_vla(vlm: str | os.PathLike | tuple, # a VLM checkpoint directory, or a
     net, processor = _backbone(vlm, recipe)
     data = _as_datasets(datasets)
     ss = seed if split_seed is None else split_seed
-    splits, stats = _prepare_data(data, cfg, heldout_fraction, ss, gripper)
+    splits, stats = _prepare_data(data, cfg, heldout_fraction, ss, gripper, heldout_by_task)
     model = build_vla(net, processor, cfg, seed)
     seed_everything(seed + acc.process_index)
-    fp = _fingerprint(net, cfg, recipe, seed, data, [heldout_fraction, heldout_max, gripper, ss])
+    fp = _fingerprint(net, cfg, recipe, seed, data, [heldout_fraction, heldout_max, gripper, ss] + (['by task'] if heldout_by_task else []))
     if resume is True and (done := finished_run(out_dir, fp)) is not None: return done  # this very run is complete
     model, opt, sched = _prepared(acc, model, recipe)
     st = _fresh_or_resumed(acc, out_dir, resume, fp)
@@ -678,6 +687,7 @@ def stage_calls(P: Params, # validated params
     return {run_name(init, bench, seed): dict(vlm=path, datasets=ds, cfg=VLAConfig(**{**asdict(cfg), **arm(init)}), recipe=rec,
                                               out_dir=rpath(out)/run_name(init, bench, seed), seed=seed, split_seed=P.seed,
                                               heldout_fraction=P.vla.heldout_fraction, heldout_max=P.vla.heldout_max,
+                                              heldout_by_task=P.vla.heldout_by_task,
                                               num_workers=num_workers, gripper=grip)
             for bench, ds, cfg, grip, rec in plan for init, path in paths.items() for seed in P.vla.seeds}
 

@@ -24,6 +24,7 @@ def test_the_grid_profile_carries_the_rule():
     P = load_params(MAIN/'profiles'/'embedded-grounded-grid.yaml')
     assert P.vla.frozen_arms == ['base', 'estimator'] and P.eval.checkpoints == [0.25, 0.5, 1.0]
     assert P.midtrain.replay == 1.0 and P.midtrain.recipe.steps == 920 and P.vla.recipe.save_every == 50
+    assert P.vla.heldout_by_task
 
 
 def test_bad_arms_and_unsaved_fractions_are_refused(rule_params):
@@ -45,6 +46,7 @@ def test_frozen_arms_reuse_their_vlm_and_train_with_it_frozen(rule_params, tmp_p
     plan = [('metaworld', {}, policy_config(rule_params, 4), 'metaworld', rule_params.vla.recipe)]
     calls = stage_calls(rule_params, paths, plan)
     assert len(calls) == 5 * len(rule_params.vla.seeds)
+    assert {kw['heldout_by_task'] for kw in calls.values()} == {rule_params.vla.heldout_by_task}
     for name, kw in calls.items():
         frozen = name.split('/')[0].endswith(FROZEN)
         assert (kw['cfg'].freeze, kw['cfg'].lora_rank) == (('vlm', 0) if frozen else (rule_params.vla.freeze, rule_params.vla.lora_rank))
