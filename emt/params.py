@@ -483,10 +483,11 @@ def source_groups(P: Params) -> dict[str, str]:
     return {s.name: s.group for s in P.data.vlm_sources + P.data.vla_sources}
 
 # %% ../nbs/01_params.ipynb #36ac398b
-def init_label(init: str, # 'base' (the VLM without mid-training) or a selection method
+def init_label(init: str, # 'base' (the VLM without mid-training), a selection method, or either with '-frozen'
                ) -> str:
-    "How tables and figures name a VLA's initialisation."
-    return 'without mid-training' if init in ('base', 'none') else f'mid-trained ({init})'
+    "How tables and figures name a VLA's initialisation ('<init>-frozen': its VLA trained with the VLM frozen)."
+    name, frozen = (init[:-len('-frozen')], ', VLM frozen') if init.endswith('-frozen') else (init, '')
+    return f'without mid-training{frozen}' if name in ('base', 'none') else f'mid-trained ({name}{frozen})'
 
 # %% ../nbs/01_params.ipynb #4fea0b4e
 def pool_and_vla(P: Params) -> tuple[list[str], list[str]]:
