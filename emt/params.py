@@ -32,12 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .core import ARTIFACTS, EmtError, rpath, write_text
 
 # %% auto #0
-__all__ = ['GRIPPERS', 'BENCHMARK_GRIPPER', 'VLA_TASKS_MT10', 'KCount', 'KFraction', 'SCORERS', 'Method', 'Section', 'Recipe',
-           'GripperConvention', 'Source', 'CorpusVLA', 'CorpusLibero', 'CorpusEmbodied', 'Corpus', 'Data', 'BaseVLM',
-           'Features', 'Gap', 'Estimator', 'Ppl', 'scores_file', 'Select', 'LlamaFactoryEngine', 'Midtrain', 'Ability',
-           'VLA', 'Benchmark', 'Eval', 'Report', 'Params', 'ParamsError', 'parse_params', 'load_params', 'hub_offline',
-           'source_groups', 'init_label', 'pool_and_vla', 'run_name', 'parse_run', 'override', 'profiles',
-           'use_profile', 'example_params', 'check_gpu']
+__all__ = ['GRIPPERS', 'BENCHMARK_GRIPPER', 'VLA_TASKS_MT10', 'KCount', 'KFraction', 'SCORERS', 'Method', 'FROZEN', 'Section',
+           'Recipe', 'GripperConvention', 'Source', 'CorpusVLA', 'CorpusLibero', 'CorpusEmbodied', 'Corpus', 'Data',
+           'BaseVLM', 'Features', 'Gap', 'Estimator', 'Ppl', 'scores_file', 'Select', 'LlamaFactoryEngine', 'Midtrain',
+           'Ability', 'VLA', 'Benchmark', 'Eval', 'Report', 'Params', 'ParamsError', 'parse_params', 'load_params',
+           'hub_offline', 'source_groups', 'init_label', 'pool_and_vla', 'run_name', 'parse_run', 'override',
+           'profiles', 'use_profile', 'example_params', 'check_gpu']
 
 # %% ../nbs/01_params.ipynb #e384ef69
 class Section(BaseModel):
@@ -483,10 +483,12 @@ def source_groups(P: Params) -> dict[str, str]:
     return {s.name: s.group for s in P.data.vlm_sources + P.data.vla_sources}
 
 # %% ../nbs/01_params.ipynb #36ac398b
-def init_label(init: str, # 'base' (the VLM without mid-training), a selection method, or either with '-frozen'
+FROZEN = '-frozen' # the suffix of an initialisation whose VLAs train with the whole VLM frozen (`vla.frozen_arms`)
+
+def init_label(init: str, # 'base' (the VLM without mid-training), a selection method, or either with FROZEN
                ) -> str:
     "How tables and figures name a VLA's initialisation ('<init>-frozen': its VLA trained with the VLM frozen)."
-    name, frozen = (init[:-len('-frozen')], ', VLM frozen') if init.endswith('-frozen') else (init, '')
+    name, frozen = (init.removesuffix(FROZEN), ', VLM frozen') if init.endswith(FROZEN) else (init, '')
     return f'without mid-training{frozen}' if name in ('base', 'none') else f'mid-trained ({name}{frozen})'
 
 # %% ../nbs/01_params.ipynb #4fea0b4e

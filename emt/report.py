@@ -223,14 +223,14 @@ def comparisons(P: Params, data: dict[str, list[dict]], benches: Sequence[str]) 
     mean over the evaluated checkpoints when `eval.checkpoints` lists fractions. The comparisons of `HOLM_FAMILY` present
     are judged together per benchmark and metric with Holm's correction (`holm`); the others at 95%."""
     steps = 'mean' if isinstance(P.eval.checkpoints, list) else 'last'
-    out = []
+    pairs, out = comparison_pairs(P), []
     for b in benches:
         for metric, get, scale, better, source in (
                 ('success (points)', lambda *a: success_by_pair(*a, steps=steps), 100.0, 1, 'episodes'),
                 ('held-out action loss', loss_by_pair, 1.0, -1, 'frames')):
             key = b if source == 'episodes' else vla_benchmark(P, b)  # one VLA's success and loss under one row key
             rows, draws = [], []
-            for x, y in comparison_pairs(P):
+            for x, y in pairs:
                 a, c = get(data[source], x, key), get(data[source], y, key)
                 if not a or not c or not (set(a) & set(c)): continue
                 r = (paired_bootstrap(a, c, seed=P.seed, keep_draws=True) if source == 'episodes' else  # seed k: its own initial states

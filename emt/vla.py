@@ -39,17 +39,17 @@ from .core import (ARTIFACTS, DataError, digest, EmtError, in_ipython, progress,
 from .stats import seed_interval
 from .samples import ids_digest, load_dataset_dir
 from .launch import launch_pool, run_pool
-from .params import Params, Recipe, Source, check_gpu, init_label, load_params, parse_run, run_name
+from .params import FROZEN, Params, Recipe, Source, check_gpu, init_label, load_params, parse_run, run_name
 from .policy import VLAModel, ActionStats, VLAConfig, action_stats, build_vla, check_arch, frame_batch, save_vla
 from .sft import (enable_checkpointing, fp32_master, make_accelerator, optimizer_and_schedule, optimizer_steps, resume_training,
                      save_checkpoint, step_loader, weights_digest, config_text)
 
 # %% auto #0
-__all__ = ['REPORT_FILE', 'FROZEN', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'policy_config',
-           'sources_chunk', 'sources_recipe', 'frame_table', 'split_episodes', 'action_loss_sums', 'BalancedFrames',
-           'FrameBatches', 'heldout_loss', 'train_vla', 'finished_run', 'model_qid', 'main', 'init_checkpoints',
-           'benchmark_sources', 'load_sources', 'sources_gripper', 'data_action_dim', 'plot_interval', 'by_init_axis',
-           'seed_losses', 'plot_heldout_loss', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'stage_calls',
+__all__ = ['REPORT_FILE', 'ANY_BENCHMARK', 'LOSS_CSV_COLUMNS', 'HELDOUT_FRAME_COLUMNS', 'policy_config', 'sources_chunk',
+           'sources_recipe', 'frame_table', 'split_episodes', 'action_loss_sums', 'BalancedFrames', 'FrameBatches',
+           'heldout_loss', 'train_vla', 'finished_run', 'model_qid', 'main', 'init_checkpoints', 'benchmark_sources',
+           'load_sources', 'sources_gripper', 'data_action_dim', 'plot_interval', 'by_init_axis', 'seed_losses',
+           'plot_heldout_loss', 'loss_rows', 'fig3_loss', 'frame_episodes', 'train_vlas', 'stage_calls',
            'train_stage_run', 'run_vla']
 
 # %% ../nbs/12_vla.ipynb #db0aac3a
@@ -490,8 +490,6 @@ def main(argv: list[str] | None = None) -> dict:
                      heldout_fraction=a.heldout, resume=not a.no_resume, num_workers=a.workers, gripper=a.gripper)
 
 # %% ../nbs/12_vla.ipynb #3ac59111
-FROZEN = '-frozen' # the suffix of an initialisation whose VLAs train with the whole VLM frozen (`vla.frozen_arms`)
-
 def init_checkpoints(P: Params, # the params (`midtrain.methods`)
               base: str = ARTIFACTS['base_vlm'], # the base VLM
               midtrain: str = ARTIFACTS['midtrain'], # the mid-trained VLMs, one folder per method
